@@ -1,0 +1,54 @@
+"""Atomic file writes: write beside the target, fsync, then rename.
+
+A crash, Ctrl-C or a full disk never leaves a half-written output where the
+user's file should be: either the old file is intact or the new one is
+complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path, *, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    ``suffix`` keeps the extension a writer may look at (default: the target's).
+    On any exception the temporary file is removed and ``path`` is untouched.
+    Works for files and, with :func:`shutil.rmtree` clean-up, directories
+    (zarr stores): the temporary path does not exist when yielded.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sfx = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{sfx}", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        if path.is_dir() and tmp.is_dir():
+            import shutil
+
+            old = path.with_name(f".{path.name}.old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise

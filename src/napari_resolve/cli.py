@@ -1,0 +1,73 @@
+"""The ``napari-resolve`` command line.
+
+Each sub-command is a module in :mod:`napari_resolve.commands` with ``NAME``,
+``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. A
+:class:`~napari_resolve.errors.ResolveError` (bad input, unusable file) ends
+the command with ``error: <one line>`` on stderr and exit code 2; Ctrl-C with
+exit code 130 and no partial output (outputs are written to a temporary file
+and renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from napari_resolve import __version__
+from napari_resolve.errors import ResolveError
+
+COMMANDS = (
+    "predict",
+    "evaluate",
+    "resolution",
+    "train",
+    "finetune",
+    "register",
+    "models",
+    "demo",
+)
+
+
+def _load(name):
+    return importlib.import_module(f"napari_resolve.commands.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-resolve",
+        description="Super-resolution for light microscopy (napari-resolve).",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-resolve {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = _load(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == f"napari_resolve.commands.{name}":
+                continue  # a sub-command not written yet
+            raise
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except ResolveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

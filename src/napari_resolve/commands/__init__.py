@@ -1,0 +1,1 @@
+"""Sub-commands of the ``napari-resolve`` CLI (see :mod:`napari_resolve.cli`)."""

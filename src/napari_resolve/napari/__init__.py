@@ -1,0 +1,1 @@
+"""The napari plugin: the only package of napari-resolve that imports napari or Qt."""
