@@ -135,7 +135,8 @@ def imresize(image, scale=None, *, output_shape=None, channel_axis=None, antiali
     def finish(a):
         if integer:
             info = np.iinfo(arr.dtype)
-            return np.clip(np.round(a), info.min, info.max)
+            # MATLAB rounds half away from zero (uint8(14.5) == 15); np.round would give 14
+            return np.clip(np.sign(a) * np.floor(np.abs(a) + 0.5), info.min, info.max)
         return a
 
     # MATLAB resizes the dimension with the smaller scale first (rows on ties)
@@ -152,6 +153,13 @@ def imresize(image, scale=None, *, output_shape=None, channel_axis=None, antiali
     return out
 
 
+@lru_cache(maxsize=64)
+def _torch_matrix(in_len, out_len, scale, antialiasing, dtype, device):
+    import torch
+
+    return torch.tensor(resize_matrix(in_len, out_len, scale, antialiasing), dtype=dtype, device=device)
+
+
 def imresize_torch(x, scale=None, *, output_shape=None, antialiasing=True):
     """Differentiable MATLAB bicubic resize of a float tensor (..., H, W).
 
@@ -166,8 +174,9 @@ def imresize_torch(x, scale=None, *, output_shape=None, antialiasing=True):
         raise InputError(f"imresize_torch expects (..., H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
     sh, sw, oh, ow = _scales(scale, (h, w), output_shape)
-    mh = torch.as_tensor(resize_matrix(h, oh, sh, antialiasing), dtype=x.dtype, device=x.device)
-    mw = torch.as_tensor(resize_matrix(w, ow, sw, antialiasing), dtype=x.dtype, device=x.device)
+    # torch.tensor copies: the cached matrices are read-only, which as_tensor warns about
+    mh = torch.tensor(resize_matrix(h, oh, sh, antialiasing), dtype=x.dtype, device=x.device)
+    mw = torch.tensor(resize_matrix(w, ow, sw, antialiasing), dtype=x.dtype, device=x.device)
     if sh <= sw:
         return torch.matmul(torch.matmul(mh, x), mw.T)
     return torch.matmul(mh, torch.matmul(x, mw.T))

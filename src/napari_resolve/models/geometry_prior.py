@@ -1,1 +1,294 @@
-"""(to be written)"""
+"""Leukocyte SR with a geometry prior (paper 000: Hua et al. 2020, JBO 25(10) 106501).
+
+Two registry names:
+
+* ``gp`` — geometry-prior network, paper Fig. 1(a): a prior U-Net predicts a
+  3-class parsing map (0 background, 1 cytoplasm, 2 nucleus) from the
+  bicubic-upsampled image; the SR net encodes image and map and decodes the
+  SR image.
+* ``np`` — the none-prior ablation, paper Fig. 1(b) and §3.2: the same SR net
+  without the prior net and the mask encoder.
+
+Both take the LR image and upsample it inside with MATLAB-exact bicubic
+(paper §2: "we first upsample it to the size of the final HR image ... using
+bicubic interpolation"), so every layer works at the HR size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_resolve.data.degrade import imresize_torch
+from napari_resolve.errors import InputError
+from napari_resolve.models import register
+from napari_resolve.models.base import SRModel
+from napari_resolve.models.blocks import ResidualBlock, UNet, conv, conv_act
+
+__all__ = ["GeometryPriorSR", "NonePriorSR", "prior_to_mask"]
+
+NUM_CLASSES = 3  # background, cytoplasm, nucleus (paper 000 §2.1; docs/architecture.md)
+
+
+def _check_scale(scale) -> int:
+    if int(scale) != scale or not 2 <= int(scale) <= 8:
+        raise InputError(f"scale must be an integer from 2 to 8, got {scale}")
+    return int(scale)
+
+
+def _lr_radius(hr_radius: int, scale: int) -> int:
+    """LR receptive-field radius of a net working on the bicubic-upsampled image.
+
+    ``hr_radius`` HR px are ``ceil(hr_radius / scale)`` LR px, and each HR pixel of
+    MATLAB's bicubic (Keys kernel, support ±2) reads LR pixels up to 2 px away.
+    """
+    return math.ceil(hr_radius / scale) + 2
+
+
+def prior_to_mask(prior, batch: int, hw: tuple[int, int], num_classes: int = NUM_CLASSES,
+                  *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Turn a user parsing map into the (N, num_classes, H, W) mask the encoder reads.
+
+    ``prior`` is labels (N, H, W) or (N, 1, H, W) with integer values in
+    ``[0, num_classes)``, or a one-hot / probability map (N, num_classes, H, W)
+    with values in [0, 1]; torch tensor or anything ``torch.as_tensor`` takes.
+    ``hw`` is the SR size. Raises :class:`InputError` naming what is wrong.
+    """
+    try:
+        t = torch.as_tensor(prior)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"prior must be an array of labels or a one-hot map: {exc}") from None
+    h, w = hw
+    want = (f"labels ({batch}, {h}, {w}) or one-hot ({batch}, {num_classes}, {h}, {w}) "
+            "at the SR size")
+    integer = not (t.is_floating_point() or t.is_complex())
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    if integer and t.ndim == 4 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.ndim == 3:
+        if not integer:
+            if not torch.isfinite(t).all() or (t != t.round()).any():
+                raise InputError(f"prior labels must be integers, got dtype {t.dtype}")
+        if tuple(t.shape) != (batch, h, w):
+            raise InputError(f"prior has shape {tuple(t.shape)}; expected {want}")
+        t = t.to(torch.int64)
+        if t.numel() and (t.min() < 0 or t.max() >= num_classes):
+            raise InputError(
+                f"prior labels must be in 0..{num_classes - 1} (0 background, 1 cytoplasm, "
+                f"2 nucleus), got {int(t.min())}..{int(t.max())}"
+            )
+        onehot = F.one_hot(t, num_classes).permute(0, 3, 1, 2)
+        return onehot.to(device=device, dtype=dtype)
+    if t.ndim == 4:
+        if tuple(t.shape) != (batch, num_classes, h, w):
+            raise InputError(f"prior has shape {tuple(t.shape)}; expected {want}")
+        t = t.to(dtype)
+        if not torch.isfinite(t).all() or t.min() < 0 or t.max() > 1:
+            raise InputError("a one-hot prior must hold values in [0, 1]")
+        return t.to(device=device)
+    raise InputError(f"prior has shape {tuple(t.shape)}; expected {want}")
+
+
+class _SRNet(nn.Module):
+    """The SR network of paper 000 §2.2 / Fig. 1 (without the prior net).
+
+    feature extractor: conv k3n64 + LeakyReLU(0.2) on the upsampled image;
+    LR feature encoder: ``blocks`` residual blocks (conv-LReLU-conv-LReLU + skip,
+    no BN); mask encoder (only with ``with_mask``): conv k3n64 + LReLU on the
+    parsing map, then ``blocks`` residual blocks ("the same depth as the LR
+    feature encoder"); concatenation shallow + deep (+ mask) = 192 (128) channels;
+    SR decoder: conv k3n64 + LReLU, ``decoder_blocks`` residual blocks, conv 1×1
+    to ``out_channels``.
+    """
+
+    def __init__(self, in_channels, features, blocks, decoder_blocks, negative_slope, with_mask,
+                 num_classes=NUM_CLASSES):
+        super().__init__()
+        kw = dict(act="lrelu", negative_slope=negative_slope)
+        self.extract = conv_act(in_channels, features, 3, **kw)
+        self.lr_encoder = nn.Sequential(*[ResidualBlock(features, 3, **kw) for _ in range(blocks)])
+        self.mask_encoder = None
+        if with_mask:
+            self.mask_encoder = nn.Sequential(
+                conv_act(num_classes, features, 3, **kw),
+                *[ResidualBlock(features, 3, **kw) for _ in range(blocks)],
+            )
+        cat = features * (3 if with_mask else 2)
+        self.decoder = nn.Sequential(
+            conv_act(cat, features, 3, **kw),
+            *[ResidualBlock(features, 3, **kw) for _ in range(decoder_blocks)],
+            conv(features, in_channels, 1),
+        )
+        # HR-px radius: 3x3 convs add 1 each (residual block = 2 convs)
+        self.image_radius = 1 + 2 * blocks
+        self.mask_radius = (1 + 2 * blocks) if with_mask else 0
+        self.decoder_radius = 1 + 2 * decoder_blocks
+
+    def forward(self, up: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        shallow = self.extract(up)
+        feats = [shallow, self.lr_encoder(shallow)]
+        if self.mask_encoder is not None:
+            feats.append(self.mask_encoder(mask))
+        return self.decoder(torch.cat(feats, dim=1))
+
+
+@register(
+    "gp",
+    paper="Hua et al. 2020, J. Biomed. Opt. 25(10):106501 (paper 000)",
+    description="Geometry-prior leukocyte SR: prior U-Net parsing map + SR net with mask encoder",
+    scale=4,
+    in_channels=1,
+)
+class GeometryPriorSR(SRModel):
+    """Geometry-prior SR network ("GP"), paper 000 §2 and Fig. 1(a).
+
+    ``forward(x, prior=None)`` takes the LR image (N, C, h, w) in [0, 1] and
+    returns ``{"sr": (N, C, s·h, s·w), "parsing": (N, 3, s·h, s·w) logits}``.
+
+    What the paper fixes and we follow:
+
+    * input: the LR image bicubic-upsampled to the HR size (§2), MATLAB
+      ``imresize`` (§3.1); one channel, the Y of YCbCr (§2.4); ``in_channels``
+      lets other channel counts through;
+    * prior net: U-Net (Ronneberger 2015) with half its channels (32…512),
+      zero padding so sizes are kept (§2.1); output 3 classes — background,
+      cytoplasm, nucleus; trained end to end with the SR net (§2.5);
+    * SR net (§2.2, §2.4): every conv 3×3 with 64 filters and zero padding
+      except the last (1×1 to one channel); LeakyReLU slope 0.2; residual blocks
+      conv-LReLU-conv-LReLU + skip without BN; LR feature encoder of 3 blocks;
+      mask encoder of the same depth; decoder input = shallow + deep + mask
+      features = 192 channels.
+
+    What the paper leaves open and we chose (all config options):
+
+    * ``decoder_blocks=3``: the decoder is conv k3n64 + LReLU (192→64), three
+      residual blocks, conv 1×1. §3.4 says the SR branch has "6 blocks in
+      total": 3 in the LR encoder + 3 in the decoder.
+    * ``global_residual=True``: the net predicts the correction to the bicubic
+      image (VDSR-style skip, cited in §1.1); at initialisation the output is
+      close to bicubic, which is the "good starting point" of §2.
+    * the mask encoder starts with conv k3n64 + LReLU (3→64) before its blocks,
+      mirroring the feature extractor, so "same depth" holds.
+    * mask encoder input: ``softmax(parsing)`` probabilities, not the argmax:
+      the SR loss then reaches the prior net, which the end-to-end training of
+      §2.5 needs. An edited map passed as ``prior=`` (labels or one-hot) is
+      used as one-hot; a confident prior net gives nearly one-hot softmax, so
+      the edited map is in the distribution the encoder was trained on.
+    * prior U-Net details: ReLU (as Ronneberger; §2.2's LeakyReLU is stated for
+      the SR network), no BN, 2×2 max-pool down and 2×2 transposed conv up,
+      ``prior_depth=4`` poolings. Sizes are made a multiple of 16 inside by
+      reflection padding of the upsampled image (bottom/right), cropped back.
+    * the prior net always runs, also when ``prior=`` is given, so that
+      ``"parsing"`` is always the network's own prediction (the widget shows it
+      beside the edited one).
+    * scales: any integer 2–8 (the paper evaluates ×4 and ×8).
+    """
+
+    paper = "Hua et al. 2020 (paper 000)"
+    upsamples_input = True
+    predicts_parsing = True
+    global_ops = False
+    size_multiple = 4  # default ×4: 16 / gcd(16, 4); set per instance below
+    receptive_field = _lr_radius(136, 2)  # bound for the smallest scale; per instance below
+
+    def __init__(
+        self,
+        scale: int = 4,
+        in_channels: int = 1,
+        features: int = 64,
+        encoder_blocks: int = 3,
+        decoder_blocks: int = 3,
+        negative_slope: float = 0.2,
+        global_residual: bool = True,
+        prior_base_channels: int = 32,
+        prior_depth: int = 4,
+        prior_act: str = "relu",
+    ):
+        super().__init__(_check_scale(scale), in_channels)
+        self.global_residual = bool(global_residual)
+        self.prior_net = UNet(
+            in_channels, NUM_CLASSES, prior_base_channels, prior_depth,
+            act=prior_act, padding_mode="zeros",
+        )
+        self.sr_net = _SRNet(in_channels, features, encoder_blocks, decoder_blocks,
+                             negative_slope, with_mask=True)
+        hr_multiple = self.prior_net.size_multiple
+        self.hr_multiple = hr_multiple
+        self.size_multiple = hr_multiple // math.gcd(hr_multiple, self.scale)
+        # HR radius: the decoder reads the image path and the mask path (U-Net + encoder)
+        s = self.sr_net
+        hr_radius = max(s.image_radius, self.prior_net.receptive_field + s.mask_radius)
+        self.receptive_field = _lr_radius(hr_radius + s.decoder_radius, self.scale)
+
+    def forward(self, x: torch.Tensor, prior=None) -> dict:
+        self.check_input(x)
+        n, _, h, w = x.shape
+        hw = (h * self.scale, w * self.scale)
+        mask = None
+        if prior is not None:  # validate before any work
+            mask = prior_to_mask(prior, n, hw, NUM_CLASSES, device=x.device, dtype=x.dtype)
+        up = imresize_torch(x, self.scale)
+        padded, _ = self.pad_input(up, self.hr_multiple)
+        parsing = self.prior_net(padded)[..., : hw[0], : hw[1]]
+        if mask is None:
+            mask = torch.softmax(parsing, dim=1)
+        sr = self.sr_net(up, mask)
+        if self.global_residual:
+            sr = sr + up
+        return {"sr": sr, "parsing": parsing}
+
+
+@register(
+    "np",
+    paper="Hua et al. 2020, J. Biomed. Opt. 25(10):106501 (paper 000)",
+    description="None-prior ablation of GP (Fig. 1b): SR net without prior net and mask encoder",
+    scale=4,
+    in_channels=1,
+)
+class NonePriorSR(SRModel):
+    """None-prior SR network ("NP"), paper 000 Fig. 1(b) and §3.2.
+
+    The GP SR net without the prior net and the mask encoder: bicubic
+    upsampling inside, feature extractor, 3-block LR encoder, decoder on
+    shallow + deep features (128 channels), conv 1×1. Every choice left open
+    is the same as :class:`GeometryPriorSR` (``decoder_blocks=3``,
+    ``global_residual=True``). No size rule; takes no ``prior``.
+    """
+
+    paper = "Hua et al. 2020 (paper 000)"
+    upsamples_input = True
+    predicts_parsing = False
+    size_multiple = 1
+    receptive_field = _lr_radius(1 + 2 * 3 + 1 + 2 * 3, 2)  # default depths, smallest scale
+
+    def __init__(
+        self,
+        scale: int = 4,
+        in_channels: int = 1,
+        features: int = 64,
+        encoder_blocks: int = 3,
+        decoder_blocks: int = 3,
+        negative_slope: float = 0.2,
+        global_residual: bool = True,
+    ):
+        super().__init__(_check_scale(scale), in_channels)
+        self.global_residual = bool(global_residual)
+        self.sr_net = _SRNet(in_channels, features, encoder_blocks, decoder_blocks,
+                             negative_slope, with_mask=False)
+        self.receptive_field = _lr_radius(
+            self.sr_net.image_radius + self.sr_net.decoder_radius, self.scale
+        )
+
+    def forward(self, x: torch.Tensor, prior=None) -> dict:
+        self.check_input(x)
+        if prior is not None:
+            raise InputError(f"{self.arch or 'np'} takes no prior (parsing map); use 'gp'")
+        up = imresize_torch(x, self.scale)
+        sr = self.sr_net(up)
+        if self.global_residual:
+            sr = sr + up
+        return {"sr": sr}

@@ -1,0 +1,249 @@
+"""``napari-resolve evaluate``: PSNR / SSIM of a model on HR images or LR/HR pairs.
+
+Two ways to get test pairs:
+
+* ``--hr-only HR [HR ...] --scale N``: each HR image is cropped to a multiple
+  of N (top-left corner kept) and shrunk with MATLAB's bicubic ``imresize``
+  (x 1/N, integer images rounded as MATLAB does), the protocol of paper 000
+  §3.1 and of SR benchmarks;
+* ``--lr LR [LR ...] --hr HR [HR ...]``: real pairs, matched in order; the HR
+  image must be N times the LR one (a few extra HR rows/columns, fewer than
+  N, are cropped).
+
+The LR image is super-resolved with ``--model`` (a registry name such as
+``bicubic``, a pretrained bundle name, or a ``.safetensors`` file) through
+:func:`napari_resolve.predict.predict`. The SR output is clipped to the HR
+image's intensity range but not rounded (paper 000 §3.3 measures "in a
+float32 format"). PSNR / SSIM follow :mod:`napari_resolve.metrics.quality`:
+Y channel of MATLAB YCbCr for RGB (``--rgb``: all channels), border crop of
+``--crop`` px (default: the scale).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from napari_resolve.errors import InputError
+
+NAME = "evaluate"
+HELP = "PSNR/SSIM of a model on HR images (degraded with MATLAB bicubic) or on LR/HR pairs"
+
+
+def add_arguments(parser) -> None:
+    src = parser.add_argument_group("test images (either --hr-only, or --lr with --hr)")
+    src.add_argument("--hr-only", nargs="+", metavar="HR", type=Path,
+                     help="high-resolution images; LR = MATLAB bicubic x 1/scale")
+    src.add_argument("--lr", nargs="+", metavar="LR", type=Path, help="low-resolution images")
+    src.add_argument("--hr", nargs="+", metavar="HR", type=Path,
+                     help="high-resolution references, in the order of --lr")
+    parser.add_argument("--model", default="bicubic", metavar="NAME|FILE",
+                        help="registry name, pretrained name or .safetensors file (default: bicubic)")
+    parser.add_argument("--scale", type=int, default=None, metavar="N",
+                        help="SR factor (default: the model's, or HR/LR size ratio for pairs)")
+    parser.add_argument("--crop", type=int, default=None, metavar="PX",
+                        help="border pixels left out of the metrics (default: the scale)")
+    parser.add_argument("--rgb", action="store_true",
+                        help="measure RGB images on all channels instead of the Y channel")
+    parser.add_argument("--device", default="auto", help="torch device for the model (default: auto)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write the results (per image and mean) to this JSON file")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _read(path: Path, what: str) -> np.ndarray:
+    from napari_resolve.io import read_image
+
+    arr, meta = read_image(path)
+    if arr.ndim == 3 and arr.shape[-1] == 4 and meta.get("rgb"):
+        arr = arr[..., :3]  # alpha carries no image content
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+        raise InputError(f"{what} {path.name} must be a 2-D grey or RGB image, got shape {arr.shape}")
+    if min(arr.shape[:2]) < 2:
+        raise InputError(f"{what} {path.name} is too small ({arr.shape[0]} x {arr.shape[1]} px)")
+    return arr
+
+
+def _crop_to_multiple(hr: np.ndarray, scale: int, name: str) -> np.ndarray:
+    h, w = (hr.shape[0] // scale) * scale, (hr.shape[1] // scale) * scale
+    if h < scale or w < scale:
+        raise InputError(f"{name} ({hr.shape[0]} x {hr.shape[1]} px) is smaller than the scale {scale}")
+    return hr[:h, :w]
+
+
+def _channel_axis(img: np.ndarray):
+    return -1 if img.ndim == 3 else None
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _scale_of(spec: str, scale):
+    """The model's scale without running it (bundle metadata, or the registry default)."""
+    from napari_resolve import bundle, models
+
+    if _is_bundle(spec):
+        return int(bundle.read_meta(bundle.resolve(spec))["scale"])
+    if scale is None:
+        return int(models.build(spec).scale)
+    return int(scale)
+
+
+def _is_bundle(spec: str) -> bool:
+    """A model file or a pretrained bundle name (else: a registry name)."""
+    from napari_resolve import bundle
+
+    path = Path(spec)
+    if path.exists() or path.suffix.lower() in {bundle.SUFFIX, *bundle.PICKLE_SUFFIXES}:
+        return True
+    return (bundle.pretrained_dir() / f"{spec}{bundle.SUFFIX}").is_file()
+
+
+def _super_resolve(lr: np.ndarray, spec: str, scale: int, device: str) -> np.ndarray:
+    """SR of one whole LR image, on the LR image's intensity scale (float)."""
+    try:
+        from napari_resolve.predict import predict
+    except ModuleNotFoundError as exc:  # the predictor is another module; keep a fallback
+        if exc.name != "napari_resolve.predict":
+            raise
+        return _super_resolve_direct(lr, spec, scale)
+    result = predict(lr, spec, scale=scale, device=device)
+    return np.asarray(result.image)
+
+
+def _super_resolve_direct(lr: np.ndarray, spec: str, scale: int) -> np.ndarray:
+    """Minimal whole-image predictor, used only while ``napari_resolve.predict`` is absent."""
+    import torch
+
+    from napari_resolve import bundle, models
+    from napari_resolve.data.color import rgb_to_ycbcr, ycbcr_to_rgb
+    from napari_resolve.data.degrade import imresize
+    from napari_resolve.data.normalize import Normalizer
+
+    if _is_bundle(spec):
+        model, meta = bundle.load(spec)
+    else:
+        model, meta = models.build(spec, scale=scale), {}
+    if model.scale != scale:
+        raise InputError(f"model {spec} is x{model.scale}, not x{scale}")
+    model.eval()
+    norm = Normalizer.from_meta(meta.get("normalization")).fit(lr)
+    x = norm.forward(lr).astype(np.float64)
+    rgb = x.ndim == 3
+    if rgb and model.in_channels == 1:  # Y through the net, Cb/Cr with MATLAB bicubic
+        ycc = rgb_to_ycbcr(np.clip(x, 0, 1))
+        net_in, chroma = ycc[..., :1], imresize(ycc[..., 1:], scale, channel_axis=-1)
+    elif rgb != (model.in_channels == 3):
+        raise InputError(f"model {spec} takes {model.in_channels} channel(s); image has shape {lr.shape}")
+    else:
+        net_in, chroma = (x if rgb else x[..., None]), None
+    tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(net_in, -1, 0)[None], np.float32))
+    with torch.no_grad():
+        out = model(tensor)["sr"][0].numpy().astype(np.float64)
+    out = np.moveaxis(out, 0, -1)
+    if chroma is not None:
+        out = ycbcr_to_rgb(np.concatenate([out, chroma], axis=-1))
+    elif not rgb:
+        out = out[..., 0]
+    return norm.inverse(out)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _pairs(args):
+    if args.hr_only and (args.lr or args.hr):
+        raise InputError("give either --hr-only, or --lr with --hr, not both")
+    if args.hr_only:
+        return [(None, p) for p in args.hr_only]
+    if not (args.lr and args.hr):
+        raise InputError("give --hr-only HR..., or both --lr LR... and --hr HR...")
+    if len(args.lr) != len(args.hr):
+        raise InputError(f"{len(args.lr)} --lr image(s) but {len(args.hr)} --hr image(s); pair them 1:1")
+    return list(zip(args.lr, args.hr))
+
+
+def _clip_to_range(sr: np.ndarray, like: np.ndarray) -> np.ndarray:
+    if np.issubdtype(like.dtype, np.integer):
+        info = np.iinfo(like.dtype)
+        return np.clip(sr, info.min, info.max)
+    return sr
+
+
+def evaluate_images(pairs, *, model: str = "bicubic", scale=None, crop=None, y_channel=True,
+                    device: str = "auto") -> list[dict]:
+    """Evaluate ``model`` on ``pairs`` of paths ``(lr or None, hr)``; one dict per image."""
+    from napari_resolve.data.degrade import imresize
+    from napari_resolve.metrics.quality import evaluate_pair
+
+    if scale is not None and (int(scale) != scale or scale < 1):
+        raise InputError(f"--scale must be a positive integer, got {scale}")
+    if crop is not None and crop < 0:
+        raise InputError(f"--crop must be >= 0, got {crop}")
+    model_scale = _scale_of(model, scale)
+    if scale is not None and _is_bundle(model) and model_scale != scale:
+        raise InputError(f"model {model} is x{model_scale}, but --scale {scale} was given")
+    scale = int(scale or model_scale)
+    rows = []
+    for lr_path, hr_path in pairs:
+        hr = _read(hr_path, "HR image")
+        if lr_path is None:
+            hr = _crop_to_multiple(hr, scale, hr_path.name)
+            lr = imresize(hr, 1.0 / scale, channel_axis=_channel_axis(hr))
+        else:
+            lr = _read(lr_path, "LR image")
+            if lr.ndim != hr.ndim:
+                raise InputError(f"{lr_path.name} {lr.shape} and {hr_path.name} {hr.shape}: "
+                                 "one is RGB, the other grey")
+            want = (lr.shape[0] * scale, lr.shape[1] * scale)
+            if not (want[0] <= hr.shape[0] < want[0] + scale and want[1] <= hr.shape[1] < want[1] + scale):
+                raise InputError(f"{hr_path.name} ({hr.shape[0]} x {hr.shape[1]}) is not x{scale} of "
+                                 f"{lr_path.name} ({lr.shape[0]} x {lr.shape[1]})")
+            hr = hr[: want[0], : want[1]]
+        sr = _clip_to_range(_super_resolve(lr, model, scale, device), hr)
+        if sr.shape != hr.shape:
+            raise InputError(f"model output {sr.shape} does not match {hr_path.name} {hr.shape}")
+        res = evaluate_pair(sr, hr, scale=scale, crop=crop, y_channel=y_channel)
+        rows.append({"image": str(hr_path), "lr": str(lr_path) if lr_path else None,
+                     "shape": list(hr.shape), "scale": scale, **res})
+    return rows
+
+
+def _table(rows: list[dict], model: str) -> str:
+    first = rows[0]
+    space = "Y channel (MATLAB BT.601)" if first["y_channel"] else "all channels"
+    head = f"model {model}, x{first['scale']}, crop {first['crop']} px, {space}"
+    width = max(24, *(len(Path(r["image"]).name) for r in rows))
+    lines = [head, f"{'image':<{width}}  {'HR size':>11}  {'PSNR (dB)':>9}  {'SSIM':>6}"]
+    for r in rows:
+        size = f"{r['shape'][0]}x{r['shape'][1]}"
+        lines.append(f"{Path(r['image']).name:<{width}}  {size:>11}  {r['psnr']:9.3f}  {r['ssim']:6.4f}")
+    mean_p = float(np.mean([r["psnr"] for r in rows]))
+    mean_s = float(np.mean([r["ssim"] for r in rows]))
+    label = f"mean ({len(rows)} image{'s' if len(rows) != 1 else ''})"
+    lines.append(f"{label:<{width}}  {'':>11}  {mean_p:9.3f}  {mean_s:6.4f}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    pairs = _pairs(args)
+    rows = evaluate_images(pairs, model=args.model, scale=args.scale, crop=args.crop,
+                           y_channel=not args.rgb, device=args.device)
+    print(_table(rows, args.model))
+    if args.json is not None:
+        from napari_resolve._atomic import atomic_path
+
+        summary = {
+            "model": args.model,
+            "images": rows,
+            "mean": {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")},
+        }
+        with atomic_path(args.json) as tmp:
+            Path(tmp).write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return 0

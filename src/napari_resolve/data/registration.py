@@ -1,0 +1,648 @@
+"""Correlation registration of scans of one slide taken with different objectives.
+
+Paper 002 (Ma 2020, PathSRGAN) §II-B pairs 4×, 10× and 20× scans by a two-step
+correlation registration, implemented here with scikit-image:
+
+1. **Integer ratio** (§II-B, §IV-A): the low scan is interpolated so that the
+   other magnifications are integer multiples of it (the paper's 4× → "5×",
+   so that 5×:10×:20× = 1:2:4 and patches are 128 / 256 / 512 px).
+2. **Coarse** (§II-B, Fig. 2): ``coarse_patches`` random low patches are each
+   matched (:func:`skimage.feature.match_template`, normalised correlation)
+   inside the mapped region of the other scan widened by the redundancy Δr
+   (``coarse_window``); the offsets are averaged into a global offset.
+3. **Fine** (§II-B, Fig. 3): every low patch is matched inside a window of
+   redundancy ΔR (``fine_window``) around its coarse position; the pair is kept
+   only if the peak correlation exceeds the threshold T (``threshold``) and the
+   patch has enough foreground (``min_foreground``), "because the correlation
+   of blank images is not reliable". The integer peak is refined to sub-pixel
+   precision by :func:`skimage.registration.phase_cross_correlation`
+   (``upsample_factor``).
+
+Choices the paper leaves open, made here:
+
+* Matching happens on the low-resolution grid: the other scan is converted to
+  grey (luminance) and block-averaged by its integer ratio, which is exactly
+  the footprint of one interpolated low pixel. Offsets are in interpolated-low
+  pixels ("LR px", 4 HR px for the paper's set-up), (row, col) order.
+* The low scan is interpolated with a cubic spline (scipy.ndimage, linear
+  time on whole slides) with MATLAB ``imresize``'s pixel-centre convention.
+* The coarse average is the mean of the offsets of the coarse patches that
+  pass T and the foreground test and lie within 2 LR px of their median (one
+  wrong match in a repetitive smear would otherwise drag the mean).
+* The patches to pair are a regular grid with step ``stride`` (default: the
+  patch size, no overlap) instead of random draws, so a slide is covered
+  evenly; ``max_patches`` draws a random subset.
+* Foreground: pixels on the object side of Otsu's threshold of the whole low
+  scan (darker than it for bright-field, brighter for fluorescence;
+  ``background="auto"`` assumes bright-field for RGB, fluorescence for grey).
+* The sub-pixel step uses the plain (not phase-normalised) cross-correlation
+  of the mean-subtracted patches, robust to the very different blur and noise
+  of the two objectives; shifts beyond one pixel (a failed refinement) fall
+  back to the integer peak.
+* Patches are cut at the nearest whole pixel of each scan (no resampling, so
+  the targets keep their real pixels); the residual is in the report.
+* Defaults: T = 0.6, 10 % foreground, Δr = 32 LR px, ΔR = 6 LR px,
+  16 coarse patches, ``upsample_factor`` 20.
+
+Every scan is registered to the low one, as in the paper's Table II
+(4×–10× and 4×–20×).
+
+Pairs folder written by :func:`write_pairs` (read by the paired-dataset
+loader of the trainer)::
+
+    pairs/
+      lr/00001.tif   low patch (interpolated grid), patch_size px
+      mr/00001.tif   mid patch, patch_size * ratio_mid px (absent without a mid scan)
+      hr/00001.tif   high patch, patch_size * ratio_high px
+      report.json    parameters, coarse offsets, per-patch offsets / correlations,
+                     rejected counts
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from napari_resolve.errors import InputError
+
+__all__ = [
+    "RegistrationProgress",
+    "PatchMatch",
+    "RegistrationResult",
+    "integer_ratio_magnification",
+    "interpolate_to_ratio",
+    "register_iter",
+    "register",
+    "write_pairs_iter",
+    "write_pairs",
+    "build_dataset_iter",
+    "build_dataset",
+]
+
+TARGETS = ("mr", "hr")  # short names of the mid and high scans (folder names too)
+REPORT_FORMAT = "napari-resolve/pairs/1"
+
+
+@dataclass(frozen=True)
+class RegistrationProgress:
+    """One step of long work: ``done`` of ``total`` in ``stage``
+    (``"coarse"``, ``"fine"`` or ``"write"``)."""
+
+    done: int
+    total: int
+    stage: str
+
+
+@dataclass
+class PatchMatch:
+    """The registration of one low patch against each other scan.
+
+    ``lr``: top-left (row, col) in the interpolated low scan; ``offset[t]``:
+    sub-pixel offset (LR px) of the same content in scan ``t``; ``position[t]``:
+    the top-left, in ``t``'s own pixels, where its patch is cut;
+    ``correlation[t]``: peak normalised correlation; ``reason``: why the pair
+    was rejected (``"foreground"``, ``"threshold"``, ``"window"``, ``"outside"``)
+    or None when kept.
+    """
+
+    lr: tuple[int, int]
+    foreground: float
+    offset: dict = field(default_factory=dict)
+    position: dict = field(default_factory=dict)
+    correlation: dict = field(default_factory=dict)
+    reason: str | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.reason is None
+
+    def as_dict(self) -> dict:
+        return {
+            "lr": [int(v) for v in self.lr],
+            "foreground": round(float(self.foreground), 4),
+            "offset": {k: [round(float(x), 4) for x in v] for k, v in self.offset.items()},
+            "position": {k: [int(x) for x in v] for k, v in self.position.items()},
+            "correlation": {k: round(float(v), 4) for k, v in self.correlation.items()},
+            "kept": self.kept,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class RegistrationResult:
+    """Registered patches of a low scan against its mid and/or high scans.
+
+    ``len(result)`` is the number of kept pairs; ``result[i]`` cuts pair ``i``
+    as a dict ``{"lr": ..., "mr": ..., "hr": ...}`` (arrays in the scans' own
+    dtypes; "mr" only with a mid scan). ``matches`` holds every candidate,
+    kept or not; ``report`` is a JSON-ready summary.
+    """
+
+    low: np.ndarray  # the interpolated low scan
+    scans: dict  # "mr" / "hr" -> the other scans as given
+    ratios: dict  # "mr" / "hr" -> integer ratio to the interpolated low grid
+    patch_size: int
+    matches: list
+    report: dict
+
+    @property
+    def kept(self) -> list:
+        return [m for m in self.matches if m.kept]
+
+    def __len__(self) -> int:
+        return sum(m.kept for m in self.matches)
+
+    def __getitem__(self, i: int) -> dict:
+        m = self.kept[i]
+        p = self.patch_size
+        out = {"lr": self.low[m.lr[0] : m.lr[0] + p, m.lr[1] : m.lr[1] + p]}
+        for t, scan in self.scans.items():
+            r, c = m.position[t]
+            q = p * self.ratios[t]
+            out[t] = scan[r : r + q, c : c + q]
+        return out
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def integer_ratio_magnification(low: float, others) -> float:
+    """Smallest magnification >= ``low`` of which every one of ``others`` is an integer multiple.
+
+    The paper's 4× with 10× and 20× gives 5× (§II-B: "we interpolate 4× slides
+    to 5× to avoid float numbers in patch size").
+    """
+    others = [float(o) for o in others]
+    top = max(others)
+    for k in range(int(math.floor(top / low + 1e-9)), 0, -1):
+        m = top / k
+        if all(abs(o / m - round(o / m)) < 1e-6 for o in others):
+            return m
+    raise InputError(f"no magnification >= {low} divides {others}")  # unreachable: k=1 works
+
+
+def interpolate_to_ratio(image: np.ndarray, factor: float) -> np.ndarray:
+    """Rescale (H, W[, C]) by ``factor`` with a cubic spline, keeping dtype and value range.
+
+    Output pixel j samples input position ``(j + 0.5) / factor - 0.5`` (pixel
+    centres, as MATLAB ``imresize``), for ``floor(factor * size)`` pixels, so
+    the grid is exactly ``factor`` times finer whatever the size.
+    """
+    from scipy.ndimage import affine_transform
+
+    if abs(factor - 1.0) < 1e-12:
+        return image
+    arr = np.asarray(image)
+    h, w = (int(math.floor(factor * s + 1e-9)) for s in arr.shape[:2])
+    step = 1.0 / factor
+    start = 0.5 * step - 0.5
+    work = arr.astype(np.float32)
+    planes = work[..., None] if arr.ndim == 2 else work
+    out = np.empty((h, w, planes.shape[2]), dtype=np.float32)
+    for ch in range(planes.shape[2]):
+        affine_transform(
+            planes[..., ch], [step, step], offset=[start, start], output_shape=(h, w),
+            output=out[..., ch], order=3, mode="nearest",
+        )
+    out = out[..., 0] if arr.ndim == 2 else out
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        return np.clip(np.round(out), info.min, info.max).astype(arr.dtype)
+    if arr.dtype == np.float64:
+        return out.astype(np.float64)
+    return out.astype(arr.dtype, copy=False)
+
+
+def _check_scan(image, name: str) -> np.ndarray:
+    if image is None:
+        raise InputError(f"the {name} scan is missing")
+    arr = np.asarray(image)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise InputError(f"the {name} scan must be a real numeric image, got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise InputError(
+            f"the {name} scan must be (rows, cols) or (rows, cols, 3|4) RGB(A), got shape {arr.shape}"
+        )
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InputError(f"the {name} scan contains NaN or infinite values")
+    return arr
+
+
+def _grey(arr: np.ndarray) -> np.ndarray:
+    """Luminance as float32 (the scale does not matter for normalised correlation)."""
+    a = arr.astype(np.float32, copy=False)
+    if a.ndim == 3:
+        a = a @ np.asarray([0.2125, 0.7154, 0.0721], dtype=np.float32)
+    return a
+
+
+def _block_mean(grey: np.ndarray, ratio: int) -> np.ndarray:
+    h, w = (grey.shape[0] // ratio) * ratio, (grey.shape[1] // ratio) * ratio
+    if ratio == 1:
+        return grey[:h, :w]
+    return grey[:h, :w].reshape(h // ratio, ratio, w // ratio, ratio).mean(axis=(1, 3))
+
+
+def _foreground_mask(grey: np.ndarray, background: str, is_rgb: bool) -> np.ndarray:
+    from skimage.filters import threshold_otsu
+
+    if background == "auto":
+        background = "bright" if is_rgb else "dark"
+    if background not in ("bright", "dark"):
+        raise InputError(f"background must be 'auto', 'bright' or 'dark', got {background!r}")
+    if float(grey.max()) == float(grey.min()):
+        return np.zeros(grey.shape, dtype=bool)
+    t = threshold_otsu(grey)
+    return grey < t if background == "bright" else grey > t
+
+
+def _box_fraction(mask: np.ndarray, rows, cols, size: int) -> np.ndarray:
+    """Fraction of True in each size×size box with top-left (rows[i], cols[i]) (summed-area table)."""
+    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
+    r, c = np.asarray(rows), np.asarray(cols)
+    tot = sat[r + size, c + size] - sat[r, c + size] - sat[r + size, c] + sat[r, c]
+    return tot / float(size * size)
+
+
+def _match(region: np.ndarray, template: np.ndarray):
+    """Integer peak (row, col) of the normalised correlation of ``template`` in ``region``."""
+    from skimage.feature import match_template
+
+    ncc = match_template(region, template)
+    flat = int(np.argmax(ncc))
+    peak = np.unravel_index(flat, ncc.shape)
+    return (int(peak[0]), int(peak[1])), float(ncc.flat[flat]), ncc.shape
+
+
+def _subpixel(reference: np.ndarray, moving: np.ndarray, upsample_factor: int) -> np.ndarray:
+    """Sub-pixel shift of ``moving`` inside ``reference`` (both at the integer peak), |shift| <= 1."""
+    from skimage.registration import phase_cross_correlation
+
+    ref = reference - reference.mean()
+    mov = moving - moving.mean()
+    shift, _, _ = phase_cross_correlation(
+        ref, mov, upsample_factor=upsample_factor, normalization=None
+    )
+    # skimage returns the shift that moves ``moving`` onto ``reference``, i.e.
+    # where the content of ``moving`` lies in ``reference``.
+    shift = np.asarray(shift, dtype=np.float64)
+    if np.any(np.abs(shift) > 1.0):
+        return np.zeros(2)
+    return shift
+
+
+# ---------------------------------------------------------------- register
+
+
+def register_iter(
+    low,
+    mid=None,
+    high=None,
+    *,
+    magnifications=(4, 10, 20),
+    patch_size: int = 128,
+    stride: int | None = None,
+    threshold: float = 0.6,
+    min_foreground: float = 0.1,
+    coarse_patches: int = 16,
+    coarse_window: int = 32,
+    fine_window: int = 6,
+    upsample_factor: int = 20,
+    background: str = "auto",
+    max_patches: int | None = None,
+    seed: int | None = 0,
+) -> Iterator[RegistrationProgress]:
+    """Register ``mid`` and ``high`` scans to the ``low`` scan of the same slide (paper 002 §II-B).
+
+    A generator: yields :class:`RegistrationProgress` and returns a
+    :class:`RegistrationResult` (``StopIteration.value``); :func:`register`
+    runs it to the end.
+
+    Parameters
+    ----------
+    low, mid, high : arrays (H, W) or (H, W, 3|4)
+        Scans of one slide at ``magnifications`` (low, mid, high). ``mid`` may
+        be None (low–high pairs only; then ``magnifications`` may have two
+        entries, low and high).
+    patch_size : low patch side in interpolated-low pixels (paper: 128; the
+        mid and high patches are ``ratio`` times larger, 256 and 512).
+    stride : step of the grid of candidate low patches (default patch_size).
+    threshold : T, the minimum peak normalised correlation, in every scan.
+    min_foreground : minimum fraction of foreground pixels in the low patch.
+    coarse_patches, coarse_window : n random patches and the redundancy Δr
+        (LR px) of the coarse step.
+    fine_window : the redundancy ΔR (LR px) around the coarse position.
+    upsample_factor : sub-pixel precision 1/upsample_factor LR px.
+    background : "bright" (bright-field), "dark" (fluorescence) or "auto".
+    max_patches : register a random subset of at most this many candidates.
+    seed : for the coarse and subset draws.
+    """
+    low = _check_scan(low, "low")
+    high = _check_scan(high, "high")
+    scans = {"hr": high}
+    if mid is not None:
+        scans = {"mr": _check_scan(mid, "mid"), "hr": high}
+    mags = [float(m) for m in magnifications]
+    if mid is None and len(mags) == 3:
+        mags = [mags[0], mags[2]]
+    if len(mags) != 1 + len(scans) or min(mags) <= 0 or sorted(mags) != mags or len(set(mags)) != len(mags):
+        raise InputError(
+            f"magnifications must be increasing positive numbers for the low, "
+            f"{'mid, ' if mid is not None else ''}high scans, got {list(magnifications)}"
+        )
+    p = int(patch_size)
+    if p < 8:
+        raise InputError(f"patch_size must be at least 8 px, got {patch_size}")
+    step = p if stride is None else int(stride)
+    if step < 1:
+        raise InputError(f"stride must be positive, got {stride}")
+    if not (-1.0 <= threshold <= 1.0):
+        raise InputError(f"threshold T is a correlation in [-1, 1], got {threshold}")
+    if not (0.0 <= min_foreground <= 1.0):
+        raise InputError(f"min_foreground is a fraction in [0, 1], got {min_foreground}")
+    if coarse_window < 1 or fine_window < 1 or coarse_patches < 1 or upsample_factor < 1:
+        raise InputError("coarse_patches, coarse_window, fine_window, upsample_factor must be >= 1")
+
+    lr_mag = integer_ratio_magnification(mags[0], mags[1:])
+    ratios = {t: int(round(m / lr_mag)) for t, m in zip(scans, mags[1:])}
+    factor = lr_mag / mags[0]
+    lr = interpolate_to_ratio(low, factor)
+    h, w = lr.shape[:2]
+    if h < p or w < p:
+        raise InputError(
+            f"the low scan (interpolated to {lr_mag:g}x: {h}x{w} px) is smaller than one "
+            f"{p} px patch; use a smaller patch_size"
+        )
+    lr_grey = _grey(lr)
+    refs = {}
+    for t, scan in scans.items():
+        refs[t] = _block_mean(_grey(scan), ratios[t])
+        rh, rw = refs[t].shape
+        if rh < p or rw < p:
+            raise InputError(
+                f"the {'mid' if t == 'mr' else 'high'} scan ({scan.shape[0]}x{scan.shape[1]} px) "
+                f"is smaller than one {p * ratios[t]} px patch"
+            )
+    fg = _foreground_mask(lr_grey, background, low.ndim == 3)
+    rng = np.random.default_rng(seed)
+
+    # ---- coarse: n random foreground patches, each searched within ±Δr
+    pc = p
+    tries = max(64, 16 * coarse_patches)
+    cr = rng.integers(0, h - pc + 1, size=tries)
+    cc = rng.integers(0, w - pc + 1, size=tries)
+    cfg = _box_fraction(fg, cr, cc, pc)
+    order = np.argsort(-(cfg >= min_foreground).astype(int), kind="stable")[:coarse_patches]
+    coarse = {}
+    total = len(order) * len(scans)
+    done = 0
+    for t, ref in refs.items():
+        offs, cors = [], []
+        rh, rw = ref.shape
+        for i in order:
+            r, c = int(cr[i]), int(cc[i])
+            r0, c0 = max(0, r - coarse_window), max(0, c - coarse_window)
+            r1, c1 = min(rh, r + pc + coarse_window), min(rw, c + pc + coarse_window)
+            done += 1
+            yield RegistrationProgress(done, total, "coarse")
+            if r1 - r0 < pc or c1 - c0 < pc:
+                continue
+            (pr, pcl), corr, _ = _match(ref[r0:r1, c0:c1], lr_grey[r : r + pc, c : c + pc])
+            if cfg[i] >= min_foreground and corr >= threshold:
+                offs.append((r0 + pr - r, c0 + pcl - c))
+                cors.append(corr)
+        name = "mid" if t == "mr" else "high"
+        if not offs:
+            raise InputError(
+                f"coarse registration of the {name} scan failed: none of {len(order)} patches "
+                f"correlates above T={threshold} within ±{coarse_window} LR px; check the "
+                f"magnifications, lower the threshold or widen the coarse window"
+            )
+        offs_a = np.asarray(offs, dtype=np.float64)
+        med = np.median(offs_a, axis=0)
+        close = np.all(np.abs(offs_a - med) <= 2.0, axis=1)
+        mean = offs_a[close].mean(axis=0)
+        coarse[t] = {
+            "offset": [round(float(v), 3) for v in mean],
+            "patches": int(len(offs)),
+            "inliers": int(close.sum()),
+            "correlation": round(float(np.mean(cors)), 4),
+        }
+
+    # ---- fine: each grid patch within ±ΔR of its coarse position
+    rows = np.arange(0, h - p + 1, step)
+    cols = np.arange(0, w - p + 1, step)
+    gr, gc = (a.ravel() for a in np.meshgrid(rows, cols, indexing="ij"))
+    if max_patches is not None and len(gr) > int(max_patches):
+        pick = np.sort(rng.choice(len(gr), size=int(max_patches), replace=False))
+        gr, gc = gr[pick], gc[pick]
+    fracs = _box_fraction(fg, gr, gc, p)
+    matches = []
+    n = len(gr)
+    for k in range(n):
+        r, c = int(gr[k]), int(gc[k])
+        m = PatchMatch(lr=(r, c), foreground=float(fracs[k]))
+        matches.append(m)
+        if fracs[k] < min_foreground:
+            m.reason = "foreground"
+        else:
+            patch = lr_grey[r : r + p, c : c + p]
+            for t, ref in refs.items():
+                reason = _fine(m, t, patch, ref, coarse[t]["offset"], fine_window, threshold,
+                               upsample_factor, ratios[t], scans[t].shape, p)
+                if reason:
+                    m.reason = reason
+                    break
+        yield RegistrationProgress(k + 1, n, "fine")
+
+    report = _report(
+        matches, coarse, ratios, p, lr_mag, factor, mags, lr.shape,
+        dict(
+            stride=step, threshold=threshold, min_foreground=min_foreground,
+            coarse_patches=coarse_patches, coarse_window=coarse_window,
+            fine_window=fine_window, upsample_factor=upsample_factor,
+            background=background, max_patches=max_patches, seed=seed,
+        ),
+    )
+    return RegistrationResult(lr, scans, ratios, p, matches, report)
+
+
+def _fine(m, t, patch, ref, coarse_offset, window, threshold, upsample, ratio, scan_shape, p):
+    """Register one low ``patch`` in ``ref`` (scan ``t`` at low scale); fill ``m``; return a reason or None."""
+    r, c = m.lr
+    base_r = r + int(round(coarse_offset[0]))
+    base_c = c + int(round(coarse_offset[1]))
+    r0, c0 = base_r - window, base_c - window
+    r1, c1 = base_r + p + window, base_c + p + window
+    if r0 < 0 or c0 < 0 or r1 > ref.shape[0] or c1 > ref.shape[1]:
+        return "outside"
+    (pr, pc), corr, shape = _match(ref[r0:r1, c0:c1], patch)
+    m.correlation[t] = corr
+    if corr < threshold:
+        return "threshold"
+    if pr in (0, shape[0] - 1) or pc in (0, shape[1] - 1):
+        return "window"  # the best match may lie beyond ΔR
+    ir, ic = r0 + pr, c0 + pc
+    sub = _subpixel(ref[ir : ir + p, ic : ic + p], patch, upsample)
+    off = np.array([ir - r, ic - c], dtype=np.float64) + sub
+    m.offset[t] = (float(off[0]), float(off[1]))
+    pos = (int(round(ratio * (r + off[0]))), int(round(ratio * (c + off[1]))))
+    q = p * ratio
+    if pos[0] < 0 or pos[1] < 0 or pos[0] + q > scan_shape[0] or pos[1] + q > scan_shape[1]:
+        return "outside"
+    m.position[t] = pos
+    return None
+
+
+def _report(matches, coarse, ratios, p, lr_mag, factor, mags, lr_shape, params) -> dict:
+    reasons = ("foreground", "threshold", "window", "outside")
+    rejected = {k: sum(m.reason == k for m in matches) for k in reasons}
+    kept = [m for m in matches if m.kept]
+    summary = {}
+    for t in ratios:
+        if kept:
+            off = np.asarray([m.offset[t] for m in kept])
+            cor = np.asarray([m.correlation[t] for m in kept])
+            summary[t] = {
+                "offset_mean": [round(float(v), 4) for v in off.mean(axis=0)],
+                "offset_std": [round(float(v), 4) for v in off.std(axis=0)],
+                "correlation_mean": round(float(cor.mean()), 4),
+                "correlation_min": round(float(cor.min()), 4),
+            }
+    names = ["low"] + (["mid"] if "mr" in ratios else []) + ["high"]
+    return {
+        "format": REPORT_FORMAT,
+        "paper": "Ma et al. 2020, PathSRGAN, section II-B",
+        "units": "offsets in interpolated-low pixels (row, col); positions in each scan's pixels",
+        "magnifications": dict(zip(names, mags)),
+        "low_interpolated_to": lr_mag,
+        "low_interpolation_factor": factor,
+        "low_interpolated_shape": [int(v) for v in lr_shape[:2]],
+        "ratios": {t: int(v) for t, v in ratios.items()},
+        "patch_size": {"lr": p, **{t: p * v for t, v in ratios.items()}},
+        "params": params,
+        "coarse": coarse,
+        "candidates": len(matches),
+        "kept": len(kept),
+        "rejected": rejected,
+        "summary": summary,
+        "patches": [m.as_dict() for m in matches],
+    }
+
+
+def _drain(gen, progress: Callable | None):
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(event)
+
+
+def register(low, mid=None, high=None, *, progress: Callable | None = None, **kwargs):
+    """Run :func:`register_iter` to the end; ``progress(event)`` is called for each event."""
+    return _drain(register_iter(low, mid, high, **kwargs), progress)
+
+
+# ------------------------------------------------------------------ write
+
+
+def _is_pairs_folder(path: Path) -> bool:
+    try:
+        return json.loads((path / "report.json").read_text()).get("format") == REPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_output(out, overwrite: bool) -> Path:
+    """Refuse an output that is a file, or a non-empty folder we may not replace."""
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"output {out} exists and is not a folder")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise InputError(
+                    f"output folder {out} exists and is not empty; use a new folder or overwrite"
+                )
+            if not _is_pairs_folder(out):
+                raise InputError(
+                    f"output folder {out} is not a pairs folder (no report.json); not replacing it"
+                )
+    return out
+
+
+def write_pairs_iter(result: RegistrationResult, out, *, overwrite: bool = False):
+    """Write the kept pairs as TIFFs plus ``report.json`` into the folder ``out``.
+
+    The folder is assembled beside ``out`` and renamed into place
+    (:func:`napari_resolve._atomic.atomic_path`): a failure or Ctrl-C leaves no
+    partial folder. An existing non-empty ``out`` is replaced only with
+    ``overwrite=True`` and only if it is a pairs folder written by this
+    function. Yields :class:`RegistrationProgress` (stage ``"write"``), returns
+    the folder's path.
+    """
+    import tifffile
+
+    from napari_resolve._atomic import atomic_path
+
+    out = _check_output(out, overwrite)
+    n = len(result)
+    if n == 0:
+        raise InputError(
+            f"no pairs kept out of {len(result.matches)} candidates (rejected: "
+            f"{result.report['rejected']}); lower the threshold or min_foreground"
+        )
+    width = max(5, len(str(n)))
+    report = dict(result.report)
+    kept_idx = [i for i, m in enumerate(result.matches) if m.kept]
+    names = [f"{i + 1:0{width}d}.tif" for i in range(n)]
+    report["files"] = {"layout": "<kind>/<name> for kind in " + ", ".join(["lr", *result.scans])}
+    patches = [dict(d) for d in report["patches"]]
+    for name, i in zip(names, kept_idx):
+        patches[i]["file"] = name
+    report["patches"] = patches
+    with atomic_path(out, suffix="") as tmp:
+        for kind in ("lr", *result.scans):
+            (tmp / kind).mkdir(parents=True)
+        for k, name in enumerate(names):
+            for kind, arr in result[k].items():
+                rgb = arr.ndim == 3 and arr.shape[2] == 3
+                tifffile.imwrite(tmp / kind / name, np.ascontiguousarray(arr),
+                                 photometric="rgb" if rgb else "minisblack")
+            yield RegistrationProgress(k + 1, n, "write")
+        (tmp / "report.json").write_text(json.dumps(report, indent=1))
+    return out
+
+
+def write_pairs(result: RegistrationResult, out, *, overwrite: bool = False, progress=None) -> Path:
+    """Run :func:`write_pairs_iter` to the end."""
+    return _drain(write_pairs_iter(result, out, overwrite=overwrite), progress)
+
+
+def build_dataset_iter(low, mid, high, out, *, overwrite: bool = False, **kwargs):
+    """Register, then write the pairs folder; yields progress, returns (result, path)."""
+    out = _check_output(out, overwrite)  # fail before the long registration
+    result = yield from register_iter(low, mid, high, **kwargs)
+    path = yield from write_pairs_iter(result, out, overwrite=overwrite)
+    return result, path
+
+
+def build_dataset(low, mid, high, out, *, overwrite: bool = False, progress=None, **kwargs):
+    """Run :func:`build_dataset_iter` to the end; returns (result, path)."""
+    return _drain(build_dataset_iter(low, mid, high, out, overwrite=overwrite, **kwargs), progress)

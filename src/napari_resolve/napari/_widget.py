@@ -1,0 +1,629 @@
+"""The "Super-resolve" dock widget: model, super-resolve, edit the parsing map and re-run.
+
+One panel, read top to bottom, because that is the order of the work:
+
+1. **Model** — a bundled model from the list or a ``.safetensors`` file
+   (pickled checkpoints are refused with a notification); a card shows what it
+   is: architecture, paper, scale, parameters, colour mode, training data,
+   validation metrics and the device that will run it.
+2. **Super-resolve** — the image layer (the active one by default), tile size
+   and overlap, device, current plane or all planes of a stack; the button runs
+   :func:`napari_resolve.predict.predict_iter` in a ``thread_worker`` with a
+   napari progress bar and a Cancel button. The result is a new Image layer
+   ``<input> ×s (arch)`` that overlays the input exactly (docs/architecture.md,
+   "Geometry"), with the input's colormap and contrast.
+3. **Parsing map** — for models that predict one (paper 000, "gp"): a Labels
+   layer ``<input> parsing`` (0 background, 1 cytoplasm red, 2 nucleus blue,
+   the colours of paper 000 §3.1). Paint on it and click *Re-run with edited
+   parsing map*: the map is the model's geometry prior (paper 000 §2.2, the
+   mask encoder input) and the run adds a new layer; nothing is replaced.
+
+The widget is thin: the work is in :mod:`napari_resolve.napari._jobs` and the
+core; every problem a user can cause becomes a one-line notification.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_resolve.errors import InputError, ResolveError
+from napari_resolve.napari import _jobs
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+META_KEY = "napari_resolve"  # layer.metadata key with what made the layer
+
+COLOR_MODES = {"grey": "grey", "y": "Y of YCbCr (colour images: Cb, Cr bicubic)", "rgb": "RGB"}
+
+
+def available_devices() -> list[str]:
+    """Devices torch can use here, best first (CUDA, Apple MPS, CPU)."""
+    import torch
+
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    found.append("cpu")
+    return found
+
+
+def _fmt_number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _summarise(obj, limit: int = 160) -> str:
+    """A short, readable line for a metadata value (dicts as ``key value`` pairs)."""
+    if obj in (None, "", {}, []):
+        return "—"
+    if isinstance(obj, dict):
+        parts = []
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {_fmt_number(v)}" for k, v in value.items())
+            elif isinstance(value, (list, tuple)):
+                value = ", ".join(str(v) for v in value)
+            parts.append(f"{key} {_fmt_number(value)}")
+        text = "; ".join(parts)
+    else:
+        text = str(obj)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fmt_params(n: int) -> str:
+    if n == 0:
+        return "0 (no weights)"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} k"
+    return str(n)
+
+
+class ResolveWidget(QWidget):
+    """Dock widget with three sections sharing one chosen model (see module docstring).
+
+    Python access for scripts and tests: :meth:`set_model`, :meth:`load_model`,
+    :meth:`load_model_file`, :meth:`super_resolve`, :meth:`rerun_with_parsing`,
+    :meth:`cancel`; ``model`` and ``meta`` are the chosen model.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = None
+        self.meta: dict | None = None
+        self.model_source = ""
+        self._worker = None
+        self._pbar = None
+        self._run_info: dict | None = None
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._build_model_section())
+        layout.addWidget(self._build_sr_section())
+        layout.addWidget(self._build_parsing_section())
+        layout.addStretch(1)
+
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._on_layers_changed)
+        layers.events.removed.connect(self._refresh_layer_choices)
+        layers.events.moved.connect(self._refresh_layer_choices)
+        layers.selection.events.active.connect(self._on_active_layer)
+        for layer in layers:
+            layer.events.name.connect(self._refresh_layer_choices)
+        self.viewer.dims.events.ndisplay.connect(self._update_planes_row)
+
+        self._fill_model_choices()
+        self._refresh_layer_choices()
+        self._on_active_layer()
+        self._update_card()
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ layout
+
+    def _build_model_section(self) -> QGroupBox:
+        box = QGroupBox("1 · Model")
+        form = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("A model shipped with napari-resolve, or a file you loaded")
+        self.model_combo.activated.connect(self._on_model_chosen)
+        self.load_file_button = QPushButton("Load file…")
+        self.load_file_button.setToolTip("Open a .safetensors model file (pickled .pt/.pth files are refused)")
+        self.load_file_button.clicked.connect(self._ask_model_file)
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.load_file_button)
+        form.addLayout(row)
+        self.card = QLabel()
+        self.card.setTextFormat(Qt.TextFormat.RichText)
+        self.card.setWordWrap(True)
+        self.card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addWidget(self.card)
+        return box
+
+    def _build_sr_section(self) -> QGroupBox:
+        box = QGroupBox("2 · Super-resolve")
+        outer = QVBoxLayout(box)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The image layer to super-resolve (the active layer by default)")
+        self.image_combo.currentIndexChanged.connect(self._update_planes_row)
+        form.addRow("image", self.image_combo)
+
+        self.planes_combo = QComboBox()
+        self.planes_combo.addItems(["current plane", "all planes"])
+        self.planes_combo.setToolTip("For stacks: the plane on screen, or every plane")
+        form.addRow("planes", self.planes_combo)
+
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 16384)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setValue(0)
+        self.tile_spin.setSpecialValueText("auto")
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip(
+            "Input pixels per tile side. 'auto': about 1024 output pixels on the CPU, 2048 on a "
+            "GPU. Smaller tiles need less memory; a tile larger than the image runs it in one "
+            "piece (paper 000 §2.4 feeds whole cells)."
+        )
+        form.addRow("tile", self.tile_spin)
+
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(-1, 512)
+        self.overlap_spin.setValue(-1)
+        self.overlap_spin.setSpecialValueText("auto")
+        self.overlap_spin.setSuffix(" px")
+        self.overlap_spin.setToolTip(
+            "Input pixels each tile reads beyond its border (blended). 'auto': the model's "
+            "receptive field, so tiled = untiled; 32 for models with global operations."
+        )
+        form.addRow("overlap", self.overlap_spin)
+
+        self.device_combo = QComboBox()
+        devices = available_devices()
+        self.device_combo.addItem(f"auto ({devices[0].upper()})", "auto")
+        for dev in devices:
+            self.device_combo.addItem(dev.upper(), dev)
+        self.device_combo.currentIndexChanged.connect(self._update_card)
+        form.addRow("device", self.device_combo)
+        outer.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Super-resolve")
+        self.run_button.clicked.connect(self.super_resolve)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button, 2)
+        buttons.addWidget(self.cancel_button, 1)
+        outer.addLayout(buttons)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        outer.addWidget(self.status)
+        return box
+
+    def _build_parsing_section(self) -> QGroupBox:
+        box = QGroupBox("3 · Parsing map (geometry prior)")
+        outer = QVBoxLayout(box)
+        hint = QLabel(
+            "Models with a geometry prior add a <b>parsing</b> Labels layer. Fix it with the "
+            "brush — label 1 <span style='color:#f24033'>cytoplasm</span>, 2 "
+            "<span style='color:#3366ff'>nucleus</span>, 0 background — then re-run: "
+            "the edited map guides the model."
+        )
+        hint.setWordWrap(True)
+        outer.addWidget(hint)
+        form = QFormLayout()
+        self.parsing_combo = QComboBox()
+        self.parsing_combo.setToolTip("The Labels layer used as the prior")
+        form.addRow("parsing map", self.parsing_combo)
+        outer.addLayout(form)
+        self.rerun_button = QPushButton("Re-run with edited parsing map")
+        self.rerun_button.clicked.connect(self.rerun_with_parsing)
+        outer.addWidget(self.rerun_button)
+        self.parsing_box = box
+        return box
+
+    # ------------------------------------------------------------------ model
+
+    def _fill_model_choices(self) -> None:
+        from napari_resolve import bundle
+
+        self.model_combo.clear()
+        self.model_combo.addItem("— choose a model —", None)
+        try:
+            entries = bundle.pretrained()
+        except ResolveError as exc:  # a broken install: still usable with files
+            show_error(f"cannot list the bundled models: {exc}")
+            entries = []
+        for entry in entries:
+            self.model_combo.addItem(f"{entry['name']} — {entry['summary']}", ("pretrained", entry["name"]))
+        for scale in (4, 8):
+            self.model_combo.addItem(f"bicubic ×{scale} (baseline, no learning)", ("baseline", scale))
+
+    def _on_model_chosen(self, index: int) -> None:
+        choice = self.model_combo.itemData(index)
+        if choice is None:
+            return
+        kind, value = choice
+        if kind == "baseline":
+            self._use_baseline(int(value))
+        else:
+            self.load_model(value if kind == "pretrained" else Path(value))
+
+    def _use_baseline(self, scale: int) -> None:
+        from napari_resolve import bundle, models
+
+        model = models.build("bicubic", scale=scale, in_channels=1)
+        meta = bundle.default_meta(model)
+        meta["color_mode"] = "y"  # colour images: Y bicubic, Cb/Cr bicubic = plain bicubic
+        self.set_model(model, meta, source=f"bicubic ×{scale} baseline")
+
+    def _ask_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a model file", "", "Model files (*.safetensors);;All files (*)"
+        )
+        if path:
+            self.load_model_file(path)
+
+    def load_model_file(self, path) -> bool:
+        """Load a ``.safetensors`` model file and add it to the list; False (and a notification) if refused."""
+        path = Path(path)
+        if not self.load_model(path):
+            return False
+        label = f"{path.name} (file)"
+        for i in range(self.model_combo.count()):
+            if self.model_combo.itemData(i) == ("file", str(path)):
+                break
+        else:
+            self.model_combo.addItem(label, ("file", str(path)))
+            i = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(i)
+        return True
+
+    def load_model(self, src) -> bool:
+        """Load a pretrained name or a file with :func:`napari_resolve.bundle.load`.
+
+        A pickled checkpoint, an unreadable file or a file that does not fit its
+        architecture gives a notification and keeps the current model.
+        """
+        from napari_resolve import bundle
+
+        try:
+            model, meta = bundle.load(src)
+        except ResolveError as exc:
+            self._error(f"{exc}. Choose a napari-resolve .safetensors model file.")
+            return False
+        name = Path(src).name if isinstance(src, Path) else str(src)
+        self.set_model(model, meta, source=name)
+        return True
+
+    def set_model(self, model, meta: dict, source: str = "") -> None:
+        """Use ``model`` (an :class:`~napari_resolve.models.SRModel`) with its bundle ``meta``."""
+        self.model = model
+        self.meta = dict(meta)
+        self.model_source = source or str(meta.get("architecture", ""))
+        self._update_card()
+
+    def _predicts_parsing(self) -> bool:
+        return bool(self.model is not None and getattr(self.model, "predicts_parsing", False))
+
+    def device(self) -> str:
+        """The device a run will use: the choice, or the best available for 'auto'."""
+        choice = self.device_combo.currentData()
+        return available_devices()[0] if choice in (None, "auto") else choice
+
+    def _update_card(self, *_) -> None:
+        dev = self.device().upper()
+        dev_note = {"CUDA": "NVIDIA GPU", "MPS": "Apple GPU", "CPU": "no GPU found" if
+                    self.device_combo.currentData() == "auto" else "processor"}[dev]
+        if self.model is None:
+            self.card.setText(
+                "<i>No model yet: choose one from the list or load a .safetensors file.</i>"
+                f"<br>Device that will be used: <b>{dev}</b> ({dev_note})"
+            )
+            self.parsing_box.setEnabled(False)
+            return
+        from napari_resolve.models import count_parameters
+
+        meta = self.meta or {}
+        labels = meta.get("labels")
+        rows = [
+            ("Model", self.model_source),
+            ("Architecture", meta.get("architecture") or getattr(self.model, "arch", "")),
+            ("Paper", meta.get("paper") or "—"),
+            ("Scale", f"×{meta.get('scale', getattr(self.model, 'scale', '?'))}"),
+            ("Parameters", _fmt_params(count_parameters(self.model))),
+            ("Colour mode", COLOR_MODES.get(meta.get("color_mode"), str(meta.get("color_mode")))),
+            ("Parsing map", ", ".join(f"{k} {v}" for k, v in labels.items()) if labels else "no"),
+            ("Training data", _summarise(meta.get("training"))),
+            ("Validation", _summarise(meta.get("metrics"))),
+            ("Device", f"<b>{dev}</b> ({dev_note})"),
+        ]
+        html = "".join(
+            f"<tr><td style='padding-right:8px;color:#aaa'>{k}</td><td>{v}</td></tr>" for k, v in rows
+        )
+        self.card.setText(f"<table>{html}</table>")
+        self.parsing_box.setEnabled(self._predicts_parsing())
+
+    # ------------------------------------------------------------------ layers
+
+    def _on_layers_changed(self, event=None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self._refresh_layer_choices)
+        self._refresh_layer_choices()
+
+    def _refresh_layer_choices(self, *_) -> None:
+        for combo, kind in ((self.image_combo, Image), (self.parsing_combo, Labels)):
+            current = combo.currentText()
+            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+        self._update_planes_row()
+
+    def _on_active_layer(self, *_) -> None:
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image):
+            self.image_combo.setCurrentText(active.name)
+        elif isinstance(active, Labels):
+            self.parsing_combo.setCurrentText(active.name)
+
+    def _layer(self, combo: QComboBox, kind):
+        name = combo.currentText()
+        if name and name in self.viewer.layers and isinstance(self.viewer.layers[name], kind):
+            return self.viewer.layers[name]
+        return None
+
+    def _update_planes_row(self, *_) -> None:
+        layer = self._layer(self.image_combo, Image)
+        has_planes = bool(layer is not None and _jobs.leading_shape(layer.data.shape, layer.rgb))
+        self.planes_combo.setEnabled(has_planes)
+
+    # ------------------------------------------------------------------ running
+
+    def _error(self, message: str) -> None:
+        self.status.setText(f"<span style='color:#e05050'>{message}</span>")
+        show_error(message)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.rerun_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.model_combo.setEnabled(not running)
+        self.load_file_button.setEnabled(not running)
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def super_resolve(self) -> None:
+        """Run the chosen model on the chosen image layer (button *Super-resolve*)."""
+        self._start(prior_layer=None)
+
+    def rerun_with_parsing(self) -> None:
+        """Run again with the chosen Labels layer as the prior (button *Re-run …*)."""
+        layer = self._layer(self.parsing_combo, Labels)
+        if layer is None:
+            self._error("No parsing Labels layer: run Super-resolve with a geometry-prior model first")
+            return
+        self._start(prior_layer=layer)
+
+    def cancel(self) -> None:
+        """Stop the run between two tiles; no layer is added."""
+        if self._worker is not None:
+            self.status.setText("Cancelling…")
+            self._worker.quit()
+
+    def _current_plane(self, layer) -> tuple[int, ...]:
+        lead = _jobs.leading_shape(layer.data.shape, layer.rgb)
+        coords = np.asarray(layer.world_to_data(self.viewer.dims.point))[: len(lead)]
+        return _jobs.current_index(lead, coords)
+
+    def _make_job(self, prior_layer):
+        if self.model is None:
+            raise InputError("No model: choose one in '1 · Model' or load a .safetensors file")
+        layer = self._layer(self.image_combo, Image)
+        if layer is None:
+            raise InputError(
+                "No image layer: open an image (File ▸ Open, or File ▸ Open Sample ▸ "
+                "napari-resolve) and pick it in 'image'"
+            )
+        if layer.multiscale:
+            raise InputError(
+                f"'{layer.name}' is a multiscale (pyramid) layer: super-resolve a crop or "
+                "use the command line 'napari-resolve predict' on the file"
+            )
+        meta = self.meta or {}
+        channels = int(meta.get("in_channels", getattr(self.model, "in_channels", 1)))
+        if channels == 3 and not layer.rgb:
+            raise InputError(
+                f"model {self.model_source!r} works on RGB images but '{layer.name}' is grey: "
+                "choose a grey or Y model, or open the colour image"
+            )
+        rgb = bool(layer.rgb)
+        shape = layer.data.shape
+        lead = _jobs.leading_shape(shape, rgb)
+        all_planes = bool(lead) and self.planes_combo.currentText() == "all planes"
+        plane = None if all_planes else self._current_plane(layer)
+        scale = int(meta.get("scale", self.model.scale))
+        h, w = (shape[-3:-1] if rgb else shape[-2:])
+        prior = None
+        if prior_layer is not None:
+            if not self._predicts_parsing():
+                raise InputError(
+                    f"model {self.model_source!r} takes no parsing map: choose a geometry-prior "
+                    "(gp) model to re-run with an edited map"
+                )
+            prior = _jobs.check_parsing_prior(
+                prior_layer.data, (scale * h, scale * w), lead, plane,
+                layer_name=prior_layer.name, image_name=layer.name, factor=scale,
+            )
+        job = _jobs.SRJob(
+            model=self.model, meta=meta, data=layer.data, rgb=rgb, plane=plane,
+            tile=self.tile_spin.value() or None,
+            overlap=None if self.overlap_spin.value() < 0 else self.overlap_spin.value(),
+            device=self.device(), prior=prior,
+        )
+        info = {
+            "layer": layer,
+            "name": layer.name,
+            "scale_in": tuple(layer.scale),
+            "translate_in": tuple(layer.translate),
+            "factor": scale,
+            "lead": lead,
+            "plane": plane if lead else None,
+            "arch": str(meta.get("architecture") or getattr(self.model, "arch", "model")),
+            "source": self.model_source,
+            "prior": None if prior_layer is None else prior_layer.name,
+            "label_names": meta.get("labels") or _jobs.DEFAULT_LABEL_NAMES,
+        }
+        return job, info
+
+    def _start(self, prior_layer) -> None:
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        if self._worker is not None:
+            show_info("A run is already going: wait for it or click Cancel")
+            return
+        try:
+            job, info = self._make_job(prior_layer)
+        except ResolveError as exc:
+            self._error(str(exc))
+            return
+        self._run_info = info
+        worker = thread_worker(_jobs.run_sr, start_thread=False)(job)
+        worker.yielded.connect(self._on_step)
+        worker.returned.connect(self._on_returned)
+        worker.aborted.connect(self._on_aborted)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._pbar = progress(total=0, desc=f"Super-resolve {info['name']}")
+        self.status.setText(f"Running {info['arch']} ×{info['factor']} on '{info['name']}'…")
+        self._set_running(True)
+        worker.start()
+
+    def _on_step(self, step: _jobs.Step) -> None:
+        if self._pbar is not None:
+            self._pbar.total = step.total
+            self._pbar.n = step.done
+            self._pbar.set_description(step.stage)
+            self._pbar.refresh()
+        self.status.setText(f"{step.stage}: {step.done}/{step.total}")
+
+    def _on_returned(self, outcome: _jobs.Outcome) -> None:
+        if outcome is None:
+            return
+        if outcome.error:
+            self._error(outcome.error)
+            return
+        added = self._add_result_layers(outcome, self._run_info or {})
+        self.status.setText("Added " + ", ".join(f"'{name}'" for name in added))
+
+    def _on_aborted(self) -> None:
+        self.status.setText("Cancelled: no layer added")
+
+    def _on_errored(self, exc: Exception) -> None:
+        # napari's worker already shows the error with its traceback (a bug, not user input)
+        self.status.setText(f"<span style='color:#e05050'>Failed: {exc}</span>")
+
+    def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+        self._pbar = None
+        self._worker = None
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ results
+
+    def _geometry(self, info: dict):
+        scale, translate = _jobs.sr_geometry(info["scale_in"], info["translate_in"], info["factor"])
+        if info["plane"] is not None and info["lead"]:
+            # a single plane of a stack: put it where that plane is
+            translate = list(translate)
+            for axis, idx in enumerate(info["plane"]):
+                translate[axis] += idx * info["scale_in"][axis]
+            translate = tuple(translate)
+        return scale, translate
+
+    def _add_result_layers(self, outcome: _jobs.Outcome, info: dict) -> list[str]:
+        src = info["layer"]
+        scale, translate = self._geometry(info)
+        provenance = {
+            "source_layer": info["name"],
+            "model": info["source"],
+            "architecture": info["arch"],
+            "scale_factor": info["factor"],
+            "plane": info["plane"],
+            "prior_layer": info["prior"],
+        }
+        suffix = f" ×{info['factor']} ({info['arch']}" + (", edited prior)" if info["prior"] else ")")
+        common = dict(scale=scale, translate=translate, units=src.units, axis_labels=src.axis_labels,
+                      affine=src.affine.affine_matrix)
+        image_layer = self.viewer.add_image(
+            outcome.image,
+            name=f"{info['name']}{suffix}",
+            rgb=src.rgb,
+            colormap=None if src.rgb else src.colormap,
+            contrast_limits=src.contrast_limits,
+            gamma=src.gamma,
+            blending=src.blending,
+            metadata={META_KEY: {**provenance, "kind": "sr"}},
+            **common,
+        )
+        added = [image_layer.name]
+        # An edited prior was given: the user's layer stays the map; no new one is added.
+        if outcome.labels is not None and info["prior"] is None:
+            labels_layer = self.viewer.add_labels(
+                np.asarray(outcome.labels).astype(np.uint8),
+                name=f"{info['name']} parsing",
+                metadata={META_KEY: {**provenance, "kind": "parsing"}},
+                **parsing_style(info["label_names"]),
+                **common,
+            )
+            added.append(labels_layer.name)
+            self.parsing_combo.setCurrentText(labels_layer.name)
+        # keep the input the active layer so another click runs on it again
+        self.viewer.layers.selection.active = src if src in self.viewer.layers else image_layer
+        return added
+
+
+def parsing_style(label_names: dict | None = None) -> dict:
+    """Labels-layer keywords for a parsing map: paper 000's colours and named labels."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    names = {int(k): str(v) for k, v in (label_names or _jobs.DEFAULT_LABEL_NAMES).items()}
+    index = sorted(names)
+    return {
+        "colormap": DirectLabelColormap(color_dict=dict(_jobs.PARSING_COLORS)),
+        "features": {"index": index, "name": [names[i] for i in index]},
+        "opacity": 0.5,
+    }

@@ -1,0 +1,929 @@
+"""The training / fine-tuning engine: a generator of progress events.
+
+``train_iter(...)`` yields :class:`TrainEvent` after every optimiser step
+and every validation, and *returns* a :class:`TrainResult` (the value of
+``StopIteration``, which ``napari.qt.threading.thread_worker`` emits as
+``returned``). ``train(...)`` runs it to the end with an optional callback.
+
+What it does, in order: build the model (or take one, or rebuild it from a
+resume checkpoint), the datasets (:func:`napari_resolve.data.datasets.make_dataset`),
+the recipe's phases (:mod:`napari_resolve.train.recipes`); then per phase,
+per epoch, per batch: forward, the phase's loss terms, discriminator and
+generator steps (Adam). After each epoch: validation PSNR / SSIM
+(:mod:`napari_resolve.metrics.quality`, on the Y / grey channel, border of
+``scale`` px cropped), the best weights written as a bundle
+(:func:`napari_resolve.bundle.save`, atomic), and a resume checkpoint
+(:mod:`napari_resolve.train.checkpoint`).
+
+Stopping:
+
+* ``stop`` (a ``threading.Event`` or a callable) is checked after every step;
+  ``minutes`` and ``max_steps`` are budgets. The run then validates once
+  more, keeps the best weights and returns with ``stopped`` set to ``"user"``,
+  ``"time"`` or ``"steps"``.
+* A non-finite loss or gradient stops before the optimiser step, so the
+  weights are those of the last good step (``stopped="nan"``); the best
+  bundle on disk is untouched and the checkpoint holds the last good state.
+* Closing the generator (``worker.quit()``) leaves the last best bundle;
+  everything is written atomically, so a killed process leaves nothing
+  half-written.
+
+Devices: ``device="auto"`` picks CUDA when available. On CUDA, automatic mixed
+precision (bfloat16 when supported, else float16 with a gradient scaler).
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the engine joins the process group
+(NCCL on CUDA, gloo on CPU), wraps the networks in
+``DistributedDataParallel`` and gives each process every ``world``-th sample
+of the epoch's order; ``batch_size`` is per process. Only rank 0 validates
+and writes files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_resolve import losses as L
+from napari_resolve.errors import InputError, ResolveError
+from napari_resolve.train import checkpoint as ckpt
+from napari_resolve.train import recipes as R
+
+__all__ = ["TrainEvent", "TrainResult", "train_iter", "train", "finetune_iter", "finetune"]
+
+
+@dataclass
+class TrainEvent:
+    """Progress of a run.
+
+    ``kind``: ``"step"`` (after an optimiser step), ``"epoch"`` (after a
+    validation; ``val`` is set), ``"phase"`` (a phase starts) or ``"info"``
+    (a message, e.g. a loss term left out). ``step`` counts optimiser steps
+    from the start of the run (resumes continue the count); ``total_steps`` is
+    None when only a time budget bounds the run; ``eta_s`` the estimated
+    seconds left.
+    """
+
+    epoch: int
+    step: int
+    total_steps: int | None
+    phase: str
+    losses: dict
+    val: dict | None = None
+    eta_s: float | None = None
+    message: str = ""
+    kind: str = "step"
+
+
+@dataclass
+class TrainResult:
+    """Outcome of a run.
+
+    ``bundle``: the best model file (None without ``output``); ``best``:
+    its validation metrics (``psnr``, ``ssim``, ``epoch``, ``step``);
+    ``history``: one dict per epoch; ``stopped``: None when the schedule
+    completed, else ``"user"``, ``"time"``, ``"steps"`` or ``"nan"``;
+    ``model``: the network with the best weights (last good weights if no
+    validation ran), in eval mode on the CPU; ``state``: the resume checkpoint.
+    """
+
+    bundle: Path | None
+    best: dict
+    history: list
+    stopped: str | None
+    message: str = ""
+    model: nn.Module | None = None
+    state: Path | None = None
+    meta: dict = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# --------------------------------------------------------------------------- helpers
+def _device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' asked for but CUDA is not available")
+    return dev
+
+
+def _dist_setup(device: torch.device):
+    """Join the process group when launched by torchrun; returns (rank, world, device, owned)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        owned = False
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        owned = True
+    else:
+        return 0, 1, device, False
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    return rank, world, device, owned
+
+
+def _all_max(value: float, world: int, device) -> float:
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([float(value)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _should_stop(stop) -> bool:
+    if stop is None:
+        return False
+    if isinstance(stop, threading.Event):
+        return stop.is_set()
+    return bool(stop())
+
+
+def _finite_grads(params) -> bool:
+    for p in params:
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            return False
+    return True
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if hasattr(m, "module") and isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+def _make_discriminator(kind: str, channels: int, patch: int) -> nn.Module:
+    if kind == "patchgan":
+        from napari_resolve.models.pathsrgan import PatchDiscriminator
+
+        # paper 002: 8×8 patch responses; pools = log2(size / 8), at least 1
+        pools = max(1, int(math.floor(math.log2(max(patch, 16) / 8))))
+        return PatchDiscriminator(in_channels=channels, pools=pools)
+    if kind == "srgan":
+        from napari_resolve.models.srseg import SRGANDiscriminator
+
+        return SRGANDiscriminator(in_channels=channels)
+    raise InputError(f"unknown discriminator kind {kind!r}")
+
+
+def _disc_logits(disc: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    inner = _unwrap(disc)
+    if "logits" in inspect.signature(inner.forward).parameters:
+        return disc(x, logits=True)
+    return disc(x)
+
+
+def _quality(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:
+    """Validation PSNR / SSIM of one (C, H, W) pair in [0, 1] (Y for RGB, border cropped)."""
+    from napari_resolve.metrics import quality
+
+    a = sr.detach().float().cpu().numpy()
+    b = hr.detach().float().cpu().numpy()
+    a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    b = b[0] if b.shape[0] == 1 else np.moveaxis(b, 0, -1)
+    a = np.clip(a, 0.0, 1.0)
+    crop = scale if min(a.shape[:2]) - 2 * scale >= 11 else 0
+    kw = dict(data_range=1.0, crop=crop)
+    return float(quality.psnr(a, b, **kw)), float(quality.ssim(a, b, **kw))
+
+
+def _json_num(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else (1e9 if v > 0 else -1e9)
+    return v
+
+
+# --------------------------------------------------------------------------- loss terms
+class _Terms:
+    """Computes a phase's weighted loss terms on one batch."""
+
+    def __init__(self, recipe: R.Recipe, phase: R.Phase, scale: int, features, task_model,
+                 has_labels: bool, model: nn.Module):
+        self.recipe = recipe
+        self.scale = scale
+        self.features = features
+        self.task_model = task_model
+        self.terms = {}
+        self.skipped = []
+        base = _unwrap(model)
+        wants_seg = "with_segmentation" in inspect.signature(base.forward).parameters
+        for key, weight in phase.losses.items():
+            term = key.split("@")[0]
+            if term in ("parsing", "segmentation") and not has_labels:
+                self.skipped.append(f"{key} (no label images)")
+                continue
+            if term == "parsing" and not getattr(base, "predicts_parsing", False):
+                self.skipped.append(f"{key} ({base.arch or 'model'} predicts no parsing map)")
+                continue
+            if term == "segmentation" and not (wants_seg and getattr(base, "segmentation_head", None) is not None):
+                self.skipped.append(f"{key} ({base.arch or 'model'} has no segmentation output)")
+                continue
+            if term == "task" and (task_model is None or not has_labels):
+                self.skipped.append(f"{key} (no task model or task labels)")
+                continue
+            if float(weight) != 0.0:
+                self.terms[key] = float(weight)
+        self.with_segmentation = any(k.startswith("segmentation") for k in self.terms)
+        self.adversarial = sorted({k.split("@")[1] if "@" in k else "sr"
+                                   for k in self.terms if k.startswith("adversarial")})
+        self.radius = int(recipe.options.get("boundary_radius", 2))
+
+    def target(self, out: dict, key: str, hr: torch.Tensor) -> torch.Tensor:
+        if key == "sr":
+            return hr
+        size = out[key].shape[-2:]
+        if tuple(size) == tuple(hr.shape[-2:]):
+            return hr
+        # PathSRGAN's MR target: the HR image resized to the MR grid (MATLAB bicubic);
+        # the paper has real 10× images, which HR-only data cannot provide.
+        from napari_resolve.data.degrade import imresize_torch
+
+        return imresize_torch(hr, output_shape=tuple(size))
+
+    def generator(self, out: dict, batch: dict, discs: dict) -> dict:
+        hr, labels = batch["hr"], batch["labels"]
+        parts = {}
+        for name, w in self.terms.items():
+            term, _, key = name.partition("@")
+            key = key or "sr"
+            if key not in out:
+                raise InputError(f"loss {name!r} needs the model output {key!r}")
+            pred = out[key]
+            if term == "charbonnier":
+                v = L.charbonnier(pred, self.target(out, key, hr))
+            elif term == "mse":
+                v = L.mse(pred, self.target(out, key, hr))
+            elif term == "mse_ssim":
+                v = L.mse_ssim_loss(pred, self.target(out, key, hr))
+            elif term == "staged":
+                if "stages" in out:
+                    v, _ = L.staged_loss(out["stages"], hr)
+                else:
+                    v = L.mse_ssim_loss(pred, hr)
+            elif term == "parsing":
+                v = L.parsing_loss(out["parsing"], labels)
+            elif term == "segmentation":
+                seg = out["segmentation"]
+                s = labels.shape[-1] // seg.shape[-1]
+                lab = labels[:, s // 2 :: s, s // 2 :: s][:, : seg.shape[-2], : seg.shape[-1]]
+                mask = L.boundary_mask(lab.clamp_min(-1), self.radius) if self.radius >= 0 else None
+                v = L.masked_cross_entropy(seg, lab, mask)
+            elif term == "perceptual":
+                v = L.perceptual_loss(self.features, pred, self.target(out, key, hr))
+            elif term == "adversarial":
+                v = L.adversarial_g_loss(_disc_logits(discs[key], pred))
+            elif term == "task":
+                v = L.task_loss(self.task_model, pred, labels)
+            else:
+                raise InputError(f"unknown loss term {term!r}")
+            parts[name] = (w, v)
+        return parts
+
+    def discriminator(self, out: dict, batch: dict, discs: dict) -> dict:
+        parts = {}
+        for key in self.adversarial:
+            real = self.target(out, key, batch["hr"])
+            fake = out[key].detach()
+            parts[f"D@{key}"] = L.adversarial_d_loss(_disc_logits(discs[key], real),
+                                                     _disc_logits(discs[key], fake))
+        return parts
+
+
+# --------------------------------------------------------------------------- the engine
+def _build_model(model, config, scale, in_channels):
+    from napari_resolve import models
+
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, str):
+        cfg = dict(config or {})
+        if scale is not None:
+            cfg["scale"] = int(scale)
+        if in_channels is not None:
+            cfg["in_channels"] = int(in_channels)
+        return models.build(model, **cfg)
+    raise InputError(f"model must be a registry name or a model, got {type(model).__name__}")
+
+
+def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int):
+    """This process's batches of sample indices for ``epoch`` (same order on every process)."""
+    order = np.random.default_rng([seed, epoch, 104729]).permutation(n)
+    per_step = batch_size * world
+    steps = n // per_step
+    if steps == 0:  # fewer samples than one global batch: one smaller batch
+        mine = order[rank::world].tolist()
+        return [mine] if mine else []
+    return [order[i * per_step + rank : (i + 1) * per_step : world].tolist() for i in range(steps)]
+
+
+def _auto_features(train_ds, channels: int, device, seed: int, steps: int):
+    """Fit a :class:`~napari_resolve.losses.ConvEncoder` on HR training patches (no download)."""
+    rng = np.random.default_rng([seed, 31])
+    patches = []
+    for i in rng.permutation(len(train_ds))[:64]:
+        hr = train_ds[int(i)]["hr"]
+        size = min(64, hr.shape[-1] // 4 * 4, hr.shape[-2] // 4 * 4)
+        patches.append(hr[:, :size, :size])
+    size = min(p.shape[-1] for p in patches)
+    batch = torch.stack([p[:, :size, :size] for p in patches])
+    return L.fit_conv_encoder(batch, in_channels=channels, steps=steps, seed=seed, device=device)
+
+
+def train_iter(
+    model=None,
+    data=None,
+    *,
+    config: dict | None = None,
+    scale: int | None = None,
+    in_channels: int | None = None,
+    recipe=None,
+    epochs=None,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    patch_size="recipe",
+    patches_per_image: int | None = None,
+    learning_rate: float | None = None,
+    val_data=None,
+    val_fraction: float = 0.1,
+    val_patch: int | None = 256,
+    output=None,
+    resume=None,
+    device="auto",
+    amp: bool = True,
+    seed: int = 0,
+    workers: int = 0,
+    normalization: dict | None = None,
+    degradation: dict | None = None,
+    pixel_size=None,
+    parent=None,
+    feature_extractor="auto",
+    feature_steps: int = 200,
+    task_model: nn.Module | None = None,
+    stop=None,
+    meta: dict | None = None,
+):
+    """Train ``model`` on ``data`` with a paper's recipe; a generator (see the module docstring).
+
+    Parameters
+    ----------
+    model : registry name (built with ``config``, ``scale``, ``in_channels``) or SRModel;
+        None with ``resume`` rebuilds it from the checkpoint.
+    data : folder, glob, file list, array(s), dict(hr=, lr=, labels=) or SRDataset
+        (:func:`napari_resolve.data.datasets.make_dataset`).
+    recipe : name, :class:`~napari_resolve.train.recipes.Recipe` or None (the
+        architecture's paper recipe).
+    epochs : None (paper), int (shared among phases) or one per phase.
+    minutes, max_steps : budgets; the run stops cleanly when one is spent.
+    batch_size, patch_size, learning_rate : override the recipe (``patch_size=None``:
+        whole images).
+    patches_per_image : samples per image per epoch (default: enough for 8
+        batches per epoch with patches, 1 with whole images).
+    val_data : validation images; else ``val_fraction`` of the images (at least 1).
+    output : path of the best bundle (``.safetensors``); the resume checkpoint
+        goes beside it (``.state.safetensors``). None: nothing is written.
+    resume : a checkpoint (or the bundle beside it) to continue from.
+    normalization, degradation : bundle-style dicts (default: dtype; MATLAB bicubic).
+    pixel_size : LR pixel size for the bundle (e.g. ``{"value": 62.6, "unit": "nm"}``).
+    parent : the bundle this run fine-tunes (recorded in the metadata).
+    feature_extractor : a :class:`~napari_resolve.losses.FeatureExtractor`,
+        ``"auto"`` (a :class:`~napari_resolve.losses.ConvEncoder` fitted on the
+        training HR patches for ``feature_steps`` steps when a perceptual
+        term is used) or None (perceptual terms left out).
+    task_model : frozen task network for ``task`` terms (paper 002 §IV-E).
+    stop : ``threading.Event`` or callable; set/true = stop after this step.
+    meta : extra bundle metadata.
+    """
+    from napari_resolve.data import datasets as D
+
+    t_start = time.monotonic()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    dev = _device(device)
+    rank, world, dev, owned_pg = _dist_setup(dev)
+    output = Path(output) if output is not None else None
+    if output is not None and output.suffix.lower() != ".safetensors":
+        raise InputError(f"output must be a .safetensors file, got {output.name}")
+    if max_steps is not None and int(max_steps) < 1:
+        raise InputError(f"max_steps must be >= 1, got {max_steps}")
+
+    # ---- resume: the checkpoint decides architecture, recipe and position
+    state_meta, parts = None, None
+    if resume is not None:
+        state_meta, parts = ckpt.load_state(resume)
+        if model is None:
+            model = _build_model(state_meta["architecture"], state_meta["config"], None, None)
+        if recipe is None:
+            recipe = state_meta.get("recipe_name")
+        if output is None and state_meta.get("output"):
+            output = Path(state_meta["output"])
+        seed = int(state_meta.get("seed", seed))
+    if model is None:
+        raise InputError("give a model (registry name or model) or resume=")
+    net = _build_model(model, config, scale, in_channels)
+    if not any(p.requires_grad for p in net.parameters()):
+        raise InputError(f"model {getattr(net, 'arch', '') or type(net).__name__} has no weights to train")
+    arch = getattr(net, "arch", "") or type(net).__name__.lower()
+    if isinstance(recipe, str) and recipe.endswith("-finetune") and recipe not in R.RECIPES:
+        rec = R.finetune_recipe(R.get(recipe[: -len("-finetune")]))
+    else:
+        rec = R.default_for(arch) if recipe is None else R.get(recipe)
+    if learning_rate is not None:
+        if not (float(learning_rate) > 0):
+            raise InputError(f"learning rate must be positive, got {learning_rate}")
+        rec = replace(rec, lr=float(learning_rate))
+    bs = int(batch_size or rec.batch_size)
+    if bs < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    ps = rec.patch_size if patch_size == "recipe" else patch_size
+    phase_plan = R.plan(rec, epochs, minutes)
+
+    # ---- data
+    if data is None and not isinstance(val_data, D.SRDataset):
+        raise InputError("no training data given")
+    n_images = None
+    if not isinstance(data, D.SRDataset):
+        probe = D.make_dataset(data, scale=net.scale, in_channels=net.in_channels,
+                               normalization=normalization, degradation=degradation,
+                               patch_size=ps, seed=seed)
+        n_images = len(probe.items)
+    full = data if isinstance(data, D.SRDataset) else probe
+    n_images = len(full.items)
+    if patches_per_image is None:
+        patches_per_image = 1 if full.patch_size is None else max(1, math.ceil(8 * bs * world / n_images))
+    full.patches_per_image = int(patches_per_image)
+    if val_data is not None:
+        val_ds = D.make_dataset(val_data, scale=net.scale, in_channels=net.in_channels,
+                                normalization=full.normalization, degradation=full.degradation,
+                                seed=seed).as_validation(val_patch)
+        train_ds = full
+    else:
+        train_ds, val_ds = full.split(val_fraction, seed=seed, val_patch=val_patch)
+    rgb_input = train_ds._load(0)["hr"].shape[0] == 3 or _raw_is_rgb(train_ds)
+    has_labels = train_ds.has_labels
+
+    # ---- networks, state
+    net = net.to(dev)
+    discs: dict[str, nn.Module] = {}
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    history: list = []
+    best = {"psnr": -math.inf}
+    best_state = None
+    step, phase_idx, epoch, batch_in_epoch, epoch_in_phase = 0, 0, 0, 0, 0
+    phase_elapsed = 0.0
+    pending_discs: dict = {}
+    pending_opts = None
+    opt_phase = -1
+    if state_meta is not None:
+        net.load_state_dict(parts["model"])
+        history = list(state_meta.get("history", []))
+        best = dict(state_meta.get("best") or best)
+        if best.get("psnr") is None:
+            best["psnr"] = -math.inf
+        step = int(state_meta["step"])
+        phase_idx = int(state_meta["phase_index"])
+        epoch = int(state_meta["epoch"])
+        epoch_in_phase = int(state_meta["epoch_in_phase"])
+        batch_in_epoch = int(state_meta["batch_in_epoch"])
+        phase_elapsed = float(state_meta.get("phase_elapsed_s", 0.0))
+        pending_discs = dict(parts["discriminators"])
+        if int(state_meta.get("optimizer_phase", -1)) == phase_idx:
+            pending_opts = dict(parts["optimizers"])
+        if parts["rng"] is not None:
+            torch.set_rng_state(parts["rng"])
+    if world > 1:
+        torch.manual_seed(seed)  # identical initial discriminators on every process
+    use_amp = bool(amp) and dev.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    features = None if feature_extractor == "auto" else feature_extractor
+    state_file = ckpt.state_path(output) if output is not None else None
+    device_desc = "cpu" if dev.type == "cpu" else f"cuda ({torch.cuda.get_device_name(dev)})"
+
+    steps_per_epoch = len(_epoch_batches(len(train_ds), bs, seed, 0, 0, world))
+    total_steps = None
+    if all(p["epochs"] is not None for p in phase_plan):
+        total_steps = steps_per_epoch * sum(p["epochs"] for p in phase_plan)
+        if max_steps is not None:
+            total_steps = min(total_steps, int(max_steps))
+    elif max_steps is not None:
+        total_steps = int(max_steps)
+    deadline = t_start + 60.0 * float(minutes) if minutes is not None else None
+    step_times: list[float] = []
+    val_time = [0.0]
+    last_val_step = [-1]
+    stopped, message = None, ""
+
+    def eta() -> float | None:
+        if not step_times:
+            return None
+        per = float(np.mean(step_times[-50:]))
+        left = None
+        if total_steps is not None:
+            n_val = max(0, (total_steps - step)) / max(steps_per_epoch, 1)
+            left = max(0, total_steps - step) * per + n_val * val_time[0]
+        if deadline is not None:
+            t = max(0.0, deadline - time.monotonic())
+            left = t if left is None else min(left, t)
+        return left
+
+    def bundle_meta(metrics: dict) -> dict:
+        base = ckpt_meta_common()
+        m = {
+            "normalization": train_ds.normalization,
+            "degradation": (
+                dict(train_ds.degradation) if not train_ds.has_lr
+                else {"kind": "paired", "scale": net.scale, "data": train_ds.description}
+            ),
+            "color_mode": ("y" if rgb_input and net.in_channels == 1 else
+                           "rgb" if net.in_channels == 3 else "grey"),
+            "pixel_size": pixel_size,
+            "training": base,
+            "metrics": {k: _json_num(v) for k, v in metrics.items()},
+            "parent": parent,
+        }
+        m.update(meta or {})
+        return m
+
+    def ckpt_meta_common() -> dict:
+        return {
+            "recipe": rec.describe(),
+            "data": train_ds.description,
+            "images": len(train_ds.items),
+            "val_images": len(val_ds.items),
+            "labels": has_labels,
+            "epochs": epoch,
+            "steps": step,
+            "batch_size": bs,
+            "world_size": world,
+            "patch_size": train_ds.patch_size,
+            "seed": seed,
+            "device": device_desc,
+            "amp": str(amp_dtype).replace("torch.", "") if use_amp else None,
+            "started": started,
+            "time_s": round(time.monotonic() - t_start, 1),
+            "stopped": stopped,
+        }
+
+    def save_checkpoint():
+        if state_file is None or rank != 0:
+            return
+        m = {
+            "architecture": _unwrap(net).arch,
+            "config": _unwrap(net).config,
+            "recipe_name": rec.name,
+            "output": str(output),
+            "seed": seed,
+            "step": step,
+            "epoch": epoch,
+            "phase_index": phase_idx,
+            "epoch_in_phase": epoch_in_phase,
+            "batch_in_epoch": batch_in_epoch,
+            "phase_elapsed_s": phase_elapsed,
+            "optimizer_phase": opt_phase,
+            "history": history,
+            "best": {k: _json_num(v) for k, v in best.items()},
+            "training": ckpt_meta_common(),
+        }
+        ckpt.save_state(state_file, model=_unwrap(net), optimizers=optimizers,
+                        discriminators={k: _unwrap(d) for k, d in discs.items()}, meta=m)
+
+    def validate() -> dict:
+        t0 = time.monotonic()
+        base = _unwrap(net)
+        was = base.training
+        base.eval()
+        ps_, ss_ = [], []
+        with torch.no_grad():
+            for i in range(len(val_ds)):
+                smp = val_ds[i]
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                    out = base(smp["lr"][None].to(dev))
+                p, s_ = _quality(out["sr"][0].float(), smp["hr"], base.scale)
+                ps_.append(p)
+                ss_.append(s_)
+        base.train(was)
+        val_time[0] = time.monotonic() - t0
+        last_val_step[0] = step
+        finite = [p for p in ps_ if math.isfinite(p)]
+        psnr = float(np.mean(finite)) if finite else (math.inf if ps_ else math.nan)
+        return {"psnr": psnr, "ssim": float(np.mean(ss_)) if ss_ else math.nan}
+
+    def after_validation(val: dict) -> bool:
+        nonlocal best, best_state
+        improved = val["psnr"] > best.get("psnr", -math.inf)
+        if improved:
+            best = {"psnr": val["psnr"], "ssim": val["ssim"], "epoch": epoch, "step": step}
+            best_state = {k: v.detach().to("cpu").clone() for k, v in _unwrap(net).state_dict().items()}
+            if output is not None and rank == 0:
+                from napari_resolve import bundle
+
+                base = _unwrap(net)
+                metrics = {"val_psnr": val["psnr"], "val_ssim": val["ssim"], "epoch": epoch, "step": step}
+                bundle.save(output, base, bundle_meta(metrics))
+        return improved
+
+    # ---- the loop
+    current_phase = rec.phases[min(phase_idx, len(rec.phases) - 1)].name
+    try:
+        if resume is not None:
+            yield TrainEvent(epoch, step, total_steps, current_phase, {}, None, None,
+                             f"resumed from {ckpt.state_path(resume).name} at step {step}", "info")
+        while phase_idx < len(rec.phases):
+            phase = rec.phases[phase_idx]
+            pplan = phase_plan[phase_idx]
+            current_phase = phase.name
+            if pplan["epochs"] == 0:
+                phase_idx, epoch_in_phase, phase_elapsed = phase_idx + 1, 0, 0.0
+                continue
+            base = _unwrap(net)
+            # trainable parts
+            trainable = [getattr(base, n) for n in phase.train] if phase.train else [base]
+            for n in phase.train:
+                if not isinstance(getattr(base, n, None), nn.Module):
+                    raise InputError(f"recipe {rec.name} trains {n!r} but {arch} has no such part")
+            base.requires_grad_(False)
+            for part in trainable:
+                part.requires_grad_(True)
+            params = [p for p in base.parameters() if p.requires_grad]
+            if (needs := [k for k in phase.losses if k.startswith("perceptual")]) and features is None:
+                if feature_extractor == "auto":
+                    yield TrainEvent(epoch, step, total_steps, phase.name, {}, None, None,
+                                     "fitting the feature network for the perceptual loss "
+                                     "(denoising autoencoder on the training images)", "info")
+                    features = _auto_features(train_ds, base.in_channels, dev, seed, feature_steps)
+            terms = _Terms(rec, phase, base.scale, features, task_model, has_labels, net)
+            if features is None:
+                for k in [k for k in terms.terms if k.startswith("perceptual")]:
+                    terms.terms.pop(k)
+                    terms.skipped.append(f"{k} (no feature network)")
+            if not terms.terms:
+                raise InputError(f"recipe {rec.name}, phase {phase.name!r}: no loss term applies "
+                                 f"({', '.join(terms.skipped)})")
+            for key in terms.adversarial:
+                if key not in discs:
+                    size = train_ds.patch_size or 64
+                    if key != "sr":
+                        size //= max(1, base.scale // 2)
+                    d = _make_discriminator(rec.discriminator or "patchgan", base.in_channels, size).to(dev)
+                    if key in pending_discs:  # trained before the run was resumed
+                        d.load_state_dict(pending_discs.pop(key))
+                    discs[key] = d
+            # DDP wrapping per phase: the set of trainable parameters changes
+            gnet = net
+            dnets = dict(discs)
+            if world > 1:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+
+                ids = [dev.index] if dev.type == "cuda" else None
+                gnet = DDP(base, device_ids=ids, find_unused_parameters=True)
+                dnets = {k: DDP(d, device_ids=ids) for k, d in discs.items()}
+            lr0 = float(phase.lr or rec.lr)
+            optimizers = {"generator": torch.optim.Adam(params, lr=lr0, betas=tuple(rec.betas))}
+            opt_phase = phase_idx
+            for key in terms.adversarial:
+                optimizers[f"D@{key}"] = torch.optim.Adam(discs[key].parameters(), lr=lr0,
+                                                          betas=tuple(rec.betas))
+            if pending_opts is not None:  # resuming inside this phase: its optimiser moments
+                for name, opt in optimizers.items():
+                    if name in pending_opts:
+                        opt.load_state_dict(pending_opts[name])
+                pending_opts = None
+            base.train()
+            for n, child in base.named_children():  # frozen parts: eval (BN statistics fixed)
+                if phase.train and n not in phase.train:
+                    child.eval()
+            msg = f"phase {phase_idx + 1}/{len(rec.phases)} '{phase.name}': " + ", ".join(
+                f"{k}×{v:g}" for k, v in terms.terms.items())
+            if terms.skipped:
+                msg += "; left out: " + ", ".join(terms.skipped)
+            yield TrainEvent(epoch, step, total_steps, phase.name, {}, None, eta(), msg, "phase")
+            phase_t0 = time.monotonic() - phase_elapsed
+
+            while pplan["epochs"] is None or epoch_in_phase < pplan["epochs"]:
+                # learning rate of this epoch (schedule restarts per phase)
+                if rec.schedule == "halve-per-epoch":
+                    lr_now = lr0 * 0.5**epoch_in_phase
+                elif rec.schedule == "step":
+                    lr_now = lr0 * rec.gamma ** (epoch_in_phase // pplan["step_epochs"])
+                else:
+                    lr_now = lr0
+                for opt in optimizers.values():
+                    for g in opt.param_groups:
+                        g["lr"] = lr_now
+                train_ds.set_epoch(epoch)
+                batches = _epoch_batches(len(train_ds), bs, seed, epoch, rank, world)
+                loader = torch.utils.data.DataLoader(
+                    train_ds, batch_sampler=batches[batch_in_epoch:], collate_fn=D.collate,
+                    num_workers=int(workers))
+                sums: dict[str, float] = {}
+                count = 0
+                for batch in loader:
+                    t0 = time.monotonic()
+                    batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+                    with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                        kwargs = {"with_segmentation": True} if terms.with_segmentation else {}
+                        out = gnet(batch["lr"], **kwargs)
+                    logs = {}
+                    # discriminators first (SRGAN's alternating updates), on detached fakes
+                    if terms.adversarial:
+                        for d in discs.values():
+                            d.requires_grad_(True)
+                        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                            dparts = terms.discriminator(out, batch, dnets)
+                        for key, v in dparts.items():
+                            if _all_max(0.0 if bool(torch.isfinite(v)) else 1.0, world, dev) > 0:
+                                raise _Stop("nan", f"discriminator loss {key} is not finite")
+                            opt = optimizers[key]
+                            opt.zero_grad(set_to_none=True)
+                            scaler.scale(v).backward()
+                            scaler.step(opt)
+                            logs[key] = float(v.detach())
+                        for d in discs.values():
+                            d.requires_grad_(False)
+                    with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                        # unwrapped discriminators: frozen here, only the generator learns
+                        gparts = terms.generator(out, batch, discs)
+                    total = sum(w * v.float() for w, v in gparts.values())
+                    bad = not bool(torch.isfinite(total))
+                    if _all_max(1.0 if bad else 0.0, world, dev) > 0:
+                        raise _Stop("nan", "loss is not finite (" + ", ".join(
+                            f"{k}={float(v.detach()):.4g}" for k, (w, v) in gparts.items()) + ")")
+                    opt = optimizers["generator"]
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(total).backward()
+                    if not scaler.is_enabled():
+                        ok = _finite_grads(params)
+                        if _all_max(0.0 if ok else 1.0, world, dev) > 0:
+                            raise _Stop("nan", "gradients are not finite")
+                    scaler.step(opt)
+                    scaler.update()
+                    step += 1
+                    batch_in_epoch += 1
+                    logs.update({k: float(v.detach()) for k, (w, v) in gparts.items()})
+                    logs["total"] = float(total.detach())
+                    for k, v in logs.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    step_times.append(time.monotonic() - t0)
+                    yield TrainEvent(epoch + 1, step, total_steps, phase.name, logs, None, eta(), "", "step")
+                    # budgets and the stop button (agreed across processes)
+                    flag = 0.0
+                    if _should_stop(stop):
+                        flag = 3.0
+                    elif deadline is not None and time.monotonic() >= deadline:
+                        flag = 2.0
+                    elif max_steps is not None and step >= int(max_steps):
+                        flag = 1.0
+                    elif pplan["seconds"] is not None and time.monotonic() - phase_t0 >= pplan["seconds"]:
+                        flag = 0.5
+                    flag = _all_max(flag, world, dev)
+                    if flag >= 1.0:
+                        reason = {3.0: "user", 2.0: "time", 1.0: "steps"}[flag]
+                        raise _Stop(reason, {"user": "stopped by the user",
+                                             "time": f"time budget of {minutes:g} min spent",
+                                             "steps": f"reached {max_steps} steps"}[reason])
+                    if flag == 0.5:
+                        break  # this phase's share of the time is spent
+                # ---- end of epoch: validate, keep the best, checkpoint
+                phase_over = pplan["seconds"] is not None and time.monotonic() - phase_t0 >= pplan["seconds"]
+                epoch += 1
+                epoch_in_phase += 1
+                batch_in_epoch = 0
+                phase_elapsed = time.monotonic() - phase_t0
+                val = validate() if rank == 0 else None
+                improved = after_validation(val) if rank == 0 else False
+                rec_h = {"epoch": epoch, "phase": phase.name, "step": step, "lr": lr_now,
+                         "losses": {k: v / max(count, 1) for k, v in sums.items()},
+                         "val": {k: _json_num(v) for k, v in (val or {}).items()},
+                         "best": improved, "time_s": round(time.monotonic() - t_start, 2)}
+                history.append(rec_h)
+                if phase_over:
+                    phase_idx, epoch_in_phase, phase_elapsed = phase_idx + 1, 0, 0.0
+                save_checkpoint()
+                yield TrainEvent(epoch, step, total_steps, phase.name, rec_h["losses"], val, eta(),
+                                 ("new best" if improved else ""), "epoch")
+                if phase_over:
+                    break
+            else:
+                phase_idx, epoch_in_phase, phase_elapsed = phase_idx + 1, 0, 0.0
+                save_checkpoint()
+    except _Stop as s:
+        stopped, message = s.reason, s.message
+        if s.reason == "nan":
+            message = (f"{s.message} at epoch {epoch + 1}, step {step + 1}; training stopped and "
+                       "kept the last good weights (try a lower learning rate)")
+        else:
+            phase_elapsed = 0.0 if phase_idx >= len(rec.phases) else phase_elapsed
+            if rank == 0 and last_val_step[0] != step:
+                val = validate()
+                improved = after_validation(val)
+                history.append({"epoch": epoch, "phase": current_phase, "step": step,
+                                "val": {k: _json_num(v) for k, v in val.items()}, "best": improved,
+                                "stopped": stopped, "time_s": round(time.monotonic() - t_start, 2)})
+                yield TrainEvent(epoch, step, total_steps, current_phase, {}, val, 0.0, message, "epoch")
+        save_checkpoint()
+    except GeneratorExit:
+        # the consumer stopped iterating (napari worker.quit()): keep a resumable state
+        stopped = "user"
+        save_checkpoint()
+        raise
+    finally:
+        if owned_pg:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+    final = _unwrap(net)
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    final = final.to("cpu").eval()
+    if output is not None and rank == 0 and best_state is None and stopped != "nan":
+        from napari_resolve import bundle
+
+        bundle.save(output, final, bundle_meta({}))
+    bundle_path = output if output is not None and output.exists() else None
+    if not message:
+        message = (f"done: {epoch} epochs, {step} steps; best validation PSNR "
+                   f"{best.get('psnr', float('nan')):.2f} dB" if best_state is not None else "done")
+    return TrainResult(bundle_path, {k: v for k, v in best.items() if v != -math.inf}, history,
+                       stopped, message, final, state_file if state_file and state_file.exists() else None,
+                       {"recipe": rec.name, "device": device_desc})
+
+
+def _raw_is_rgb(ds) -> bool:
+    """Whether the first training image is RGB before colour conversion."""
+    item = ds.items[0]
+    try:
+        from napari_resolve.data.datasets import read_image
+
+        arr = read_image(item.hr) if isinstance(item.hr, (str, Path)) else np.asarray(item.hr)
+    except ResolveError:
+        return False
+    return arr.ndim == 3 and arr.shape[-1] in (3, 4)
+
+
+def train(*args, callback=None, **kwargs) -> TrainResult:
+    """Run :func:`train_iter` to the end; ``callback(event)`` sees every event."""
+    gen = train_iter(*args, **kwargs)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            callback(event)
+
+
+def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwargs):
+    """Fine-tune the bundle ``source`` (path or pretrained name); a generator as :func:`train_iter`.
+
+    The model, its normalisation and its degradation come from the bundle
+    (HR-only data is degraded the way the model was trained); the recipe is
+    :func:`~napari_resolve.train.recipes.finetune_recipe` of the architecture's
+    paper recipe unless given. The parent bundle is recorded in the metadata.
+    """
+    from napari_resolve import bundle
+
+    model, meta = bundle.load(source)
+    kwargs.setdefault("normalization", meta.get("normalization"))
+    deg = meta.get("degradation")
+    if isinstance(deg, dict) and deg.get("kind") not in (None, "paired"):
+        kwargs.setdefault("degradation", deg)
+    kwargs.setdefault("pixel_size", meta.get("pixel_size"))
+    kwargs.setdefault("parent", str(source))
+    rec = R.finetune_recipe(R.default_for(model.arch), learning_rate) if recipe is None else recipe
+    return (yield from train_iter(model, data, recipe=rec, learning_rate=None if recipe is None
+                                  else learning_rate, **kwargs))
+
+
+def finetune(source, data=None, *, callback=None, **kwargs) -> TrainResult:
+    """Run :func:`finetune_iter` to the end; ``callback(event)`` sees every event."""
+    gen = finetune_iter(source, data, **kwargs)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            callback(event)
+

@@ -1,0 +1,323 @@
+"""Networks of paper 000 (gp, np), paper 004 (srseg, srresnet, SRGAN discriminator), SRCNN.
+
+Inputs are crops of a real white-blood-cell image (Zheng 2018, sample_data/) made
+LR with MATLAB bicubic, with its real nucleus / cytoplasm mask as parsing map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage import io
+from skimage.color import rgb2ycbcr
+
+from napari_resolve import models
+from napari_resolve.data.degrade import imresize
+from napari_resolve.errors import InputError, ResolveError
+from napari_resolve.models.blocks import ResidualBlock, UNet
+from napari_resolve.models.srseg import SRGANDiscriminator
+
+WBC = Path(__file__).resolve().parents[1] / "sample_data" / "wbc-zheng2018" / "dataset1"
+OURS = ("gp", "np", "srcnn", "srseg", "srresnet")
+RGB_MODELS = ("srseg", "srresnet")
+
+
+@pytest.fixture(scope="module")
+def wbc():
+    """HR RGB float (120, 120, 3) in [0, 1] and labels 0/1/2 of a real leukocyte."""
+    rgb = io.imread(WBC / "images" / "001.bmp").astype(np.float32) / 255.0
+    mask = io.imread(WBC / "masks" / "001.png")
+    labels = np.select([mask == 255, mask == 128], [2, 1], 0).astype(np.int64)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    return rgb, labels
+
+
+def lr_input(wbc, name, scale, hw):
+    """LR tensor (1, C, *hw): an HR crop of size scale*hw downsampled with MATLAB bicubic."""
+    rgb, _ = wbc
+    hh, ww = hw[0] * scale, hw[1] * scale
+    img = rgb if name in RGB_MODELS else (rgb2ycbcr(rgb)[..., :1] / 255.0).astype(np.float32)
+    reps = (-(-hh // img.shape[0]), -(-ww // img.shape[1]), 1)
+    hr = np.tile(img, reps)[:hh, :ww]  # large scales need more than one cell
+    lr = imresize(hr, 1.0 / scale, channel_axis=-1).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None]
+
+
+def build(name, **cfg):
+    torch.manual_seed(0)
+    return models.build(name, **cfg)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_registry_lists_models_with_realistic_parameter_counts():
+    counts = {n: models.info(n).parameters for n in OURS}
+    # SRCNN 9-5-5 with 64/32 filters on one channel, counted from the paper's layer sizes
+    assert counts["srcnn"] == (81 * 64 + 64) + (64 * 25 * 32 + 32) + (32 * 25 + 1)
+    # GP: half-width U-Net (~7.8 M) + SR net (~0.8 M); NP: the SR net without mask encoder
+    assert 7.5e6 < counts["gp"] < 9.5e6
+    assert 0.4e6 < counts["np"] < 0.7e6
+    assert counts["gp"] - counts["np"] > 7.5e6
+    # SRResNet-16 is ~1.5 M in Ledig 2017; SRSEG adds a small segmentation head
+    assert 1.4e6 < counts["srresnet"] < 1.8e6
+    assert 0 < counts["srseg"] - counts["srresnet"] < 0.1e6
+    for n in OURS:
+        assert "paper" in models.info(n).paper.lower() or "et al" in models.info(n).paper
+        assert models.info(n).defaults["scale"] == 4
+
+
+def test_unet_is_half_width_and_keeps_size():
+    with torch.device("meta"):  # count weights without initialising 31 M of them
+        full = UNet(1, 2, 64, 4)
+    half = UNet(1, 2, 32, 4)
+    n_half = sum(p.numel() for p in half.parameters())
+    n_full = sum(p.numel() for p in full.parameters())
+    assert 30e6 < n_full < 32e6  # Ronneberger's U-Net: ~31 M
+    assert 0.24 < n_half / n_full < 0.26  # half the channels -> a quarter of the weights
+    assert half(torch.rand(1, 1, 48, 32)).shape == (1, 2, 48, 32)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        half(torch.rand(1, 1, 40, 32))
+
+
+def test_residual_block_variants():
+    paper000 = ResidualBlock(8, batch_norm=False, act_after_second=True)
+    paper004 = ResidualBlock(8, batch_norm=True, act_after_second=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in paper000.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in paper004.modules()) == 2
+    x = torch.rand(2, 8, 7, 9)
+    # skip connection: with the body's last conv zeroed (no BN), the block is identity + LReLU(0)
+    torch.nn.init.zeros_(paper000.body[1].weight)
+    torch.nn.init.zeros_(paper000.body[1].bias)
+    assert torch.equal(paper000(x), x)
+
+
+@pytest.mark.parametrize(
+    ("name", "scale"), [("srresnet", 3), ("srseg", 16), ("gp", 1), ("np", 9), ("srcnn", 0)]
+)
+def test_unsupported_scale_is_a_clear_error(name, scale):
+    with pytest.raises(ResolveError, match="scale"):
+        models.build(name, scale=scale)
+
+
+# ---------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("name", OURS)
+@pytest.mark.parametrize(("scale", "hw"), [(2, (37, 53)), (4, (19, 13)), (8, (7, 11))])
+def test_output_shapes_any_size(wbc, name, scale, hw):
+    net = build(name, scale=scale).eval()
+    x = lr_input(wbc, name, scale, hw)
+    with torch.no_grad():
+        out = net(x)
+    sh = (hw[0] * scale, hw[1] * scale)
+    assert out["sr"].shape == (1, x.shape[1], *sh)
+    assert torch.isfinite(out["sr"]).all()
+    if name == "gp":
+        assert out["parsing"].shape == (1, 3, *sh)
+        assert set(out) == {"sr", "parsing"}
+    else:
+        assert set(out) == {"sr"}
+
+
+def test_gp_size_rule_and_rgb_channels(wbc):
+    assert [build("gp", scale=s).size_multiple for s in (2, 4, 8)] == [8, 4, 2]
+    net = build("gp", scale=4, in_channels=3).eval()
+    rgb = lr_input(wbc, "srseg", 4, (9, 10))  # RGB input, sizes not multiples of 4
+    with torch.no_grad():
+        out = net(rgb)
+    assert out["sr"].shape == (1, 3, 36, 40) and out["parsing"].shape == (1, 3, 36, 40)
+    with pytest.raises(InputError, match="expects 3 channel"):
+        net(rgb[:, :1])
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def _loss(net, name, x, hr_like_labels):
+    out = net(x, with_segmentation=True) if name == "srseg" else net(x)
+    target = F.avg_pool2d(out["sr"].detach(), 3, 1, 1)  # smoother target, real gradient
+    loss = F.mse_loss(out["sr"], target) + out["sr"].mean()
+    if "parsing" in out:
+        loss = loss + F.cross_entropy(out["parsing"], hr_like_labels)
+    if "segmentation" in out:
+        lr_labels = hr_like_labels[:, :: net.scale, :: net.scale]  # nearest downsampling
+        loss = loss + F.cross_entropy(out["segmentation"], lr_labels)
+    return loss
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_gradients_reach_every_parameter(wbc, name):
+    net = build(name, scale=4).train()
+    x = lr_input(wbc, name, 4, (16, 16)).repeat(2, 1, 1, 1)
+    x[1] = x[1].flip(-1)
+    labels = torch.from_numpy(wbc[1][:64, :64]).expand(2, 64, 64).contiguous()
+    _loss(net, name, x, labels).backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert dead == []
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_eval_forward_is_deterministic(wbc, name):
+    net = build(name, scale=4).eval()
+    x = lr_input(wbc, name, 4, (15, 17))
+    with torch.no_grad():
+        a, b = net(x), net(x.clone())
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["srcnn", "np", "srresnet", "gp"])
+@pytest.mark.parametrize(("scale", "axis"), [(2, 0), (4, 0), (4, 1), (8, 1)])
+def test_receptive_field_is_an_upper_bound(wbc, name, scale, axis):
+    """Changing one LR pixel changes no output farther than receptive_field LR px.
+
+    A strip 2r + 9 px long and 6 px wide keeps the test fast; the bound is
+    checked along its long axis (rows or columns).
+    """
+    net = build(name, scale=scale).eval()
+    r = net.receptive_field
+    long = 2 * r + 9
+    hw = (long, 6) if axis == 0 else (6, long)
+    x = lr_input(wbc, name, scale, hw)
+    c = long // 2
+    y = x.clone()
+    if axis == 0:
+        y[..., c, 3] += 0.5
+    else:
+        y[..., 3, c] += 0.5
+    with torch.no_grad():
+        diff = (net(y)["sr"] - net(x)["sr"]).abs().amax(dim=(0, 1))
+    changed = torch.nonzero(diff > 0)[:, axis]
+    assert len(changed) > 0
+    # centre of SR pixel i in LR coordinates is (i + 0.5) / s - 0.5
+    lr_pos = (changed.double() + 0.5) / scale - 0.5
+    reach = (lr_pos - c).abs().max().item()
+    assert reach <= r, (name, reach, r)
+
+
+# ---------------------------------------------------------------- GP prior
+
+
+@pytest.fixture(scope="module")
+def gp_case(wbc):
+    """GP ×4 on a real LR leukocyte (30×30) and its real parsing map at SR size."""
+    net = build("gp", scale=4).eval()
+    labels = wbc[1]
+    x = lr_input(wbc, "gp", 4, (30, 30))
+    lab = torch.from_numpy(labels[:120, :120])[None]
+    return net, x, lab
+
+
+def test_prior_changes_gp_output(gp_case):
+    net, x, labels = gp_case
+    with torch.no_grad():
+        own = net(x)
+        edited = net(x, prior=labels)
+        background = net(x, prior=torch.zeros_like(labels))
+        onehot = net(x, prior=F.one_hot(labels, 3).permute(0, 3, 1, 2).float())
+        as_numpy = net(x, prior=labels.numpy().astype(np.uint8))
+    assert (edited["sr"] - own["sr"]).abs().max() > 1e-4
+    assert (edited["sr"] - background["sr"]).abs().max() > 1e-4
+    # the difference between an all-background and the real map sits inside the cell
+    d = (edited["sr"] - background["sr"]).abs()[0, 0]
+    cell = labels[0] > 0
+    assert d[cell].mean() > 3 * d[~cell].mean()
+    # labels, one-hot and numpy labels are the same prior
+    assert torch.allclose(edited["sr"], onehot["sr"], atol=1e-6)
+    assert torch.equal(edited["sr"], as_numpy["sr"])
+    # "parsing" stays the network's own prediction
+    assert torch.equal(edited["parsing"], own["parsing"])
+
+
+def test_gp_sr_loss_trains_prior_net_end_to_end(gp_case):
+    net, x, labels = gp_case
+    net.zero_grad()
+    net(x[..., :8, :8])["sr"].mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.prior_net.parameters())
+    net.zero_grad()
+    net(x[..., :8, :8], prior=labels[:, :32, :32])["sr"].mean().backward()
+    assert all(p.grad is None for p in net.prior_net.parameters())  # edited map: no path back
+    net.zero_grad()
+
+
+@pytest.mark.parametrize(
+    ("prior", "message"),
+    [
+        (torch.zeros(1, 30, 30, dtype=torch.int64), "expected labels"),  # LR size
+        (torch.zeros(2, 120, 120, dtype=torch.int64), "expected labels"),  # wrong batch
+        (torch.zeros(1, 4, 120, 120), "expected labels"),  # 4 classes
+        (torch.full((1, 120, 120), 3), r"0\.\.2"),
+        (torch.full((1, 120, 120), -1), r"0\.\.2"),
+        (torch.full((1, 120, 120), 0.5), "integers"),
+        (torch.full((1, 3, 120, 120), 2.0), r"\[0, 1\]"),
+        ("nucleus", "prior"),
+    ],
+)
+def test_bad_prior_is_a_clear_input_error(gp_case, prior, message):
+    net, x, _ = gp_case
+    with pytest.raises(InputError, match=message):
+        net(x, prior=prior)
+
+
+@pytest.mark.parametrize("name", ["np", "srcnn", "srresnet", "srseg"])
+def test_models_without_prior_refuse_one(wbc, name):
+    net = build(name, scale=2)
+    x = lr_input(wbc, name, 2, (6, 6))
+    with pytest.raises(InputError, match="takes no prior"):
+        net(x, prior=torch.zeros(1, 12, 12, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------- SRSEG
+
+
+def test_srseg_segmentation_head_is_absent_from_inference(wbc):
+    net = build("srseg", scale=4)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1))
+             for m in net.segmentation_head.modules()]
+    x = lr_input(wbc, "srseg", 4, (12, 14))
+    out = net(x)
+    assert set(out) == {"sr"} and calls == []
+    out["sr"].mean().backward()
+    assert all(p.grad is None for p in net.segmentation_head.parameters())
+    assert all(p.grad is not None for n, p in net.named_parameters()
+               if not n.startswith("segmentation_head"))
+    seg = net(x, with_segmentation=True)["segmentation"]
+    assert seg.shape == (1, 3, 12, 14)  # logits at the LR size (paper 004 §3.2)
+    assert len(calls) > 0
+    for h in hooks:
+        h.remove()
+
+
+def test_srseg_inference_equals_srresnet_with_same_weights(wbc):
+    seg = build("srseg", scale=4).eval()
+    plain = build("srresnet", scale=4).eval()
+    missing, unexpected = plain.load_state_dict(seg.state_dict(), strict=False)
+    assert missing == [] and all(k.startswith("segmentation_head") for k in unexpected)
+    x = lr_input(wbc, "srseg", 4, (11, 9))
+    with torch.no_grad():
+        assert torch.equal(seg(x)["sr"], plain(x)["sr"])
+    with pytest.raises(InputError, match="no segmentation extension"):
+        plain(x, with_segmentation=True)
+
+
+@pytest.mark.parametrize("size", [24, 37, 96])
+def test_discriminator_accepts_any_patch_size(wbc, size):
+    torch.manual_seed(0)
+    disc = SRGANDiscriminator(3)
+    widths = [m.out_channels for m in disc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [64, 64, 128, 128, 256, 256, 512, 512]
+    rgb = torch.from_numpy(np.ascontiguousarray(wbc[0][:size, :size].transpose(2, 0, 1)))
+    x = torch.stack([rgb, rgb.flip(-1)])
+    p = disc(x)
+    assert p.shape == (2, 1) and ((p > 0) & (p < 1)).all()
+    logits = disc(x, logits=True)
+    assert torch.allclose(torch.sigmoid(logits), p, atol=1e-6)
+    F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)).backward()
+    assert all(q.grad is not None for q in disc.parameters())
