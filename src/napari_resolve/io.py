@@ -152,7 +152,8 @@ def _read_plain(path: Path):
     import imageio.v3 as iio
 
     try:
-        arr = np.asarray(iio.imread(path, index=0 if _suffix(path) == ".gif" else None))
+        # Pillow only: imageio would otherwise try every plugin (DICOM...) on a broken file
+        arr = np.asarray(iio.imread(path, plugin="pillow", index=0 if _suffix(path) == ".gif" else None))
     except Exception as exc:  # imageio/Pillow raise many types for corrupt files
         raise InputError(f"{path.name} is not a readable {_suffix(path)[1:].upper()} image: {exc}") from None
     axes = "YX" if arr.ndim == 2 else "YXS"
@@ -276,7 +277,7 @@ def write_image(path, array, *, pixel_size=None, unit: str = "µm", axes: str | 
         ):
             raise InputError("PNG holds uint8/uint16 grey or RGB(A) images; write a .tif instead")
         with atomic_path(path) as tmp:
-            iio.imwrite(tmp, arr, extension=".png")
+            iio.imwrite(tmp, arr, plugin="pillow", extension=".png")
         return path
     axes = (axes or _default_axes(arr)).upper()
     if len(axes) != arr.ndim:

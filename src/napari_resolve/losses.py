@@ -153,8 +153,10 @@ def ssim(
     size = min(win_size, pred.shape[-1], pred.shape[-2])
     size -= 1 - size % 2  # odd window, smaller for tiny images
     c = pred.shape[1]
-    pred = pred.float()
-    target = target.float()
+    # float64 stays float64; half precision is promoted (variances cancel badly)
+    work = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    pred = pred.to(work)
+    target = target.to(work)
     win = _gaussian_window(size, sigma, c, pred.device, pred.dtype)
 
     def filt(x):
@@ -225,9 +227,9 @@ def staged_loss(
 
 # --------------------------------------------------------------------------- segmentation
 def _disk(radius: int) -> np.ndarray:
-    from skimage.morphology import disk
-
-    return disk(int(radius)).astype(np.float32)
+    """``skimage.morphology.disk(radius)`` (x² + y² ≤ r²), without importing skimage.morphology."""
+    ax = np.arange(-int(radius), int(radius) + 1)
+    return (ax[:, None] ** 2 + ax[None, :] ** 2 <= int(radius) ** 2).astype(np.float32)
 
 
 def boundary_mask(labels: torch.Tensor, radius: int = 2) -> torch.Tensor:
@@ -238,7 +240,7 @@ def boundary_mask(labels: torch.Tensor, radius: int = 2) -> torch.Tensor:
     given, we default to 2 px. A pixel is a boundary pixel when one of its
     4-neighbours has another label (both sides of an edge are marked, as
     ``skimage.segmentation.find_boundaries(mode="thick")``); the dilation uses
-    ``skimage.morphology.disk(radius)``. ``labels`` (N, H, W) or (H, W)
+    a disk footprint as ``skimage.morphology.disk(radius)``. ``labels`` (N, H, W) or (H, W)
     integer; returns a float mask of the same shape.
     """
     squeeze = labels.ndim == 2

@@ -257,6 +257,8 @@ def tile_plan(n: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, 
     if n <= tile:
         return n, [0]
     band = 2 * overlap + (multiple - 1)  # origins snapped down may lose up to multiple-1
+    if band >= tile:  # no room to align origins: keep the overlap, drop the alignment
+        band, multiple = 2 * overlap, 1
     k = math.ceil((n - band) / (tile - band))
     size = math.ceil((n + (k - 1) * band) / k)
     size = min(_snap_up(size, multiple), tile, n)
@@ -626,9 +628,10 @@ def _engine(model, planes, prior, opts: _Opts, want_extras: bool):
             cur = (min(tile_hw[0], h), min(tile_hw[1], w))
             new = tuple(_snap_down(c // 2, mult) for c in cur)
             if min(new) <= 2 * opts.overlap or new == cur:
+                hint = "a smaller overlap" + (" or device='cpu'" if opts.device.type != "cpu" else "")
                 raise ResolveError(
                     f"out of {opts.device.type} memory even with {cur[0]}x{cur[1]} px tiles "
-                    f"(overlap {opts.overlap}); use device='cpu' or a smaller overlap"
+                    f"(overlap {opts.overlap}); try {hint}"
                 ) from None
             if not warned:
                 warnings.warn(
@@ -794,6 +797,7 @@ def predict(model_or_bundle, image, *, progress=None, **kwargs) -> PredictResult
 # ----------------------------------------------------------------------------- dask
 
 
+_SR_NAME = "napari-resolve-sr"
 _WORKER_MODELS: dict = {}
 _WORKER_LOCK = threading.Lock()
 _LOAD_COUNT = {"n": 0}  # models loaded by workers (tests check "once per worker")
@@ -995,7 +999,7 @@ def _predict_dask(array, model, meta, source, *, tile, overlap, batch, device, a
         scale=s,
         lay_kw={"channel_axis": lay.channel_axis},
         opts_kw=opts_kw,
-        name="napari-resolve-sr",
+        name=f"{_SR_NAME}-{uuid.uuid4().hex[:12]}",
     )
     if moved:
         result = da.moveaxis(result, -1, channel_axis % ndim)
@@ -1175,15 +1179,19 @@ def predict_to_zarr(
         else:
             from dask.callbacks import Callback
 
-            class _Count(Callback):
+            class _Count(Callback):  # finished dask tasks (local schedulers; fused graph)
                 def _start_state(self, dsk, state):
-                    self.total = len(dsk)
+                    self.total = max(len(dsk), 1)
                     self.done = 0
+                    progress(Progress(0, self.total, "tasks"))
 
                 def _posttask(self, key, result, dsk, state, worker_id):
-                    self.done += 1
-                    progress(Progress(self.done, self.total, "chunks"))
+                    self.done = min(self.done + 1, self.total)
+                    progress(Progress(self.done, self.total, "tasks"))
 
-            with _Count():
+            counter = _Count()
+            with counter:
                 dask.compute(store)
+            if getattr(counter, "total", 0) and counter.done < counter.total:
+                progress(Progress(counter.total, counter.total, "tasks"))
     return dst

@@ -10,11 +10,12 @@ Two ways to get test pairs:
   image must be N times the LR one (a few extra HR rows/columns, fewer than
   N, are cropped).
 
-The LR image is super-resolved with ``--model`` (a registry name such as
-``bicubic``, a pretrained bundle name, or a ``.safetensors`` file) through
-:func:`napari_resolve.predict.predict`. The SR output is clipped to the HR
-image's intensity range but not rounded (paper 000 §3.3 measures "in a
-float32 format"). PSNR / SSIM follow :mod:`napari_resolve.metrics.quality`:
+The LR image is super-resolved with ``--model`` (a pretrained bundle name, a
+``.safetensors`` file, or a weightless registry model such as ``bicubic``,
+built at ``--scale``) through :func:`napari_resolve.predict.predict`, which
+runs one-channel models on the Y of RGB images (Cb, Cr bicubic) and clips
+integer images to their dtype's range. The SR output is not rounded (paper
+000 §3.3 measures "in a float32 format"). PSNR / SSIM follow :mod:`napari_resolve.metrics.quality`:
 Y channel of MATLAB YCbCr for RGB (``--rgb``: all channels), border crop of
 ``--crop`` px (default: the scale).
 """
@@ -84,17 +85,6 @@ def _channel_axis(img: np.ndarray):
 # --------------------------------------------------------------------------- model
 
 
-def _scale_of(spec: str, scale):
-    """The model's scale without running it (bundle metadata, or the registry default)."""
-    from napari_resolve import bundle, models
-
-    if _is_bundle(spec):
-        return int(bundle.read_meta(bundle.resolve(spec))["scale"])
-    if scale is None:
-        return int(models.build(spec).scale)
-    return int(scale)
-
-
 def _is_bundle(spec: str) -> bool:
     """A model file or a pretrained bundle name (else: a registry name)."""
     from napari_resolve import bundle
@@ -105,53 +95,33 @@ def _is_bundle(spec: str) -> bool:
     return (bundle.pretrained_dir() / f"{spec}{bundle.SUFFIX}").is_file()
 
 
-def _super_resolve(lr: np.ndarray, spec: str, scale: int, device: str) -> np.ndarray:
-    """SR of one whole LR image, on the LR image's intensity scale (float)."""
-    try:
-        from napari_resolve.predict import predict
-    except ModuleNotFoundError as exc:  # the predictor is another module; keep a fallback
-        if exc.name != "napari_resolve.predict":
-            raise
-        return _super_resolve_direct(lr, spec, scale)
-    result = predict(lr, spec, scale=scale, device=device)
-    return np.asarray(result.image)
+def load_model(spec: str, scale: int | None):
+    """``(model, meta)`` for ``spec``; a weightless registry model (bicubic) is built at ``scale``.
 
-
-def _super_resolve_direct(lr: np.ndarray, spec: str, scale: int) -> np.ndarray:
-    """Minimal whole-image predictor, used only while ``napari_resolve.predict`` is absent."""
-    import torch
-
+    A bundle's scale is fixed: a different ``scale`` is an error. A registry
+    architecture with weights is refused: untrained weights say nothing.
+    """
     from napari_resolve import bundle, models
-    from napari_resolve.data.color import rgb_to_ycbcr, ycbcr_to_rgb
-    from napari_resolve.data.degrade import imresize
-    from napari_resolve.data.normalize import Normalizer
 
     if _is_bundle(spec):
         model, meta = bundle.load(spec)
-    else:
-        model, meta = models.build(spec, scale=scale), {}
-    if model.scale != scale:
-        raise InputError(f"model {spec} is x{model.scale}, not x{scale}")
-    model.eval()
-    norm = Normalizer.from_meta(meta.get("normalization")).fit(lr)
-    x = norm.forward(lr).astype(np.float64)
-    rgb = x.ndim == 3
-    if rgb and model.in_channels == 1:  # Y through the net, Cb/Cr with MATLAB bicubic
-        ycc = rgb_to_ycbcr(np.clip(x, 0, 1))
-        net_in, chroma = ycc[..., :1], imresize(ycc[..., 1:], scale, channel_axis=-1)
-    elif rgb != (model.in_channels == 3):
-        raise InputError(f"model {spec} takes {model.in_channels} channel(s); image has shape {lr.shape}")
-    else:
-        net_in, chroma = (x if rgb else x[..., None]), None
-    tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(net_in, -1, 0)[None], np.float32))
-    with torch.no_grad():
-        out = model(tensor)["sr"][0].numpy().astype(np.float64)
-    out = np.moveaxis(out, 0, -1)
-    if chroma is not None:
-        out = ycbcr_to_rgb(np.concatenate([out, chroma], axis=-1))
-    elif not rgb:
-        out = out[..., 0]
-    return norm.inverse(out)
+        if scale is not None and model.scale != scale:
+            raise InputError(f"model {spec} is x{model.scale}, but --scale {scale} was given")
+        return model, meta
+    model = models.build(spec) if scale is None else models.build(spec, scale=scale)
+    if models.count_parameters(model) > 0:
+        raise InputError(
+            f"{spec!r} is an architecture, not a trained model: give a .safetensors file or a "
+            "pretrained name (napari-resolve models lists them)"
+        )
+    return model, bundle.default_meta(model)
+
+
+def _super_resolve(lr: np.ndarray, model_meta, device: str) -> np.ndarray:
+    """SR of one whole LR image on its intensity scale (float32), via the tiled predictor."""
+    from napari_resolve.predict import predict
+
+    return np.asarray(predict(model_meta, lr, device=device).image)
 
 
 # --------------------------------------------------------------------------- run
@@ -169,13 +139,6 @@ def _pairs(args):
     return list(zip(args.lr, args.hr))
 
 
-def _clip_to_range(sr: np.ndarray, like: np.ndarray) -> np.ndarray:
-    if np.issubdtype(like.dtype, np.integer):
-        info = np.iinfo(like.dtype)
-        return np.clip(sr, info.min, info.max)
-    return sr
-
-
 def evaluate_images(pairs, *, model: str = "bicubic", scale=None, crop=None, y_channel=True,
                     device: str = "auto") -> list[dict]:
     """Evaluate ``model`` on ``pairs`` of paths ``(lr or None, hr)``; one dict per image."""
@@ -186,12 +149,13 @@ def evaluate_images(pairs, *, model: str = "bicubic", scale=None, crop=None, y_c
         raise InputError(f"--scale must be a positive integer, got {scale}")
     if crop is not None and crop < 0:
         raise InputError(f"--crop must be >= 0, got {crop}")
-    model_scale = _scale_of(model, scale)
-    if scale is not None and _is_bundle(model) and model_scale != scale:
-        raise InputError(f"model {model} is x{model_scale}, but --scale {scale} was given")
-    scale = int(scale or model_scale)
+    model_meta = load_model(model, None if scale is None else int(scale))
+    scale = int(model_meta[0].scale)
+    from tqdm import tqdm
+
     rows = []
-    for lr_path, hr_path in pairs:
+    # progress bar on stderr, only on a terminal (disable=None)
+    for lr_path, hr_path in tqdm(pairs, desc="evaluate", unit="image", disable=None, leave=False):
         hr = _read(hr_path, "HR image")
         if lr_path is None:
             hr = _crop_to_multiple(hr, scale, hr_path.name)
@@ -206,7 +170,7 @@ def evaluate_images(pairs, *, model: str = "bicubic", scale=None, crop=None, y_c
                 raise InputError(f"{hr_path.name} ({hr.shape[0]} x {hr.shape[1]}) is not x{scale} of "
                                  f"{lr_path.name} ({lr.shape[0]} x {lr.shape[1]})")
             hr = hr[: want[0], : want[1]]
-        sr = _clip_to_range(_super_resolve(lr, model, scale, device), hr)
+        sr = _super_resolve(lr, model_meta, device)
         if sr.shape != hr.shape:
             raise InputError(f"model output {sr.shape} does not match {hr_path.name} {hr.shape}")
         res = evaluate_pair(sr, hr, scale=scale, crop=crop, y_channel=y_channel)
@@ -215,9 +179,9 @@ def evaluate_images(pairs, *, model: str = "bicubic", scale=None, crop=None, y_c
     return rows
 
 
-def _table(rows: list[dict], model: str) -> str:
+def _table(rows: list[dict], model: str, y_channel: bool) -> str:
     first = rows[0]
-    space = "Y channel (MATLAB BT.601)" if first["y_channel"] else "all channels"
+    space = "RGB on the Y channel (MATLAB BT.601)" if y_channel else "RGB on all channels"
     head = f"model {model}, x{first['scale']}, crop {first['crop']} px, {space}"
     width = max(24, *(len(Path(r["image"]).name) for r in rows))
     lines = [head, f"{'image':<{width}}  {'HR size':>11}  {'PSNR (dB)':>9}  {'SSIM':>6}"]
@@ -235,7 +199,7 @@ def run(args) -> int:
     pairs = _pairs(args)
     rows = evaluate_images(pairs, model=args.model, scale=args.scale, crop=args.crop,
                            y_channel=not args.rgb, device=args.device)
-    print(_table(rows, args.model))
+    print(_table(rows, args.model, not args.rgb))
     if args.json is not None:
         from napari_resolve._atomic import atomic_path
 

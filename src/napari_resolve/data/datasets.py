@@ -53,42 +53,24 @@ __all__ = [
     "describe",
 ]
 
+def _suffixes():
+    from napari_resolve.io import READ_SUFFIXES
+
+    return READ_SUFFIXES
+
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg", ".mrc", ".npy")
-_PICKLES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npz")
 
 
 # --------------------------------------------------------------------------- reading
 def read_image(path) -> np.ndarray:
-    """Read one image file (TIFF, PNG, BMP, JPEG, MRC, .npy without pickles)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in _PICKLES:
-        raise InputError(f"{path.name}: pickle-based files are never opened; use TIFF or PNG")
-    if not path.is_file():
-        raise InputError(f"image file not found: {path}")
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
+    """Read one image file with :func:`napari_resolve.io.read_image` (pickles refused)."""
+    from napari_resolve.io import read_image as _read
 
-            arr = tifffile.imread(path)
-        elif suffix == ".mrc":
-            import mrcfile
-
-            with mrcfile.open(path, permissive=True) as fh:
-                arr = np.array(fh.data)
-        elif suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        else:
-            from skimage.io import imread
-
-            arr = imread(path)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"cannot read image {path.name}: {' '.join(str(exc).split())[:150]}") from None
+    arr, _ = _read(path)
     arr = np.asarray(arr)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise InputError(f"{path.name}: not a real-valued image (dtype {arr.dtype})")
+        raise InputError(f"{Path(path).name}: not a real-valued image (dtype {arr.dtype})")
     return arr
 
 
@@ -205,12 +187,12 @@ def _expand(src, what: str) -> list:
     if isinstance(src, (str, Path)):
         path = Path(src).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _suffixes())
             if not files:
-                raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+                raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}, ...) in folder {path}")
             return files
         if any(ch in str(src) for ch in "*?["):
-            files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).suffix.lower() in _suffixes())
             if not files:
                 raise InputError(f"no images match {src}")
             return files
@@ -534,13 +516,11 @@ def make_dataset(
     """
     if isinstance(data, SRDataset):
         return data
-    from napari_resolve.data.fluorescence import FluorescenceSample
-
     desc = ""
     if data is not None:
         if isinstance(data, dict):
             hr, lr, labels = data.get("hr", hr), data.get("lr", lr), data.get("labels", labels)
-        elif isinstance(data, (list, tuple)) and data and all(isinstance(d, FluorescenceSample) for d in data):
+        elif isinstance(data, (list, tuple)) and data and all(_is_simulated(d) for d in data):
             hr, lr = [d.hr for d in data], [d.lr for d in data]
             desc = f"{len(data)} simulated fluorescence pairs"
             normalization = normalization or {"mode": "percentile", "low": 1.0, "high": 99.8}
@@ -557,6 +537,11 @@ def make_dataset(
                      degradation=degradation, patch_size=patch_size,
                      patches_per_image=patches_per_image, augment=augment, seed=seed,
                      description=desc or describe(hr))
+
+
+def _is_simulated(obj) -> bool:
+    # duck-typed FluorescenceSample: importing the simulator is not needed to recognise one
+    return all(hasattr(obj, a) for a in ("hr", "lr", "hr_pixel_size", "lr_pixel_size"))
 
 
 def _sub(root: Path, name: str):

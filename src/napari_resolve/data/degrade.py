@@ -157,6 +157,7 @@ def imresize(image, scale=None, *, output_shape=None, channel_axis=None, antiali
 def _torch_matrix(in_len, out_len, scale, antialiasing, dtype, device):
     import torch
 
+    # torch.tensor copies: the cached NumPy matrices are read-only (as_tensor would warn)
     return torch.tensor(resize_matrix(in_len, out_len, scale, antialiasing), dtype=dtype, device=device)
 
 
@@ -174,9 +175,8 @@ def imresize_torch(x, scale=None, *, output_shape=None, antialiasing=True):
         raise InputError(f"imresize_torch expects (..., H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
     sh, sw, oh, ow = _scales(scale, (h, w), output_shape)
-    # torch.tensor copies: the cached matrices are read-only, which as_tensor warns about
-    mh = torch.tensor(resize_matrix(h, oh, sh, antialiasing), dtype=x.dtype, device=x.device)
-    mw = torch.tensor(resize_matrix(w, ow, sw, antialiasing), dtype=x.dtype, device=x.device)
+    mh = _torch_matrix(h, oh, sh, antialiasing, x.dtype, x.device)
+    mw = _torch_matrix(w, ow, sw, antialiasing, x.dtype, x.device)
     if sh <= sw:
         return torch.matmul(torch.matmul(mh, x), mw.T)
     return torch.matmul(mh, torch.matmul(x, mw.T))

@@ -257,7 +257,7 @@ def labels_to_labelme(labels, *, path=None, image_path: str | None = None) -> di
     (atomically). Re-reading it with :func:`labelme_to_labels` gives the labels
     back (see the module notes for holes).
     """
-    from skimage.measure import find_contours
+    from skimage.measure import approximate_polygon, find_contours
 
     lab = check_labels(labels)
     h, w = lab.shape
@@ -276,6 +276,9 @@ def labels_to_labelme(labels, *, path=None, image_path: str | None = None) -> di
             # negative signed area and holes a positive one; LabelMe cannot encode holes
             if not outer:
                 continue
+            # drop points on straight runs (tolerance ~0: the outline is unchanged), which
+            # makes the polygon 2-3x shorter and re-painting it as much faster
+            rc = approximate_polygon(np.vstack([rc, rc[:1]]), tolerance=1e-6)[:-1]
             points = [[float(c), float(r)] for r, c in rc]
             shapes.append(
                 {"label": name, "points": points, "group_id": None,

@@ -35,10 +35,12 @@ Choices the paper leaves open, made here:
 * Foreground: pixels on the object side of Otsu's threshold of the whole low
   scan (darker than it for bright-field, brighter for fluorescence;
   ``background="auto"`` assumes bright-field for RGB, fluorescence for grey).
-* The sub-pixel step uses the plain (not phase-normalised) cross-correlation
-  of the mean-subtracted patches, robust to the very different blur and noise
-  of the two objectives; shifts beyond one pixel (a failed refinement) fall
-  back to the integer peak.
+* The sub-pixel step uses the plain (not phase-normalised) cross-correlation,
+  robust to the very different blur and noise of the two objectives, of
+  Tukey-windowed patches, iterated up to 3 times on the other scan resampled
+  at the current estimate (see :func:`_subpixel`): a single unwindowed FFT
+  correlation of non-periodic patches is biased towards the integer peak by
+  up to 0.3 px. Estimates beyond one pixel fall back to the integer peak.
 * Patches are cut at the nearest whole pixel of each scan (no resampling, so
   the targets keep their real pixels); the residual is in the report.
 * Defaults: T = 0.6, 10 % foreground, Δr = 32 LR px, ΔR = 6 LR px,
@@ -54,8 +56,11 @@ loader of the trainer)::
       lr/00001.tif   low patch (interpolated grid), patch_size px
       mr/00001.tif   mid patch, patch_size * ratio_mid px (absent without a mid scan)
       hr/00001.tif   high patch, patch_size * ratio_high px
-      report.json    parameters, coarse offsets, per-patch offsets / correlations,
-                     rejected counts
+      report.json    parameters, coarse offsets, per-patch offsets / correlations
+                     and file names, rejected counts, pixel sizes
+
+The same name in every kind is one pair; patches keep the scans' dtype and
+channels (OME-TIFF, with the pixel size when it is known).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -288,21 +294,53 @@ def _match(region: np.ndarray, template: np.ndarray):
     return (int(peak[0]), int(peak[1])), float(ncc.flat[flat]), ncc.shape
 
 
-def _subpixel(reference: np.ndarray, moving: np.ndarray, upsample_factor: int) -> np.ndarray:
-    """Sub-pixel shift of ``moving`` inside ``reference`` (both at the integer peak), |shift| <= 1."""
+def _subpixel(coef: np.ndarray, patch: np.ndarray, top_left, upsample_factor: int,
+              iterations: int = 3) -> np.ndarray:
+    """Sub-pixel (row, col) of ``patch`` in a scan near the integer ``top_left``.
+
+    ``coef``: the scan's cubic-spline coefficients (:func:`_spline`). Each
+    round samples the scan at the current estimate (cubic spline, from the
+    surrounding pixels, so no wrap-around) and adds the residual shift that
+    :func:`~skimage.registration.phase_cross_correlation` finds between the
+    Tukey-windowed, mean-subtracted patches. The window removes the bias of the
+    circular correlation towards the integer peak; the rounds remove the pull
+    of the window itself towards zero shift. Stops when a round moves less than
+    ``1 / upsample_factor``; falls back to the integer peak if the estimate
+    leaves the ±1 px cell (a failed refinement).
+    """
+    from scipy.ndimage import map_coordinates
     from skimage.registration import phase_cross_correlation
 
-    ref = reference - reference.mean()
-    mov = moving - moving.mean()
-    shift, _, _ = phase_cross_correlation(
-        ref, mov, upsample_factor=upsample_factor, normalization=None
-    )
-    # skimage returns the shift that moves ``moving`` onto ``reference``, i.e.
-    # where the content of ``moving`` lies in ``reference``.
-    shift = np.asarray(shift, dtype=np.float64)
-    if np.any(np.abs(shift) > 1.0):
-        return np.zeros(2)
-    return shift
+    p = patch.shape[0]
+    win = _tukey(p)
+    mov = (patch - patch.mean()) * win
+    start = np.asarray(top_left, dtype=np.float64)
+    est = start.copy()
+    grid = np.mgrid[0:p, 0:p].astype(np.float64)
+    for _ in range(iterations):
+        coords = grid + est[:, None, None]
+        sample = map_coordinates(coef, coords, order=3, mode="mirror", prefilter=False)
+        sample = (sample - sample.mean()) * win
+        # the shift that moves ``mov`` onto ``sample``: where the patch's
+        # content lies relative to the current estimate
+        step, _, _ = phase_cross_correlation(
+            sample, mov, upsample_factor=upsample_factor, normalization=None
+        )
+        est += step
+        if np.all(np.abs(step) < 1.0 / upsample_factor):
+            break
+    if np.any(np.abs(est - start) > 1.0):
+        return start
+    return est
+
+
+@lru_cache(maxsize=8)
+def _tukey(size: int, alpha: float = 0.5) -> np.ndarray:
+    from skimage.filters import window
+
+    win = window(("tukey", alpha), (size, size)).astype(np.float32)
+    win.setflags(write=False)
+    return win
 
 
 # ---------------------------------------------------------------- register
@@ -443,9 +481,17 @@ def register_iter(
             "correlation": round(float(np.mean(cors)), 4),
         }
 
-    # ---- fine: each grid patch within ±ΔR of its coarse position
-    rows = np.arange(0, h - p + 1, step)
-    cols = np.arange(0, w - p + 1, step)
+    # ---- fine: each grid patch within ±ΔR of its coarse position; the grid
+    # covers the part of the low scan whose search windows lie inside every scan
+    lo, hi = np.zeros(2, dtype=int), np.array([h - p, w - p])
+    coefs = {}
+    for t, ref in refs.items():
+        shift = np.round(coarse[t]["offset"]).astype(int)
+        lo = np.maximum(lo, fine_window - shift)
+        hi = np.minimum(hi, np.array(ref.shape) - shift - p - fine_window)
+        coefs[t] = _spline(ref)
+    rows = np.arange(lo[0], hi[0] + 1, step)
+    cols = np.arange(lo[1], hi[1] + 1, step)
     gr, gc = (a.ravel() for a in np.meshgrid(rows, cols, indexing="ij"))
     if max_patches is not None and len(gr) > int(max_patches):
         pick = np.sort(rng.choice(len(gr), size=int(max_patches), replace=False))
@@ -462,7 +508,7 @@ def register_iter(
         else:
             patch = lr_grey[r : r + p, c : c + p]
             for t, ref in refs.items():
-                reason = _fine(m, t, patch, ref, coarse[t]["offset"], fine_window, threshold,
+                reason = _fine(m, t, patch, ref, coefs[t], coarse[t]["offset"], fine_window, threshold,
                                upsample_factor, ratios[t], scans[t].shape, p)
                 if reason:
                     m.reason = reason
@@ -481,7 +527,14 @@ def register_iter(
     return RegistrationResult(lr, scans, ratios, p, matches, report)
 
 
-def _fine(m, t, patch, ref, coarse_offset, window, threshold, upsample, ratio, scan_shape, p):
+def _spline(ref: np.ndarray) -> np.ndarray:
+    """Cubic-spline coefficients of ``ref``, computed once per scan for :func:`_subpixel`."""
+    from scipy.ndimage import spline_filter
+
+    return spline_filter(ref, order=3, mode="mirror", output=np.float32)
+
+
+def _fine(m, t, patch, ref, coef, coarse_offset, window, threshold, upsample, ratio, scan_shape, p):
     """Register one low ``patch`` in ``ref`` (scan ``t`` at low scale); fill ``m``; return a reason or None."""
     r, c = m.lr
     base_r = r + int(round(coarse_offset[0]))
@@ -496,9 +549,8 @@ def _fine(m, t, patch, ref, coarse_offset, window, threshold, upsample, ratio, s
         return "threshold"
     if pr in (0, shape[0] - 1) or pc in (0, shape[1] - 1):
         return "window"  # the best match may lie beyond ΔR
-    ir, ic = r0 + pr, c0 + pc
-    sub = _subpixel(ref[ir : ir + p, ic : ic + p], patch, upsample)
-    off = np.array([ir - r, ic - c], dtype=np.float64) + sub
+    found = _subpixel(coef, patch, (r0 + pr, c0 + pc), upsample)
+    off = found - np.array([r, c], dtype=np.float64)
     m.offset[t] = (float(off[0]), float(off[1]))
     pos = (int(round(ratio * (r + off[0]))), int(round(ratio * (c + off[1]))))
     q = p * ratio
@@ -587,19 +639,21 @@ def _check_output(out, overwrite: bool) -> Path:
     return out
 
 
-def write_pairs_iter(result: RegistrationResult, out, *, overwrite: bool = False):
+def write_pairs_iter(result: RegistrationResult, out, *, overwrite: bool = False,
+                     pixel_size: float | None = None):
     """Write the kept pairs as TIFFs plus ``report.json`` into the folder ``out``.
 
     The folder is assembled beside ``out`` and renamed into place
     (:func:`napari_resolve._atomic.atomic_path`): a failure or Ctrl-C leaves no
     partial folder. An existing non-empty ``out`` is replaced only with
     ``overwrite=True`` and only if it is a pairs folder written by this
-    function. Yields :class:`RegistrationProgress` (stage ``"write"``), returns
-    the folder's path.
+    function. ``pixel_size``: the high scan's pixel size in µm, if known; each
+    kind's pixel size follows from the magnifications and is stored in its
+    OME-TIFFs and the report. Yields :class:`RegistrationProgress` (stage
+    ``"write"``), returns the folder's path.
     """
-    import tifffile
-
     from napari_resolve._atomic import atomic_path
+    from napari_resolve.io import write_image
 
     out = _check_output(out, overwrite)
     n = len(result)
@@ -608,41 +662,55 @@ def write_pairs_iter(result: RegistrationResult, out, *, overwrite: bool = False
             f"no pairs kept out of {len(result.matches)} candidates (rejected: "
             f"{result.report['rejected']}); lower the threshold or min_foreground"
         )
+    kinds = ("lr", *result.scans)
+    sizes = {k: None for k in kinds}
+    if pixel_size is not None:
+        if not (np.isfinite(pixel_size) and pixel_size > 0):
+            raise InputError(f"pixel_size must be a positive number of µm, got {pixel_size}")
+        top = max(result.ratios.values())  # the high scan's ratio to the low grid
+        sizes = {"lr": pixel_size * top, **{t: pixel_size * top / r for t, r in result.ratios.items()}}
     width = max(5, len(str(n)))
     report = dict(result.report)
     kept_idx = [i for i, m in enumerate(result.matches) if m.kept]
     names = [f"{i + 1:0{width}d}.tif" for i in range(n)]
-    report["files"] = {"layout": "<kind>/<name> for kind in " + ", ".join(["lr", *result.scans])}
+    report["files"] = {"layout": "<kind>/<name>", "kinds": list(kinds), "count": n}
+    report["pixel_size_um"] = sizes
     patches = [dict(d) for d in report["patches"]]
     for name, i in zip(names, kept_idx):
         patches[i]["file"] = name
     report["patches"] = patches
     with atomic_path(out, suffix="") as tmp:
-        for kind in ("lr", *result.scans):
+        for kind in kinds:
             (tmp / kind).mkdir(parents=True)
         for k, name in enumerate(names):
             for kind, arr in result[k].items():
-                rgb = arr.ndim == 3 and arr.shape[2] == 3
-                tifffile.imwrite(tmp / kind / name, np.ascontiguousarray(arr),
-                                 photometric="rgb" if rgb else "minisblack")
+                write_image(tmp / kind / name, np.ascontiguousarray(arr), pixel_size=sizes[kind])
             yield RegistrationProgress(k + 1, n, "write")
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
     return out
 
 
-def write_pairs(result: RegistrationResult, out, *, overwrite: bool = False, progress=None) -> Path:
+def write_pairs(result: RegistrationResult, out, *, overwrite: bool = False,
+                pixel_size: float | None = None, progress=None) -> Path:
     """Run :func:`write_pairs_iter` to the end."""
-    return _drain(write_pairs_iter(result, out, overwrite=overwrite), progress)
+    return _drain(write_pairs_iter(result, out, overwrite=overwrite, pixel_size=pixel_size), progress)
 
 
-def build_dataset_iter(low, mid, high, out, *, overwrite: bool = False, **kwargs):
-    """Register, then write the pairs folder; yields progress, returns (result, path)."""
+def build_dataset_iter(low, mid, high, out, *, overwrite: bool = False,
+                       pixel_size: float | None = None, **kwargs):
+    """Register, then write the pairs folder; yields progress, returns (result, path).
+
+    ``kwargs`` go to :func:`register_iter`; ``pixel_size`` (the high scan's,
+    µm) to :func:`write_pairs_iter`.
+    """
     out = _check_output(out, overwrite)  # fail before the long registration
     result = yield from register_iter(low, mid, high, **kwargs)
-    path = yield from write_pairs_iter(result, out, overwrite=overwrite)
+    path = yield from write_pairs_iter(result, out, overwrite=overwrite, pixel_size=pixel_size)
     return result, path
 
 
-def build_dataset(low, mid, high, out, *, overwrite: bool = False, progress=None, **kwargs):
+def build_dataset(low, mid, high, out, *, overwrite: bool = False, pixel_size=None,
+                  progress=None, **kwargs):
     """Run :func:`build_dataset_iter` to the end; returns (result, path)."""
-    return _drain(build_dataset_iter(low, mid, high, out, overwrite=overwrite, **kwargs), progress)
+    gen = build_dataset_iter(low, mid, high, out, overwrite=overwrite, pixel_size=pixel_size, **kwargs)
+    return _drain(gen, progress)

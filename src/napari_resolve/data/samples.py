@@ -263,8 +263,8 @@ def bccd_smear(name: str = "BloodImage_00000", *, root=None) -> tuple[np.ndarray
     ``xmax``, ``ymax`` in pixels (VOC, 1-based as in the files).
     """
     folder = _folder("bccd", root)
-    stem = Path(str(name)).stem
-    if not re.fullmatch(r"[\w\-]+", stem):
+    stem = re.sub(r"\.jpe?g$", "", str(name), flags=re.IGNORECASE)
+    if not re.fullmatch(r"[\w\-]+", stem):  # a name, not a path
         raise InputError(f"invalid BCCD image name {name!r}")
     path = folder / "JPEGImages" / f"{stem}.jpg"
     if not path.is_file():

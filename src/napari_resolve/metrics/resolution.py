@@ -241,29 +241,25 @@ def edge_taper(image: np.ndarray, width: float = TAPER_WIDTH, *, dtype=np.float6
 
 
 def _local_max(curve: np.ndarray) -> tuple[int, float]:
-    """Index and height of the decorrelation peak of ``curve``.
+    """Index and height of the decorrelation peak of ``curve``; (0, 0.0) when there is none.
 
-    The highest point wins unless it is the last sample (then the curve is
-    still rising at the end of the range and that point is not a peak): the
-    last sample is dropped and the search repeats. A maximum found that way is
-    accepted only if it exceeds the minimum of the curve after it by
-    :data:`PEAK_SIGNIFICANCE`; otherwise it is flattened to that minimum and the
-    search goes on. Returns (0, 0.0) when nothing qualifies.
+    The highest sample is the peak if it is not the last one and exceeds the
+    minimum of the curve after it by :data:`PEAK_SIGNIFICANCE` (5e-4). A
+    maximum on the last sample (the curve still rises at the end of the
+    range) is dropped and the search repeats on the rest; an insignificant
+    maximum is dropped with everything after it (nothing there can exceed its
+    own tail by more). Unlike the reference, which tests significance only
+    after dropping a last-sample maximum, an interior maximum is tested too:
+    otherwise a flat end (two equal samples after the 3-decimal floor) is
+    taken for a peak at the edge of the disk.
     """
-    work = curve.astype(np.float64).copy()
-    end = len(work)
-    idx = int(np.argmax(work))
-    while idx == end - 1:
-        end -= 1
-        if end == 0:
-            return 0, 0.0
-        idx = int(np.argmax(work[:end]))
-        tail_min = float(curve[idx:].min())
-        if work[idx] - tail_min >= PEAK_SIGNIFICANCE:
-            break
-        work[idx] = tail_min  # not a real peak: flatten it, keep shrinking
-        idx = end - 1
-    return idx, float(curve[idx])
+    end = len(curve)
+    while end > 1:
+        idx = int(np.argmax(curve[:end]))
+        if idx < end - 1 and curve[idx] - curve[idx:].min() >= PEAK_SIGNIFICANCE:
+            return idx, float(curve[idx])
+        end = idx if idx < end - 1 else end - 1
+    return 0, 0.0
 
 
 @lru_cache(maxsize=4)
@@ -272,26 +268,43 @@ def _disk_geometry(h: int, w: int):
 
     Pixels with the same radius fall into the same masks, so they are summed
     before sorting: the rfft2 half plane is folded onto its quadrant
-    (ky, kx) >= 0 (rows ky and -ky), and for square images onto the triangle
-    ky <= kx (ky and kx swapped). Returns (``tri``: flat indices of the
-    triangle in the quadrant, or None; ``order``: flat indices of the folded
-    pixels sorted by radius, zero frequency left out; ``r2``: their squared
-    radii). Cached per shape, so stacks and repeated calls sort once.
+    (ky, kx) >= 0 (rows ky and -ky added), and for square images the quadrant
+    onto its triangle ky <= kx (pixel (ky, kx) plus its mirror (kx, ky)).
+    Returns, sorted by radius with the zero frequency left out: ``idx`` (flat
+    index into the quadrant), ``weight`` (pixels of the full plane it stands
+    for: 2 for kx > 0, the -kx half that rfft2 leaves out), ``idx_t`` and
+    ``weight_t`` for the mirror pixel (None for non-square images; weight 0 on
+    the diagonal, which has no mirror), ``count`` (pixels of the full plane
+    behind each entry) and ``r2`` (squared radius). Cached per
+    shape, so stacks and repeated calls sort once.
     """
     ky = 2.0 * np.arange(h // 2 + 1) / h  # the non-negative part of 2 * fftfreq(h)
     kx = 2.0 * np.arange(w // 2 + 1) / w
     r2 = (ky[:, None] ** 2 + kx[None, :] ** 2).ravel()
-    tri = None
+    cols = kx.size
     if h == w:
-        tri = np.flatnonzero(np.triu(np.ones((ky.size, kx.size), dtype=bool)))
-        r2 = r2[tri]
-    order = np.argsort(r2, kind="stable")
-    r2_sorted = r2[order]
+        flat = np.flatnonzero(np.triu(np.ones((ky.size, kx.size), dtype=bool)))
+    else:
+        flat = np.arange(r2.size)
+    order = np.argsort(r2[flat], kind="stable")
+    idx = flat[order]
+    r2_sorted = r2[idx]
     stop = int(np.searchsorted(r2_sorted, 1.0, side="left"))
-    order, r2_sorted = order[1:stop], r2_sorted[1:stop]  # [0] is the zero frequency
-    for arr in (order, r2_sorted) + (() if tri is None else (tri,)):
-        arr.setflags(write=False)  # shared through the cache
-    return tri, order, r2_sorted
+    idx, r2_sorted = idx[1:stop], r2_sorted[1:stop]  # [0] is the zero frequency
+    row, col = np.divmod(idx, cols)
+    weight = np.where(col == 0, 1.0, 2.0)
+    # pixels of the full plane behind each sorted entry (rows ky and -ky, columns kx and -kx)
+    count = weight * np.where(row == 0, 1.0, 2.0)
+    idx_t = weight_t = None
+    if h == w:
+        idx_t = col * cols + row
+        weight_t = np.where(row == 0, 1.0, 2.0) * (row != col)
+        count += weight_t * np.where(col == 0, 1.0, 2.0)
+    out = (idx, weight, idx_t, weight_t, count, r2_sorted)
+    for arr in out:
+        if arr is not None:
+            arr.setflags(write=False)  # shared through the cache
+    return out
 
 
 def _prefix_sums(values: np.ndarray, stops: np.ndarray) -> np.ndarray:
@@ -318,26 +331,26 @@ class _Spectrum:
 
     def __init__(self, plane: np.ndarray):
         h, w = plane.shape  # both odd
-        tri, order, self.r2 = _disk_geometry(h, w)
+        idx, weight, idx_t, weight_t, count, self.r2 = _disk_geometry(h, w)
         mag = np.abs(scipy.fft.rfft2(plane))  # (h, w // 2 + 1); w odd: no Nyquist column
-        top = mag[: h // 2 + 1]  # ky >= 0
-        bottom = np.zeros_like(top)
-        bottom[1:] = mag[h - 1 : h // 2 : -1]  # ky < 0, row -ky aligned with row ky
-        # A column kx > 0 of the half plane stands for two pixels (+kx and -kx).
-        col = np.full(top.shape[1], 2.0, dtype=np.float32)
-        col[0] = 1.0
-        folded = []
-        for x in (top + bottom, top * top + bottom * bottom, (top > 0) * 1.0 + (bottom > 0)):
-            x = (x * col).astype(np.float64)
-            if tri is not None:  # square: fold (ky, kx) onto (kx, ky)
-                diag = np.diagonal(x).copy()
-                x = x + x.T
-                np.fill_diagonal(x, diag)
-                x = x.ravel()[tri]
-            folded.append(x.ravel()[order])
-        # sums over the folded pixels: |I|, |I|^2, and the number of pixels where
-        # I != 0 (elsewhere In = 0, the reference's NaN -> 0, so they do not count).
-        self.wmag, self.wmag2, self.wnonzero = folded
+
+        def fold(x):
+            """Quadrant ky >= 0 plus the mirrored rows ky < 0, then gathered in radial order."""
+            quad = x[: h // 2 + 1].copy()
+            quad[1:] += x[h - 1 : h // 2 : -1]
+            quad = quad.ravel()
+            folded = weight * quad[idx]
+            if idx_t is not None:
+                folded += weight_t * quad[idx_t]
+            return folded
+
+        self.wmag = fold(mag)
+        self.wmag2 = fold(mag * mag)
+        # Pixels where I == 0 have In = 0 (the reference's NaN -> 0): they do not count.
+        if mag.all():
+            self.wnonzero = count
+        else:
+            self.wnonzero = fold((mag > 0).astype(np.float32))
         self._counts = {}
 
     def curve(self, radii: np.ndarray, sigma: float | None) -> np.ndarray:

@@ -89,7 +89,7 @@ class SRCNN(SRModel):
 @register(
     "dfcan",
     paper="Qiao et al. 2021, Nature Methods 18:194 (DFCAN); the BioSR baseline of paper 003 §4.4",
-    description="DFCAN: 4 residual groups of 4 Fourier channel attention blocks (GELU), PixelShuffle",
+    description="DFCAN: 4 residual groups of 4 Fourier channel attention blocks, PixelShuffle",
     scale=2,
     in_channels=1,
 )

@@ -298,9 +298,11 @@ class FourierChannelAttention(nn.Module):
         self.excite = nn.Conv2d(hidden, channels, 1)
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
-        """Centred ``|FFT2(x)|^gamma`` per channel, in float32."""
+        """Centred ``|FFT2(x)|^gamma`` per channel, in float32 (float64 stays float64)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            spec = torch.fft.fft2(x.float(), norm="ortho")
+            if x.dtype != torch.float64:
+                x = x.float()
+            spec = torch.fft.fft2(x, norm="ortho")
             power = (spec.real.square() + spec.imag.square() + 1e-8).pow(self.gamma / 2)
             return torch.fft.fftshift(power, dim=(-2, -1))
 

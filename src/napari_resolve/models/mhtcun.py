@@ -106,7 +106,9 @@ class FCABUNet(nn.Module):
         if len(channels) < 2:
             raise ValueError(f"MHTCUN U-Net needs at least 2 levels, got channels={channels}")
         if any(c % 4 for c in channels[1:]):
-            raise ValueError(f"channels below the top must be multiples of 4 (PixelShuffle), got {channels}")
+            raise ValueError(
+                f"channels below the top must be multiples of 4 (PixelShuffle), got {channels}"
+            )
         self.size_multiple = 2 ** (len(channels) - 1)
         self.encoders = nn.ModuleList(_fcabs(c, blocks, reduction, gamma) for c in channels)
         self.downs = nn.ModuleList(
@@ -261,6 +263,8 @@ class MHTCUN(SRModel):
 
     def forward(self, x: torch.Tensor, prior=None) -> dict:
         self.check_input(x)
+        if prior is not None:
+            raise InputError(f"{self.arch or 'mhtcun'} takes no prior (parsing map)")
         up = imresize_torch(x, self.scale)
         up, hw = self.pad_input(up, self.sr_multiple)
         feats = self.head(up)

@@ -164,7 +164,9 @@ class Generator2(nn.Module):
         self.upsample = nn.Sequential(
             conv(channels, 4 * channels, 3), nn.PixelShuffle(2), activation("lrelu", _SLOPE)
         )
-        self.tail = nn.Sequential(_conv_lrelu(channels, channels, 3), conv(channels, out_channels, 3))
+        self.tail = nn.Sequential(
+            _conv_lrelu(channels, channels, 3), conv(channels, out_channels, 3)
+        )
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         h = self.head(feats)

@@ -109,7 +109,7 @@ def read_tiff(path):
     scale, extra = layer_scale(spatial_ndim, meta.get("pixel_size_yx"))
     kwargs = {"name": _stem(path), "scale": scale, "metadata": {"io": meta}, **extra}
     if not rgb and _ome_description(path) == LABELS_MARK:
-        from napari_resolve.napari._widget import parsing_style
+        from napari_resolve.napari._style import parsing_style
 
         kwargs.update(parsing_style() if data.max(initial=0) <= 2 else {})
         return [(data, kwargs, "labels")]
@@ -119,7 +119,7 @@ def read_tiff(path):
 def read_labelme(path):
     """Read LabelMe polygons as a parsing Labels layer (0 background, 1 cytoplasm, 2 nucleus)."""
     from napari_resolve.data.labels import labelme_to_labels
-    from napari_resolve.napari._widget import parsing_style
+    from napari_resolve.napari._style import parsing_style
 
     path = Path(path)
     try:

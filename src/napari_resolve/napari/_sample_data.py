@@ -32,7 +32,7 @@ def leukocyte():
     """LR (MATLAB bicubic ×1/4), HR and parsing mask of one white blood cell."""
     from napari_resolve.data import samples
     from napari_resolve.data.degrade import imresize
-    from napari_resolve.napari._widget import parsing_style
+    from napari_resolve.napari._style import parsing_style
 
     dataset, ident = LEUKOCYTE
     (hr, labels, meta), = samples.wbc(dataset, ids=[ident])

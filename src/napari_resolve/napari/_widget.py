@@ -46,6 +46,7 @@ from qtpy.QtWidgets import (
 
 from napari_resolve.errors import InputError, ResolveError
 from napari_resolve.napari import _jobs
+from napari_resolve.napari._style import parsing_style
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -93,6 +94,10 @@ def _summarise(obj, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _baseline_label(scale: int) -> str:
+    return f"bicubic ×{scale} (baseline, no learning)"
+
+
 def _fmt_params(n: int) -> str:
     if n == 0:
         return "0 (no weights)"
@@ -120,6 +125,8 @@ class ResolveWidget(QWidget):
         self._worker = None
         self._pbar = None
         self._run_info: dict | None = None
+        self._cancel_requested = False
+        self._memory_models: dict = {}
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._build_model_section())
@@ -261,7 +268,7 @@ class ResolveWidget(QWidget):
         for entry in entries:
             self.model_combo.addItem(f"{entry['name']} — {entry['summary']}", ("pretrained", entry["name"]))
         for scale in (4, 8):
-            self.model_combo.addItem(f"bicubic ×{scale} (baseline, no learning)", ("baseline", scale))
+            self.model_combo.addItem(_baseline_label(scale), ("baseline", scale))
 
     def _on_model_chosen(self, index: int) -> None:
         choice = self.model_combo.itemData(index)
@@ -270,6 +277,9 @@ class ResolveWidget(QWidget):
         kind, value = choice
         if kind == "baseline":
             self._use_baseline(int(value))
+        elif kind == "memory":
+            model, meta = self._memory_models[value]
+            self.set_model(model, meta, source=value)
         else:
             self.load_model(value if kind == "pretrained" else Path(value))
 
@@ -279,7 +289,7 @@ class ResolveWidget(QWidget):
         model = models.build("bicubic", scale=scale, in_channels=1)
         meta = bundle.default_meta(model)
         meta["color_mode"] = "y"  # colour images: Y bicubic, Cb/Cr bicubic = plain bicubic
-        self.set_model(model, meta, source=f"bicubic ×{scale} baseline")
+        self._set(model, meta, f"bicubic ×{scale} baseline", ("baseline", scale), _baseline_label(scale))
 
     def _ask_model_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -289,22 +299,11 @@ class ResolveWidget(QWidget):
             self.load_model_file(path)
 
     def load_model_file(self, path) -> bool:
-        """Load a ``.safetensors`` model file and add it to the list; False (and a notification) if refused."""
-        path = Path(path)
-        if not self.load_model(path):
-            return False
-        label = f"{path.name} (file)"
-        for i in range(self.model_combo.count()):
-            if self.model_combo.itemData(i) == ("file", str(path)):
-                break
-        else:
-            self.model_combo.addItem(label, ("file", str(path)))
-            i = self.model_combo.count() - 1
-        self.model_combo.setCurrentIndex(i)
-        return True
+        """Load a ``.safetensors`` model file; False (and a notification) if it is refused."""
+        return self.load_model(Path(path))
 
     def load_model(self, src) -> bool:
-        """Load a pretrained name or a file with :func:`napari_resolve.bundle.load`.
+        """Load a pretrained name or a file (a :class:`~pathlib.Path`) with :func:`napari_resolve.bundle.load`.
 
         A pickled checkpoint, an unreadable file or a file that does not fit its
         architecture gives a notification and keeps the current model.
@@ -316,15 +315,31 @@ class ResolveWidget(QWidget):
         except ResolveError as exc:
             self._error(f"{exc}. Choose a napari-resolve .safetensors model file.")
             return False
-        name = Path(src).name if isinstance(src, Path) else str(src)
-        self.set_model(model, meta, source=name)
+        if isinstance(src, Path):
+            self._set(model, meta, src.name, ("file", str(src)), f"{src.name} (file)")
+        else:
+            self._set(model, meta, str(src), ("pretrained", str(src)), str(src))
         return True
 
     def set_model(self, model, meta: dict, source: str = "") -> None:
-        """Use ``model`` (an :class:`~napari_resolve.models.SRModel`) with its bundle ``meta``."""
+        """Use ``model`` (an :class:`~napari_resolve.models.SRModel`) with its bundle ``meta``.
+
+        Models given this way (scripts, a model trained in this session) join
+        the list, so that the list always shows the model in use.
+        """
+        source = source or str(meta.get("architecture", "")) or "model"
+        self._memory_models[source] = (model, dict(meta))
+        self._set(model, meta, source, ("memory", source), f"{source} (this session)")
+
+    def _set(self, model, meta: dict, source: str, choice, label: str) -> None:
         self.model = model
         self.meta = dict(meta)
-        self.model_source = source or str(meta.get("architecture", ""))
+        self.model_source = source
+        index = self.model_combo.findData(choice)
+        if index < 0:
+            self.model_combo.addItem(label, choice)
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
         self._update_card()
 
     def _predicts_parsing(self) -> bool:
@@ -428,7 +443,13 @@ class ResolveWidget(QWidget):
         self._start(prior_layer=None)
 
     def rerun_with_parsing(self) -> None:
-        """Run again with the chosen Labels layer as the prior (button *Re-run …*)."""
+        """Run again with the chosen Labels layer as the prior (button *Re-run …*).
+
+        A parsing layer made by this widget remembers its image and plane, and
+        the re-run uses them whatever layer is active now; any other Labels
+        layer (a mask of your own, a LabelMe file) goes with the image chosen
+        under '2 · Super-resolve'.
+        """
         layer = self._layer(self.parsing_combo, Labels)
         if layer is None:
             self._error("No parsing Labels layer: run Super-resolve with a geometry-prior model first")
@@ -438,6 +459,7 @@ class ResolveWidget(QWidget):
     def cancel(self) -> None:
         """Stop the run between two tiles; no layer is added."""
         if self._worker is not None:
+            self._cancel_requested = True
             self.status.setText("Cancelling…")
             self._worker.quit()
 
@@ -450,6 +472,12 @@ class ResolveWidget(QWidget):
         if self.model is None:
             raise InputError("No model: choose one in '1 · Model' or load a .safetensors file")
         layer = self._layer(self.image_combo, Image)
+        made_by = {} if prior_layer is None else prior_layer.metadata.get(META_KEY) or {}
+        source = made_by.get("source_layer")
+        if source in self.viewer.layers and isinstance(self.viewer.layers[source], Image):
+            layer = self.viewer.layers[source]
+        else:
+            made_by = {}
         if layer is None:
             raise InputError(
                 "No image layer: open an image (File ▸ Open, or File ▸ Open Sample ▸ "
@@ -472,6 +500,8 @@ class ResolveWidget(QWidget):
         lead = _jobs.leading_shape(shape, rgb)
         all_planes = bool(lead) and self.planes_combo.currentText() == "all planes"
         plane = None if all_planes else self._current_plane(layer)
+        if made_by and lead and len(made_by.get("plane") or ()) == len(lead):
+            plane = tuple(made_by["plane"])  # the map of one plane re-runs that plane
         scale = int(meta.get("scale", self.model.scale))
         h, w = (shape[-3:-1] if rgb else shape[-2:])
         prior = None
@@ -532,11 +562,13 @@ class ResolveWidget(QWidget):
         worker.start()
 
     def _on_step(self, step: _jobs.Step) -> None:
-        if self._pbar is not None:
-            self._pbar.total = step.total
-            self._pbar.n = step.done
-            self._pbar.set_description(step.stage)
-            self._pbar.refresh()
+        if self._cancel_requested:
+            return
+        pbar = self._pbar  # may be closed while napari's progress display runs events
+        if pbar is not None:
+            pbar.total = step.total
+            pbar.n = step.done
+            pbar.set_description(step.stage)  # also refreshes the display
         self.status.setText(f"{step.stage}: {step.done}/{step.total}")
 
     def _on_returned(self, outcome: _jobs.Outcome) -> None:
@@ -549,13 +581,16 @@ class ResolveWidget(QWidget):
         self.status.setText("Added " + ", ".join(f"'{name}'" for name in added))
 
     def _on_aborted(self) -> None:
-        self.status.setText("Cancelled: no layer added")
+        self._cancel_requested = True
 
     def _on_errored(self, exc: Exception) -> None:
         # napari's worker already shows the error with its traceback (a bug, not user input)
         self.status.setText(f"<span style='color:#e05050'>Failed: {exc}</span>")
 
     def _on_finished(self) -> None:
+        if self._cancel_requested:
+            self.status.setText("Cancelled: no layer added")
+        self._cancel_requested = False
         if self._pbar is not None:
             self._pbar.close()
         self._pbar = None
@@ -615,15 +650,3 @@ class ResolveWidget(QWidget):
         self.viewer.layers.selection.active = src if src in self.viewer.layers else image_layer
         return added
 
-
-def parsing_style(label_names: dict | None = None) -> dict:
-    """Labels-layer keywords for a parsing map: paper 000's colours and named labels."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    names = {int(k): str(v) for k, v in (label_names or _jobs.DEFAULT_LABEL_NAMES).items()}
-    index = sorted(names)
-    return {
-        "colormap": DirectLabelColormap(color_dict=dict(_jobs.PARSING_COLORS)),
-        "features": {"index": index, "name": [names[i] for i in index]},
-        "opacity": 0.5,
-    }

@@ -193,6 +193,14 @@ def _disc_logits(disc: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return disc(x)
 
 
+def _optimizer(rec: R.Recipe, params, lr: float) -> torch.optim.Optimizer:
+    if rec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(rec.betas))
+    if rec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise InputError(f"unknown optimizer {rec.optimizer!r}; use 'adam' or 'sgd'")
+
+
 def _quality(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:
     """Validation PSNR / SSIM of one (C, H, W) pair in [0, 1] (Y for RGB, border cropped)."""
     from napari_resolve.metrics import quality
@@ -437,6 +445,19 @@ def train_iter(
         if output is None and state_meta.get("output"):
             output = Path(state_meta["output"])
         seed = int(state_meta.get("seed", seed))
+        run = state_meta.get("run") or {}
+        # what the interrupted run used, unless given again
+        data = run.get("data") if data is None else data
+        val_data = run.get("val_data") if val_data is None else val_data
+        normalization = normalization or run.get("normalization")
+        degradation = degradation or run.get("degradation")
+        pixel_size = pixel_size if pixel_size is not None else run.get("pixel_size")
+        parent = parent if parent is not None else run.get("parent")
+        batch_size = batch_size or run.get("batch_size")
+        if patch_size == "recipe" and "patch_size" in run:
+            patch_size = run["patch_size"]
+        if patches_per_image is None:
+            patches_per_image = run.get("patches_per_image")
     if model is None:
         raise InputError("give a model (registry name or model) or resume=")
     net = _build_model(model, config, scale, in_channels)
@@ -458,15 +479,14 @@ def train_iter(
     phase_plan = R.plan(rec, epochs, minutes)
 
     # ---- data
-    if data is None and not isinstance(val_data, D.SRDataset):
+    if data is None:
         raise InputError("no training data given")
-    n_images = None
-    if not isinstance(data, D.SRDataset):
-        probe = D.make_dataset(data, scale=net.scale, in_channels=net.in_channels,
-                               normalization=normalization, degradation=degradation,
-                               patch_size=ps, seed=seed)
-        n_images = len(probe.items)
-    full = data if isinstance(data, D.SRDataset) else probe
+    full = D.make_dataset(data, scale=net.scale, in_channels=net.in_channels,
+                          normalization=normalization, degradation=degradation,
+                          patch_size=ps, seed=seed)
+    if full.scale != net.scale or full.in_channels != net.in_channels:
+        raise InputError(f"the dataset is x{full.scale} with {full.in_channels} channel(s) but the "
+                         f"model is x{net.scale} with {net.in_channels}")
     n_images = len(full.items)
     if patches_per_image is None:
         patches_per_image = 1 if full.patch_size is None else max(1, math.ceil(8 * bs * world / n_images))
@@ -602,6 +622,12 @@ def train_iter(
             "optimizer_phase": opt_phase,
             "history": history,
             "best": {k: _json_num(v) for k, v in best.items()},
+            "run": {
+                "data": _source_spec(data), "val_data": _source_spec(val_data),
+                "normalization": train_ds.normalization, "degradation": train_ds.degradation,
+                "pixel_size": pixel_size, "parent": parent, "batch_size": bs,
+                "patch_size": train_ds.patch_size, "patches_per_image": train_ds.patches_per_image,
+            },
             "training": ckpt_meta_common(),
         }
         ckpt.save_state(state_file, model=_unwrap(net), optimizers=optimizers,
@@ -681,9 +707,9 @@ def train_iter(
                                  f"({', '.join(terms.skipped)})")
             for key in terms.adversarial:
                 if key not in discs:
-                    size = train_ds.patch_size or 64
-                    if key != "sr":
-                        size //= max(1, base.scale // 2)
+                    size = train_ds.patch_size or int(min(train_ds[0]["hr"].shape[-2:]))
+                    if key != "sr":  # PathSRGAN's MR output
+                        size = size * int(getattr(base, "mr_scale", 2)) // base.scale
                     d = _make_discriminator(rec.discriminator or "patchgan", base.in_channels, size).to(dev)
                     if key in pending_discs:  # trained before the run was resumed
                         d.load_state_dict(pending_discs.pop(key))
@@ -698,11 +724,10 @@ def train_iter(
                 gnet = DDP(base, device_ids=ids, find_unused_parameters=True)
                 dnets = {k: DDP(d, device_ids=ids) for k, d in discs.items()}
             lr0 = float(phase.lr or rec.lr)
-            optimizers = {"generator": torch.optim.Adam(params, lr=lr0, betas=tuple(rec.betas))}
+            optimizers = {"generator": _optimizer(rec, params, lr0)}
             opt_phase = phase_idx
             for key in terms.adversarial:
-                optimizers[f"D@{key}"] = torch.optim.Adam(discs[key].parameters(), lr=lr0,
-                                                          betas=tuple(rec.betas))
+                optimizers[f"D@{key}"] = _optimizer(rec, discs[key].parameters(), lr0)
             if pending_opts is not None:  # resuming inside this phase: its optimiser moments
                 for name, opt in optimizers.items():
                     if name in pending_opts:
@@ -798,10 +823,11 @@ def train_iter(
                         flag = 0.5
                     flag = _all_max(flag, world, dev)
                     if flag >= 1.0:
-                        reason = {3.0: "user", 2.0: "time", 1.0: "steps"}[flag]
-                        raise _Stop(reason, {"user": "stopped by the user",
-                                             "time": f"time budget of {minutes:g} min spent",
-                                             "steps": f"reached {max_steps} steps"}[reason])
+                        if flag == 3.0:
+                            raise _Stop("user", "stopped by the user")
+                        if flag == 2.0:
+                            raise _Stop("time", f"time budget of {float(minutes):g} min spent")
+                        raise _Stop("steps", f"reached {int(max_steps)} steps")
                     if flag == 0.5:
                         break  # this phase's share of the time is spent
                 # ---- end of epoch: validate, keep the best, checkpoint
@@ -868,6 +894,18 @@ def train_iter(
     return TrainResult(bundle_path, {k: v for k, v in best.items() if v != -math.inf}, history,
                        stopped, message, final, state_file if state_file and state_file.exists() else None,
                        {"recipe": rec.name, "device": device_desc})
+
+
+def _source_spec(data):
+    """Data given as paths (JSON-able) is recorded so that a resume can find it again."""
+    if isinstance(data, (str, Path)):
+        return str(data)
+    if isinstance(data, (list, tuple)) and all(isinstance(d, (str, Path)) for d in data):
+        return [str(d) for d in data]
+    if isinstance(data, dict):
+        out = {k: _source_spec(v) for k, v in data.items() if v is not None}
+        return out if all(v is not None for v in out.values()) else None
+    return None
 
 
 def _raw_is_rgb(ds) -> bool:

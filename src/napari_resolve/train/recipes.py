@@ -60,6 +60,8 @@ class Recipe:
     phase, rescaled with the phase's length). ``discriminator``:
     ``"patchgan"`` (paper 002) or ``"srgan"`` (paper 004) for
     ``adversarial`` terms. ``patch_size`` in HR pixels, None = whole images.
+    ``optimizer``: ``"adam"`` (every paper) or ``"sgd"`` (plain gradient
+    descent, for checks: one step with rate 1 subtracts the gradient).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Recipe:
     step_epochs: int = 10
     gamma: float = 0.5
     discriminator: str | None = None
+    optimizer: str = "adam"
     options: dict = field(default_factory=dict)
 
     @property
@@ -90,7 +93,7 @@ class Recipe:
                  "train": list(p.train) or "all", "lr": p.lr or self.lr}
                 for p in self.phases
             ],
-            "optimizer": {"name": "Adam", "lr": self.lr, "betas": list(self.betas)},
+            "optimizer": {"name": self.optimizer, "lr": self.lr, "betas": list(self.betas)},
             "schedule": {"kind": self.schedule, "step_epochs": self.step_epochs, "gamma": self.gamma},
             "batch_size": self.batch_size,
             "patch_size": self.patch_size,

@@ -1,0 +1,176 @@
+"""Regenerate the screenshots of docs/user-guide.md by driving a real napari viewer.
+
+    xvfb-run -a .venv/bin/python scripts/screenshots.py [--model gp-x4] [--out docs/screenshots]
+
+It opens a viewer (show=True; under Xvfb on a headless machine), loads the
+sample data through napari's own menus' code paths (``open_sample``, the
+plugin reader), and clicks the buttons of the Super-resolve widget, so the
+pictures show what a user sees with the current code.
+
+``--model``: a pretrained name or a ``.safetensors`` file with a parsing map
+(geometry prior, paper 000). Default: the first bundled ``gp`` model; when
+none is bundled, an untrained ``gp`` (then the SR and parsing pictures show
+the interface, not a trained result, and the script says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def settle(app, ms: int = 300) -> None:
+    end = time.monotonic() + ms / 1000
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def wait_run(app, widget, timeout_s: float = 600) -> None:
+    end = time.monotonic() + timeout_s
+    while widget.running and time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.02)
+    if widget.running:
+        raise SystemExit("screenshots: a run did not finish in time")
+    settle(app, 300)
+
+
+def close_toasts(app) -> None:
+    """Close napari's notification pop-ups (they would hide the canvas)."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for widget in app.allWidgets():
+        if isinstance(widget, NapariQtNotification):
+            widget.close()
+
+
+def grab(viewer, app, path: Path) -> None:
+    settle(app, 300)
+    close_toasts(app)
+    settle(app, 300)
+    viewer.window._qt_window.grab().save(str(path))
+    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+
+
+def choose_model(widget, name: str | None) -> str:
+    from napari_resolve import bundle, models
+
+    if name:
+        ok = widget.load_model_file(name) if Path(name).exists() else widget.load_model(name)
+        if not ok:
+            raise SystemExit(f"screenshots: cannot load model {name!r}")
+        return name
+    for entry in bundle.pretrained():
+        if bundle.read_meta(entry["path"]).get("architecture") == "gp":
+            widget.load_model(entry["name"])
+            return entry["name"]
+    print("screenshots: no trained gp bundle found; using an UNTRAINED gp model", file=sys.stderr)
+    model = models.build("gp", scale=4)
+    meta = bundle.default_meta(model)
+    meta.update(color_mode="y", training={"data": "untrained (screenshot placeholder)"})
+    widget.set_model(model, meta, source="gp (untrained)")
+    return "gp (untrained)"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="pretrained name or .safetensors file with a parsing map")
+    parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
+    parser.add_argument("--size", default="1500x980", help="window size WxH")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("NAPARI_CONFIG", str(Path(tempfile.mkdtemp()) / "settings.yaml"))
+
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True, title="napari-resolve")
+    app = QApplication.instance()
+    width, height = (int(v) for v in args.size.split("x"))
+    viewer.window._qt_window.resize(width, height)
+    viewer.window._qt_window.move(0, 0)
+    settle(app, 500)
+
+    # 1. the model section: open the leukocyte sample and the widget, choose a model
+    viewer.open_sample("napari-resolve", "leukocyte")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-resolve", "Super-resolve")
+    choose_model(widget, args.model)
+    lr = viewer.layers["leukocyte (LR)"]
+    viewer.layers.selection.active = lr
+    viewer.reset_view()
+    grab(viewer, app, out / "model.png")
+
+    # 2. super-resolve: input, SR, parsing map and the HR truth in napari's grid view
+    widget.run_button.click()
+    wait_run(app, widget)
+    sr = viewer.layers[f"leukocyte (LR) ×4 ({widget.meta['architecture']})"]
+    parsing = viewer.layers["leukocyte (LR) parsing"]
+    hr = viewer.layers["leukocyte (HR)"]
+    shown = [lr, sr, parsing, hr]
+    for layer in viewer.layers:
+        layer.visible = layer in shown
+    for layer in shown:  # to the top of the layer list, in this order
+        viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
+    parsing.opacity = 1.0
+    viewer.grid.enabled = True
+    viewer.grid.shape = (2, 2)
+    viewer.layers.selection.active = sr
+    viewer.reset_view()
+    grab(viewer, app, out / "super-resolve.png")
+
+    # 3. edit the parsing map with the brush and re-run
+    viewer.grid.enabled = False
+    viewer.layers.selection.active = lr
+    for layer in viewer.layers:
+        layer.visible = layer in (sr, parsing)
+    parsing.opacity = 0.45
+    viewer.layers.selection.active = parsing
+    parsing.mode = "paint"
+    parsing.selected_label = 2
+    parsing.brush_size = 14
+    nucleus = np.argwhere(parsing.data == 2)
+    centre = nucleus.mean(axis=0) if len(nucleus) else np.array(parsing.data.shape) / 2
+    for k in range(8):  # a stroke that joins a lobe to the nucleus, as a correction would
+        parsing.paint(tuple(centre + (k * 3.0, 20 - k * 2.0)), 2, refresh=True)
+    widget.rerun_button.click()
+    wait_run(app, widget)
+    viewer.layers[-1].visible = False  # keep the edited map on screen
+    viewer.layers.selection.active = parsing
+    viewer.reset_view()
+    grab(viewer, app, out / "parsing-edit.png")
+
+    # 4. physical units: an OME-TIFF with its pixel size, opened with the plugin reader
+    from napari_resolve import io
+    from napari_resolve.data import samples
+
+    viewer.layers.clear()
+    image, meta = samples.mt_widefield()
+    tif = Path(tempfile.mkdtemp()) / "microtubules widefield.ome.tif"
+    io.write_image(tif, image.astype(np.uint16), pixel_size=meta.pixel_size)
+    (layer,) = viewer.open(str(tif), plugin="napari-resolve")
+    layer.colormap = "gray"
+    viewer.canvas.overlays.scale_bar.visible = True
+    widget._use_baseline(4)
+    viewer.layers.selection.active = layer
+    widget.run_button.click()
+    wait_run(app, widget)
+    viewer.grid.enabled = True
+    viewer.grid.shape = (1, 2)
+    viewer.reset_view()
+    grab(viewer, app, out / "units.png")
+
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

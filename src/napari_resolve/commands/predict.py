@@ -1,0 +1,212 @@
+"""``napari-resolve predict IN -o OUT --model NAME|FILE``: super-resolve an image file.
+
+* TIFF / OME-TIFF, PNG, JPEG, BMP, MRC, ``.npy`` in (read with
+  :func:`napari_resolve.io.read_image`) -> OME-TIFF out (``.tif``) whose
+  pixel size is the input's divided by the scale; RGB stays RGB, stacks
+  (ZYX) are run plane by plane, a channel-first CYX / CZYX image keeps its
+  order. The result is float32 on the input's intensity scale.
+* zarr / OME-Zarr in (a folder) or ``.zarr`` out: lazy, chunk by chunk
+  (:func:`napari_resolve.predict.predict_to_zarr`), OME-NGFF 0.4 out.
+* For models that predict a parsing map (``gp``) the labels are also written
+  to ``OUT_labels.tif`` (uint8, 0 background, 1 cytoplasm, 2 nucleus).
+
+``--model`` is a pretrained name, a ``.safetensors`` file, or a registered
+architecture without weights (``bicubic``, whose ``--scale`` sets the
+factor). For a trained model ``--scale`` must equal the model's scale.
+Outputs are written to a temporary file and renamed at the end; an existing
+OUT is refused unless ``--overwrite``. A tqdm progress bar goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from napari_resolve.errors import InputError
+
+NAME = "predict"
+HELP = "super-resolve an image (TIFF, PNG/JPEG, zarr) with a model"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("input", type=Path, metavar="IN", help="input image: TIFF, PNG, JPEG, zarr ...")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                        help="output .tif (OME-TIFF) or .zarr (OME-Zarr)")
+    parser.add_argument("--model", required=True, metavar="NAME|FILE",
+                        help="pretrained name, .safetensors file, or 'bicubic'")
+    parser.add_argument("--scale", type=int, default=None, metavar="N",
+                        help="SR factor: must match the model's; sets it for 'bicubic'")
+    parser.add_argument("--tile", type=int, default=None, metavar="PX",
+                        help="LR tile side (default: chosen for the device; 0 = no tiling)")
+    parser.add_argument("--overlap", type=int, default=None, metavar="PX",
+                        help="LR context per tile side (default: the model's receptive field, or 32)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N", help="tiles per batch")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
+    parser.add_argument("--prior", type=Path, default=None, metavar="FILE",
+                        help="parsing-map labels (0/1/2) at the SR size, for geometry-prior models")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def _is_zarr(path: Path) -> bool:
+    if path.suffix.lower() == ".zarr":
+        return True
+    return path.is_dir() and any(
+        (path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+    )
+
+
+def _load_model(args):
+    """(model, meta) honouring --scale."""
+    from napari_resolve import bundle, models
+    from napari_resolve.predict import resolve_model
+
+    model_arg = args.model
+    scale = args.scale
+    if scale is not None and scale < 1:
+        raise InputError(f"--scale must be a positive integer, got {scale}")
+    path = Path(model_arg)
+    is_file_or_pretrained = path.exists() or any(p["name"] == model_arg for p in bundle.pretrained())
+    if not is_file_or_pretrained and "/" not in model_arg and path.suffix == "":
+        try:
+            info = models.info(model_arg)
+        except Exception:
+            info = None
+        if info is not None and info.parameters == 0:  # weight-free: --scale picks the factor
+            model = models.build(model_arg, **({"scale": scale} if scale else {}))
+            return model, bundle.default_meta(model)
+    model, meta = resolve_model(model_arg)
+    if scale is not None and scale != int(model.scale):
+        raise InputError(
+            f"--scale {scale} does not match model {model_arg!r}, which is x{model.scale}; "
+            f"drop --scale or pick a x{scale} model"
+        )
+    return model, meta
+
+
+def _layout_for_axes(arr: np.ndarray, axes: str):
+    """Squeeze singleton axes and return (array, channel_axis, out_axes) for predict."""
+    axes = axes.upper() if axes else ""
+    if len(axes) != arr.ndim:
+        return arr, None, None
+    keep = [i for i, a in enumerate(axes) if arr.shape[i] > 1 or a in "YX"]
+    arr = arr.reshape([arr.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    allowed = {"YX": None, "YXS": 2, "YXC": 2, "ZYX": None, "TYX": None, "QYX": None,
+               "CYX": 0, "SYX": 0, "ZYXS": 3, "ZYXC": 3, "CZYX": 0, "ZCYX": None}
+    if axes not in allowed:
+        raise InputError(
+            f"cannot super-resolve an image with axes {axes} (shape {arr.shape}); "
+            "give YX, YXS (RGB), ZYX, CYX or CZYX"
+        )
+    if axes == "ZCYX":  # channels after Z: make them last
+        arr = np.moveaxis(arr, 1, -1)
+        return arr, 3, "ZYXC"
+    return arr, allowed[axes], axes
+
+
+def _output_axes(axes, arr):
+    """OME-TIFF axes of the result (tifffile letters; RGB as samples ``S``)."""
+    if not axes:
+        return None
+    if axes.endswith("C") and arr.shape[-1] == 3:
+        axes = axes[:-1] + "S"
+    if axes.startswith("S"):
+        axes = "C" + axes[1:]
+    return axes.replace("Q", "Z")
+
+
+class _Bar:
+    """A tqdm bar on stderr, opened at the first progress event (after the inputs are checked)."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=event.total, unit=self.unit, desc="predict", file=sys.stderr,
+                            mininterval=0.5)
+        if self.bar.total != event.total:
+            self.bar.total = event.total
+        self.bar.n = event.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args) -> int:
+    from napari_resolve.io import read_image, write_image
+    from napari_resolve.predict import predict, predict_to_zarr
+
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise InputError(f"input not found: {src}")
+    if dst.exists() and not args.overwrite:
+        raise InputError(f"output {dst} exists; pass --overwrite to replace it")
+    if src.resolve() == dst.resolve():
+        raise InputError("output must differ from the input")
+    if not _is_zarr(dst) and dst.suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"output must be a .tif (OME-TIFF) or a .zarr folder, got {dst.name}")
+    model, meta = _load_model(args)
+    s = int(model.scale)
+    kwargs = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
+                  amp=False if args.no_amp else None)
+    out_zarr = _is_zarr(dst)
+    if _is_zarr(src) or out_zarr:
+        if not out_zarr:
+            raise InputError(f"a zarr input needs a .zarr output, got {dst.name}")
+        if args.prior is not None:
+            raise InputError("--prior works with TIFF/PNG inputs, not zarr")
+        if _is_zarr(src):
+            source, pixel = src, None
+        else:
+            arr, info = read_image(src)
+            arr, channel_axis, _ = _layout_for_axes(arr, info.get("axes", ""))
+            if channel_axis not in (None, arr.ndim - 1):
+                arr = np.moveaxis(arr, channel_axis, -1)
+            source, pixel = arr, info.get("pixel_size_yx")
+        bar = _Bar("task")
+        try:
+            predict_to_zarr(source, dst, (model, meta), pixel_size=pixel,
+                            unit="micrometer" if pixel else None, overwrite=args.overwrite,
+                            progress=bar, **kwargs)
+        finally:
+            bar.close()
+        print(f"wrote {dst}", file=sys.stderr)
+        return 0
+
+    arr, info = read_image(src)
+    if info.get("rgb") and arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]  # alpha carries no image content
+    arr, channel_axis, axes = _layout_for_axes(arr, info.get("axes", ""))
+    prior = None
+    if args.prior is not None:
+        prior, _ = read_image(args.prior)
+        prior = np.squeeze(prior)
+    labels_path = dst.with_name(f"{dst.name[: -len(''.join(dst.suffixes))] or dst.stem}_labels.tif")
+    if getattr(model, "predicts_parsing", False) and labels_path.exists() and not args.overwrite:
+        raise InputError(f"output {labels_path} exists; pass --overwrite to replace it")
+
+    bar = _Bar("tile")
+    try:
+        result = predict((model, meta), arr, progress=bar, prior=prior,
+                         channel_axis=channel_axis, **kwargs)
+    finally:
+        bar.close()
+    pixel = info.get("pixel_size_yx")
+    out_pixel = None if pixel is None else (pixel[0] / s, pixel[1] / s)
+    out_axes = _output_axes(axes, arr)
+    write_image(dst, result.image, pixel_size=out_pixel, unit="µm", axes=out_axes)
+    print(f"wrote {dst} ({'x'.join(map(str, result.image.shape))}, x{s})", file=sys.stderr)
+    if result.labels is not None:
+        lab_axes = "ZYX" if result.labels.ndim == 3 else "YX"
+        write_image(labels_path, result.labels, pixel_size=out_pixel, unit="µm", axes=lab_axes)
+        print(f"wrote {labels_path}", file=sys.stderr)
+    return 0
