@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+UNTRAINED = "gp (untrained)"
 
 
 def settle(app, ms: int = 300) -> None:
@@ -74,9 +75,9 @@ def choose_model(widget, name: str | None) -> str:
     print("screenshots: no trained gp bundle found; using an UNTRAINED gp model", file=sys.stderr)
     model = models.build("gp", scale=4)
     meta = bundle.default_meta(model)
-    meta.update(color_mode="y", training={"data": "untrained (screenshot placeholder)"})
-    widget.set_model(model, meta, source="gp (untrained)")
-    return "gp (untrained)"
+    meta.update(color_mode="y", training="none (untrained placeholder)")
+    widget.set_model(model, meta, source=UNTRAINED)
+    return UNTRAINED
 
 
 def main(argv=None) -> int:
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     # 1. the model section: open the leukocyte sample and the widget, choose a model
     viewer.open_sample("napari-resolve", "leukocyte")
     _, widget = viewer.window.add_plugin_dock_widget("napari-resolve", "Super-resolve")
-    choose_model(widget, args.model)
+    trained = choose_model(widget, args.model) != UNTRAINED
     lr = viewer.layers["leukocyte (LR)"]
     viewer.layers.selection.active = lr
     viewer.reset_view()
@@ -113,8 +114,11 @@ def main(argv=None) -> int:
     widget.run_button.click()
     wait_run(app, widget)
     sr = viewer.layers[f"leukocyte (LR) ×4 ({widget.meta['architecture']})"]
-    parsing = viewer.layers["leukocyte (LR) parsing"]
+    predicted = viewer.layers["leukocyte (LR) parsing"]
+    truth = viewer.layers["leukocyte mask (HR)"]
     hr = viewer.layers["leukocyte (HR)"]
+    # an untrained model's parsing map is noise: show the annotated mask instead
+    parsing = predicted if trained else truth
     shown = [lr, sr, parsing, hr]
     for layer in viewer.layers:
         layer.visible = layer in shown
@@ -129,23 +133,25 @@ def main(argv=None) -> int:
 
     # 3. edit the parsing map with the brush and re-run
     viewer.grid.enabled = False
-    viewer.layers.selection.active = lr
     for layer in viewer.layers:
         layer.visible = layer in (sr, parsing)
     parsing.opacity = 0.45
     viewer.layers.selection.active = parsing
+    widget.parsing_combo.setCurrentText(parsing.name)
     parsing.mode = "paint"
     parsing.selected_label = 2
-    parsing.brush_size = 14
+    parsing.brush_size = 12
     nucleus = np.argwhere(parsing.data == 2)
     centre = nucleus.mean(axis=0) if len(nucleus) else np.array(parsing.data.shape) / 2
-    for k in range(8):  # a stroke that joins a lobe to the nucleus, as a correction would
-        parsing.paint(tuple(centre + (k * 3.0, 20 - k * 2.0)), 2, refresh=True)
+    for k in range(10):  # a stroke out of the nucleus, as a correction would add a lobe
+        parsing.paint(tuple(centre + (k * 3.0, 25 - k * 1.0)), 2, refresh=True)
     widget.rerun_button.click()
     wait_run(app, widget)
     viewer.layers[-1].visible = False  # keep the edited map on screen
     viewer.layers.selection.active = parsing
     viewer.reset_view()
+    viewer.scene.camera.center = (0, *centre)
+    viewer.scene.camera.zoom *= 1.6
     grab(viewer, app, out / "parsing-edit.png")
 
     # 4. physical units: an OME-TIFF with its pixel size, opened with the plugin reader

@@ -194,7 +194,7 @@ def test_bad_parameters_raise_clear_errors(rng):
     with pytest.raises(InputError, match="n_r"):
         decorrelation(image, n_r=3)
     with pytest.raises(InputError, match="n_g"):
-        decorrelation(image, n_g=0)
+        decorrelation(image, n_g="many")
     with pytest.raises(InputError, match="constant"):
         decorrelation(np.stack([image, np.zeros_like(image)]))
 
@@ -272,3 +272,23 @@ def test_cli_reports_bad_input_as_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and "at least 32" in err and len(err.splitlines()) == 1
     assert main(["resolution", str(tmp_path / "tiny.npy"), "--unit", "nm"]) == 2
+
+
+@pytest.mark.parametrize("shape", [(65, 65), (65, 81)])
+def test_pixel_counts_include_every_fourier_pixel_of_the_disk(rng, shape, monkeypatch):
+    h, w = shape
+    ky = 2.0 * np.fft.fftfreq(h)[:, None]
+    kx = 2.0 * np.fft.fftfreq(w)[None, :]
+    in_disk = int((ky**2 + kx**2 < 1).sum()) - 1  # without the zero frequency
+    plane = rng.random(shape).astype(np.float32)
+    assert res._Spectrum(plane).wnonzero.sum() == in_disk
+    # A Fourier pixel with I = 0 has In = 0 and is not counted (nor is its mirror -k).
+    real_rfft2 = res.scipy.fft.rfft2
+
+    def rfft2_with_a_hole(x):
+        spectrum = real_rfft2(x)
+        spectrum[3, 4] = 0
+        return spectrum
+
+    monkeypatch.setattr(res.scipy.fft, "rfft2", rfft2_with_a_hole)
+    assert res._Spectrum(plane).wnonzero.sum() == in_disk - 2

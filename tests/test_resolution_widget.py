@@ -24,6 +24,7 @@ def _wait(qtbot, widget):
     qtbot.waitUntil(lambda: widget.report is not None and not widget.running, timeout=30000)
 
 
+@pytest.mark.slow  # the first viewer and the Qt matplotlib canvas take ~8 s on 2 shared cores
 def test_widget_shows_resolution_in_nm_and_the_gain(make_napari_viewer, qtbot, mt):
     from napari_resolve.napari.resolution_widget import ResolutionWidget
 
@@ -59,14 +60,14 @@ def test_widget_shows_resolution_in_nm_and_the_gain(make_napari_viewer, qtbot, m
         assert marked, "chosen peak not marked"
 
 
-def test_uncalibrated_layer_gives_pixels_and_sr_pixels_count_as_fractions(make_napari_viewer, qtbot):
-    from napari_resolve.napari.resolution_widget import ResolutionWidget, measure_layers
-    from napari_resolve.io import read_image
+def test_uncalibrated_layer_gives_pixels_and_sr_pixels_count_as_fractions(
+    make_napari_viewer, qtbot, sample_dir
+):
     from napari_resolve.data.degrade import imresize
+    from napari_resolve.io import read_image
+    from napari_resolve.napari.resolution_widget import ResolutionWidget, measure_layers
 
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "sample_data" / "nd-twophoton-srrf"
+    root = sample_dir / "nd-twophoton-srrf"
     raw, _ = read_image(next((root / "mouse_kidney_fov01").glob("*_Avg_*.tif")))
     viewer = make_napari_viewer()
     lr = viewer.add_image(raw, name="avg")

@@ -15,9 +15,9 @@ The LR image is super-resolved with ``--model`` (a pretrained bundle name, a
 built at ``--scale``) through :func:`napari_resolve.predict.predict`, which
 runs one-channel models on the Y of RGB images (Cb, Cr bicubic) and clips
 integer images to their dtype's range. The SR output is not rounded (paper
-000 §3.3 measures "in a float32 format"). PSNR / SSIM follow :mod:`napari_resolve.metrics.quality`:
-Y channel of MATLAB YCbCr for RGB (``--rgb``: all channels), border crop of
-``--crop`` px (default: the scale).
+000 §3.4 measures "in a float32 format"). PSNR / SSIM follow
+:mod:`napari_resolve.metrics.quality`: Y channel of MATLAB YCbCr for RGB
+(``--rgb``: all channels), border crop of ``--crop`` px (default: the scale).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """MATLAB-exact ``rgb2ycbcr`` / ``ycbcr2rgb`` (ITU-R BT.601, studio swing).
 
 The SR papers work on the luminance (Y) channel of MATLAB's YCbCr (paper 000
-§3.1: "All images are converted to the YCbCr format. Our network only
+§2.4: "All images are converted to the YCbCr format. Our network only
 super-resolves the luminance channel"), and SR benchmarks report PSNR/SSIM on
-that Y. MATLAB's transform, for R, G, B in [0, 1]::
+that Y (paper 000 §3.2). MATLAB's transform, for R, G, B in [0, 1]::
 
     Y  =  16/255 + ( 65.481 R + 128.553 G +  24.966 B) / 255
     Cb = 128/255 + (-37.797 R -  74.203 G + 112.000 B) / 255

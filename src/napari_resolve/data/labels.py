@@ -1,7 +1,8 @@
 """Parsing maps (label images): 0 background, 1 cytoplasm, 2 nucleus.
 
-Paper 000 (Hua et al. 2020, §2.2) guides SR of leukocytes with a three-class
-parsing map (background / cytoplasm / nucleus); the WBC dataset of Zheng et
+Paper 000 (Hua et al. 2020, §2.1) guides SR of leukocytes with a three-class
+parsing map (background / cytoplasm / nucleus), drawn as closed LabelMe
+polygons around cytoplasm and nucleus (§3.1); the WBC dataset of Zheng et
 al. 2018 ships it as grey masks 0 / 128 / 255. This module converts between
 those masks, label images (uint8 0/1/2, as napari's Labels layer edits them),
 one-hot maps for the networks, and LabelMe polygons (JSON), the usual format

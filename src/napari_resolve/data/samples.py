@@ -115,8 +115,12 @@ def sample_root() -> Path:
         if not root.is_dir():
             raise InputError(f"{ENV_VAR}={env} is not a folder")
         return root
-    # src/napari_resolve/data/samples.py -> repository root
-    root = Path(__file__).resolve().parents[3] / "sample_data"
+    # a wheel ships it inside the package (pyproject force-include); a source
+    # checkout has it at the repository root
+    here = Path(__file__).resolve()
+    root = here.parents[1] / "sample_data"
+    if not root.is_dir():
+        root = here.parents[3] / "sample_data"
     if not root.is_dir():
         raise InputError(
             "sample data not found (an installed package does not include it); pass root= "

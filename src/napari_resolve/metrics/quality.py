@@ -1,8 +1,8 @@
 """PSNR and SSIM the way SR papers compute them.
 
-Paper 000 (§3.3) reports PSNR and SSIM (Wang et al. 2004) on the luminance
-channel at x4 and x8, "in a float32 format"; paper 003 (§2.4, eq. 9) defines
-``PSNR = 10 log10(MAX^2 / MSE)``. Conventions the papers leave open, chosen as
+Paper 000 reports PSNR on the luminance channel (§3.2) and PSNR and SSIM
+(Wang et al. 2004) at x4 and x8 "in a float32 format" (§3.4); paper 003
+(§3, eq. 9) defines ``PSNR = 10 log10(MAX^2 / MSE)``. Conventions the papers leave open, chosen as
 in common SR practice (e.g. the benchmark code of EDSR / BasicSR):
 
 * RGB images are compared on the Y of MATLAB's YCbCr
@@ -95,7 +95,7 @@ def _prepare(sr, hr, data_range, crop, y_channel):
 def psnr(sr, hr, *, data_range=None, crop: int = 0, y_channel: bool = True) -> float:
     """Peak signal-to-noise ratio of ``sr`` against the reference ``hr``, in dB.
 
-    ``10 log10(MAX^2 / MSE)`` (paper 003, eq. 9) via
+    ``10 log10(MAX^2 / MSE)`` (paper 003 §3, eq. 9) via
     ``skimage.metrics.peak_signal_noise_ratio``; see the module notes for
     ``data_range``, ``crop`` and ``y_channel``.
     """

@@ -169,7 +169,7 @@ def _check_pixel_size(pixel_size, unit):
     return value, "um" if unit is None else str(unit)
 
 
-def _as_float_planes(image, name="image"):
+def _as_planes(image, name="image"):
     """Validate ``image`` and return (its planes as an (P, H, W) array, leading shape)."""
     try:
         arr = np.asarray(image)
@@ -484,9 +484,14 @@ def decorrelation(
     7. peaks with amplitude < 0.05 are discarded; kc = the highest remaining
        peak (d0 included); resolution = 2 · pixel_size / kc.
 
-    Choices the paper leaves open: frequencies are the exact FFT frequencies
-    (the reference's linspace(-1, 1, n) grid overstates them by n/(n-1));
-    ties between equal kc go to the first curve (d0, then the filters in order).
+    Choices the paper leaves open (all listed in docs/resolution.md):
+    frequencies are the exact FFT frequencies (the reference's
+    linspace(-1, 1, n) grid overstates them by n/(n-1)); every candidate
+    maximum gets the 5e-4 significance test (the reference tests only those
+    found after dropping a last-sample maximum, which lets a flat curve end
+    pass as a peak at the disk's edge); peaks below 0.05 are ignored when
+    choosing where to refine; ties between equal kc go to the first curve (d0,
+    then the filters in order). A stack is measured plane by plane.
 
     Parameters
     ----------
@@ -507,17 +512,20 @@ def decorrelation(
         parameters.
     """
     pixel_size, unit = _check_pixel_size(pixel_size, unit)
-    if int(n_r) != n_r or n_r < 10:
-        raise InputError(f"n_r must be an integer >= 10, got {n_r!r}")
-    if int(n_g) != n_g or n_g < 2:
-        raise InputError(f"n_g must be an integer >= 2, got {n_g!r}")
+    for value, name, minimum in ((n_r, "n_r", 10), (n_g, "n_g", 2)):
+        try:
+            ok = int(value) == value and int(value) >= minimum
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     try:
         taper = float(taper)
     except (TypeError, ValueError):
         raise InputError(f"taper must be a number of pixels, got {taper!r}") from None
     if not math.isfinite(taper) or taper < 0:
         raise InputError(f"taper must be >= 0 pixels, got {taper!r}")
-    planes, lead = _as_float_planes(image)
+    planes, lead = _as_planes(image)
     results = [
         _decorrelation_plane(
             p, int(n_r), int(n_g), taper, pixel_size, unit,
@@ -577,7 +585,7 @@ def frc(
     resolution = 2 · pixel_size / k). Stacks are not accepted: pass 2D planes.
     """
     pixel_size, unit = _check_pixel_size(pixel_size, unit)
-    a, _lead = _as_float_planes(image_a, "image_a")
+    a, _lead = _as_planes(image_a, "image_a")
     if a.shape[0] != 1:
         raise InputError(f"FRC needs 2D images, image_a has shape {np.shape(image_a)}")
     a = a[0]
@@ -589,7 +597,7 @@ def frc(
         if min(a.shape) < MIN_SIZE // 2:
             raise InputError("image is too small for a checkerboard FRC (needs 32x32)")
     else:
-        b, _ = _as_float_planes(image_b, "image_b")
+        b, _ = _as_planes(image_b, "image_b")
         if b.shape[0] != 1 or b.shape[1:] != a.shape:
             raise InputError(
                 f"FRC needs two 2D images of the same shape, got {np.shape(image_a)} "

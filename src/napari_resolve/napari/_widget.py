@@ -87,7 +87,7 @@ def _summarise(obj, limit: int = 160) -> str:
                 value = ", ".join(f"{k} {_fmt_number(v)}" for k, v in value.items())
             elif isinstance(value, (list, tuple)):
                 value = ", ".join(str(v) for v in value)
-            parts.append(f"{key} {_fmt_number(value)}")
+            parts.append(f"{key}: {_fmt_number(value)}")
         text = "; ".join(parts)
     else:
         text = str(obj)

@@ -851,8 +851,9 @@ def train_iter(
                 if phase_over:
                     break
             else:
+                # the checkpoint keeps (phase, epoch in phase) of the last epoch, so a
+                # resume with more epochs continues this phase
                 phase_idx, epoch_in_phase, phase_elapsed = phase_idx + 1, 0, 0.0
-                save_checkpoint()
     except _Stop as s:
         stopped, message = s.reason, s.message
         if s.reason == "nan":
