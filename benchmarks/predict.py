@@ -61,8 +61,9 @@ def lr_image(n: int, channels: int) -> np.ndarray:
     """An n x n LR image from the real two-photon frame (mirrored tiles beyond 256 px)."""
     raw = samples.twophoton("bpae").raw
     reps = math.ceil(n / raw.shape[0])
-    big = np.block([[raw if (i + j) % 2 == 0 else raw[::-1, ::-1] for j in range(reps)]
-                    for i in range(reps)])[:n, :n]
+    big = np.block(
+        [[raw if (i + j) % 2 == 0 else raw[::-1, ::-1] for j in range(reps)] for i in range(reps)]
+    )[:n, :n]
     img = big.astype(np.float32) / 65535.0
     return np.repeat(img[..., None], 3, axis=-1) if channels == 3 else img
 
@@ -85,9 +86,15 @@ def bench_model(name: str, model, budget: float, diff_budget: float) -> dict:
     model.eval()
     tile, ov = default_tile(model, "cpu"), default_overlap(model)
     s, c = int(model.scale), int(model.in_channels)
-    row = {"model": name, "scale": s, "rf": int(model.receptive_field),
-           "global": bool(model.global_ops), "tile": tile, "overlap": ov,
-           "plan": plan_ratio(model)}
+    row = {
+        "model": name,
+        "scale": s,
+        "rf": int(model.receptive_field),
+        "global": bool(model.global_ops),
+        "tile": tile,
+        "overlap": ov,
+        "plan": plan_ratio(model),
+    }
     probe = lr_image(64, c)
     predict(model, probe, device="cpu", tile=0)  # warm-up
     dt, _ = timed(model, probe, tile=0)
@@ -101,8 +108,9 @@ def bench_model(name: str, model, budget: float, diff_budget: float) -> dict:
         t_whole, whole = timed(model, img, tile=0)
         t_tiled, tiled = timed(model, img)
         mp = (n * s) ** 2 / 1e6
-        row.update(n=n, untiled=mp / t_whole, tiled=mp / t_tiled, ratio=t_tiled / t_whole,
-                   measured=True)
+        row.update(
+            n=n, untiled=mp / t_whole, tiled=mp / t_tiled, ratio=t_tiled / t_whole, measured=True
+        )
     else:
         row.update(n=n, untiled=speed, tiled=speed / area, ratio=area, measured=False)
     # tiled-vs-untiled difference on a small crop split 2 x 2 (tile > 2 * overlap)
@@ -141,18 +149,26 @@ def bench_zarr_rss(sizes=(1024, 4096)) -> list[dict]:
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
         for n in sizes:
             inp, out = Path(tmp) / f"in{n}.zarr", Path(tmp) / f"out{n}.zarr"
-            arr = zarr.open_array(str(inp), mode="w", shape=(n, n), chunks=(512, 512),
-                                  dtype="uint16", zarr_format=2)
+            arr = zarr.open_array(
+                str(inp), mode="w", shape=(n, n), chunks=(512, 512), dtype="uint16", zarr_format=2
+            )
             for y in range(0, n, 1024):  # write in strips: the parent stays small
                 strip = (lr_image(1024, 1) * 65535).astype(np.uint16)
                 arr[y : y + 1024, :] = np.tile(strip, (1, n // 1024))[: n - y]
             code = RSS_SCRIPT.format(src=str(ROOT / "src"), inp=str(inp), out=str(out))
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 env=env, check=True)
+            res = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+            )
             kb, dt = res.stdout.split()[-2:]
-            rows.append({"n": n, "rss_mb": int(kb) / 1024, "seconds": float(dt),
-                         "mp_s": (2 * n) ** 2 / 1e6 / float(dt)})
+            rows.append(
+                {
+                    "n": n,
+                    "rss_mb": int(kb) / 1024,
+                    "seconds": float(dt),
+                    "mp_s": (2 * n) ** 2 / 1e6 / float(dt),
+                }
+            )
     return rows
 
 
@@ -161,7 +177,7 @@ def markdown(rows, zrows, seconds) -> str:
         f"Measured {time.strftime('%Y-%m-%d')} on the CPU (torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}), random weights, default "
         f"config, in {seconds:.0f} s. MP/s = output megapixels per second. "
-        "\"est.\": too slow to run at 1.5 x the default tile within the time box; the ratio "
+        '"est.": too slow to run at 1.5 x the default tile within the time box; the ratio '
         "is the tile plan's area ratio and the tiled MP/s is derived from it.",
         "",
         "| model | scale | receptive field (LR px) | global ops | default tile / overlap | "
@@ -189,11 +205,16 @@ def markdown(rows, zrows, seconds) -> str:
             "|---|---|---|---|",
         ]
         for z in zrows:
-            lines.append(f"| {z['n']}² | {z['rss_mb']:.0f} | {z['seconds']:.1f} | {z['mp_s']:.1f} |")
+            lines.append(
+                f"| {z['n']}² | {z['rss_mb']:.0f} | {z['seconds']:.1f} | {z['mp_s']:.1f} |"
+            )
         if len(zrows) >= 2:
-            lines += ["", f"Peak RSS growth {zrows[-1]['n']}² vs {zrows[0]['n']}²: "
-                      f"{zrows[-1]['rss_mb'] / zrows[0]['rss_mb']:.2f}× (target < 1.5×) for "
-                      f"{(zrows[-1]['n'] / zrows[0]['n']) ** 2:.0f}× the pixels."]
+            lines += [
+                "",
+                f"Peak RSS growth {zrows[-1]['n']}² vs {zrows[0]['n']}²: "
+                f"{zrows[-1]['rss_mb'] / zrows[0]['rss_mb']:.2f}× (target < 1.5×) for "
+                f"{(zrows[-1]['n'] / zrows[0]['n']) ** 2:.0f}× the pixels.",
+            ]
     return "\n".join(lines)
 
 
@@ -210,10 +231,18 @@ def write_docs(table: str) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budget", type=float, default=40.0,
-                        help="seconds a model may take for the throughput runs (default 40)")
-    parser.add_argument("--diff-budget", type=float, default=150.0,
-                        help="seconds for the tiled-vs-untiled difference of global-op models")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=40.0,
+        help="seconds a model may take for the throughput runs (default 40)",
+    )
+    parser.add_argument(
+        "--diff-budget",
+        type=float,
+        default=150.0,
+        help="seconds for the tiled-vs-untiled difference of global-op models",
+    )
     parser.add_argument("--models", nargs="*", default=None, help="only these registry names")
     parser.add_argument("--no-zarr", action="store_true", help="skip the zarr memory runs")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -234,8 +263,9 @@ def main(argv=None) -> int:
             except Exception as exc:  # a broken bundle should not stop the benchmark
                 print(f"skipping {pre['name']}: {exc}", flush=True)
                 continue
-            rows.append(bench_model(f"{pre['name']} (pretrained)", model, args.budget,
-                                    args.diff_budget))
+            rows.append(
+                bench_model(f"{pre['name']} (pretrained)", model, args.budget, args.diff_budget)
+            )
             print(rows[-1], flush=True)
     zrows = [] if args.no_zarr else bench_zarr_rss()
     for z in zrows:

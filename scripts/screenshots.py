@@ -136,6 +136,7 @@ def main(argv=None) -> int:
     for layer in viewer.layers:
         layer.visible = layer in (sr, parsing)
     parsing.opacity = 0.45
+    viewer.layers.selection.active = lr
     viewer.layers.selection.active = parsing
     widget.parsing_combo.setCurrentText(parsing.name)
     parsing.mode = "paint"

@@ -146,13 +146,19 @@ def test_architecture_mismatch_messages(tmp_path):
     bad = _rewrite_meta(good, tmp_path / "arch.safetensors", architecture="no-such-net")
     with pytest.raises(BundleError, match="no-such-net"):
         bundle.load(bad)
-    wide = _rewrite_meta(good, tmp_path / "wide.safetensors",
-                         config={**model.config, "filters": [16, 4]})
-    with pytest.raises(BundleError, match=r"shape mismatch.*body\.0\.weight \(8, 1, 9, 9\) vs \(16, 1, 9, 9\)"):
+    wide = _rewrite_meta(
+        good, tmp_path / "wide.safetensors", config={**model.config, "filters": [16, 4]}
+    )
+    with pytest.raises(
+        BundleError, match=r"shape mismatch.*body\.0\.weight \(8, 1, 9, 9\) vs \(16, 1, 9, 9\)"
+    ):
         bundle.load(wide)
     res = bundle.save(tmp_path / "res.safetensors", _small_srresnet())
-    deeper = _rewrite_meta(res, tmp_path / "deeper.safetensors",
-                           config={**bundle.read_meta(res)["config"], "num_blocks": 3})
+    deeper = _rewrite_meta(
+        res,
+        tmp_path / "deeper.safetensors",
+        config={**bundle.read_meta(res)["config"], "num_blocks": 3},
+    )
     with pytest.raises(BundleError, match=r"missing: body\.2\.") as info:
         bundle.load(deeper)
     assert "more)" in str(info.value)  # long lists are shortened
@@ -173,12 +179,17 @@ def test_load_state_into_existing_model(tmp_path, lr_tensor):
 
 def test_pretrained_catalogue_and_names(tmp_path, monkeypatch):
     monkeypatch.setattr(bundle, "pretrained_dir", lambda: tmp_path)
-    bundle.save(tmp_path / "srcnn-x2.safetensors", models.build("srcnn", scale=2, filters=(8, 4)),
-                {"metrics": {"psnr": 30.5}, "training": {"data": "wbc"}})
+    bundle.save(
+        tmp_path / "srcnn-x2.safetensors",
+        models.build("srcnn", scale=2, filters=(8, 4)),
+        {"metrics": {"psnr": 30.5}, "training": {"data": "wbc"}},
+    )
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 4)
     listed = {p["name"]: p for p in bundle.pretrained()}
     assert listed["srcnn-x2"]["path"] == tmp_path / "srcnn-x2.safetensors"
-    assert "srcnn x2" in listed["srcnn-x2"]["summary"] and "psnr 30.5" in listed["srcnn-x2"]["summary"]
+    assert (
+        "srcnn x2" in listed["srcnn-x2"]["summary"] and "psnr 30.5" in listed["srcnn-x2"]["summary"]
+    )
     assert listed["broken"]["summary"].startswith("unreadable")
     model, meta = bundle.load("srcnn-x2")
     assert model.scale == 2 and meta["training"] == {"data": "wbc"}

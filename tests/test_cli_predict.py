@@ -26,8 +26,23 @@ def tiff_in(tmp_path):
 def test_predict_tiff_keeps_pixel_size_and_refuses_overwrite(tiff_in, tmp_path, capsys):
     src, raw = tiff_in
     out = tmp_path / "sr.tif"
-    assert main(["predict", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2",
-                 "--tile", "24"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(src),
+                "-o",
+                str(out),
+                "--model",
+                "bicubic",
+                "--scale",
+                "2",
+                "--tile",
+                "24",
+            ]
+        )
+        == 0
+    )
     image, meta = read_image(out)
     assert image.shape == (128, 160) and image.dtype == np.float32
     assert meta["pixel_size_yx"] == pytest.approx((0.1, 0.1))
@@ -37,17 +52,34 @@ def test_predict_tiff_keeps_pixel_size_and_refuses_overwrite(tiff_in, tmp_path, 
     before = out.stat().st_mtime_ns
     assert main(["predict", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 2
     assert "exists" in capsys.readouterr().err and out.stat().st_mtime_ns == before
-    assert main(["predict", str(src), "-o", str(out), "--model", "bicubic", "--scale", "4",
-                 "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(src),
+                "-o",
+                str(out),
+                "--model",
+                "bicubic",
+                "--scale",
+                "4",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert read_image(out)[0].shape == (256, 320)
 
 
 def test_scale_must_match_a_trained_model(tiff_in, tmp_path, capsys):
     src, _ = tiff_in
-    model_file = bundle.save(tmp_path / "srcnn.safetensors",
-                             models.build("srcnn", scale=2, filters=(4, 2)))
+    model_file = bundle.save(
+        tmp_path / "srcnn.safetensors", models.build("srcnn", scale=2, filters=(4, 2))
+    )
     out = tmp_path / "sr.tif"
-    assert main(["predict", str(src), "-o", str(out), "--model", str(model_file), "--scale", "3"]) == 2
+    assert (
+        main(["predict", str(src), "-o", str(out), "--model", str(model_file), "--scale", "3"]) == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: --scale 3 does not match") and "x2" in err
     assert not out.exists()
@@ -72,8 +104,9 @@ def test_zarr_in_zarr_out(tmp_path):
 
     raw = samples.twophoton("bpae").raw[:96, :96]
     src = tmp_path / "in.zarr"
-    zarr.open_array(str(src), mode="w", shape=raw.shape, chunks=(48, 48), dtype="uint16",
-                    zarr_format=2)[:] = raw
+    zarr.open_array(
+        str(src), mode="w", shape=raw.shape, chunks=(48, 48), dtype="uint16", zarr_format=2
+    )[:] = raw
     out = tmp_path / "out.zarr"
     assert main(["predict", str(src), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
     data = np.asarray(zarr.open_group(str(out), mode="r")["0"][:])

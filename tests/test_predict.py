@@ -35,13 +35,18 @@ class TinyConv(SRModel):
         super().__init__(scale, in_channels)
         torch.manual_seed(0)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.Tanh(),
-            nn.Conv2d(width, width, 3, padding=1), nn.Tanh(),
-            nn.Conv2d(width, in_channels * scale * scale, 3, padding=1), nn.PixelShuffle(scale),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(width, in_channels * scale * scale, 3, padding=1),
+            nn.PixelShuffle(scale),
         )
 
     def forward(self, x, prior=None):
-        return {"sr": F.interpolate(x, scale_factor=self.scale, mode="nearest") + 0.2 * self.body(x)}
+        return {
+            "sr": F.interpolate(x, scale_factor=self.scale, mode="nearest") + 0.2 * self.body(x)
+        }
 
 
 class TinyParsing(SRModel):
@@ -108,7 +113,7 @@ def test_tile_plan_covers_with_overlap_and_snaps():
                     size, starts = P.tile_plan(n, t, overlap, mult)
                     assert size <= max(t, 1) or n <= t
                     assert starts[0] == 0 and starts[-1] + size == n
-                    for a, b in zip(starts, starts[1:]):
+                    for a, b in zip(starts[:-1], starts[1:], strict=True):
                         assert b > a
                         assert a + size - b >= 2 * overlap  # shared band
                     if t > 2 * overlap + mult - 1:
@@ -234,7 +239,7 @@ def test_tiny_image_is_padded_and_cropped():
     assert np.abs(got[:8, :12] - ref[:8, :12]).max() < 1e-4
 
 
-# ----------------------------------------------------------------------------- prior, labels, extras
+# ----------------------------------------------------------------------------- prior, labels
 
 
 def test_prior_tiles_line_up_and_labels_come_back(wbc):
@@ -389,7 +394,9 @@ def test_dask_equals_numpy(twophoton, ihc):
 
 
 def test_model_ref_loads_once_per_process(tmp_path):
-    path = bundle.save(tmp_path / "srcnn.safetensors", models.build("srcnn", scale=2, filters=(4, 2)))
+    path = bundle.save(
+        tmp_path / "srcnn.safetensors", models.build("srcnn", scale=2, filters=(4, 2))
+    )
     ref = P._ModelRef.for_model(path, *bundle.load(path))
     clone = pickle.loads(pickle.dumps(ref))
     assert clone.path == str(path.resolve()) and clone.payload is None  # only the path travels
@@ -405,12 +412,18 @@ def test_predict_to_zarr_writes_ome_metadata(tmp_path, twophoton):
     src = tmp_path / "in.zarr"
     group = zarr.open_group(str(src), mode="w", zarr_format=2)
     group.create_array("0", data=twophoton, chunks=(32, 32))
-    group.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}],
-    }]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}
+            ],
+        }
+    ]
     dst = tmp_path / "out.zarr"
     model = models.build("bicubic", scale=2)
     events = []
@@ -445,12 +458,19 @@ def test_distributed_two_workers(tmp_path, twophoton):
     import zarr
     from distributed import Client, LocalCluster
 
-    path = bundle.save(tmp_path / "srcnn.safetensors", models.build("srcnn", scale=2, filters=(4, 2)))
+    path = bundle.save(
+        tmp_path / "srcnn.safetensors", models.build("srcnn", scale=2, filters=(4, 2))
+    )
     src = tmp_path / "in.zarr"
-    zarr.open_array(str(src), mode="w", shape=twophoton.shape, chunks=(32, 32), dtype="uint16",
-                    zarr_format=2)[:] = twophoton
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster):
+    zarr.open_array(
+        str(src), mode="w", shape=twophoton.shape, chunks=(32, 32), dtype="uint16", zarr_format=2
+    )[:] = twophoton
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
         P.predict_to_zarr(src, tmp_path / "out.zarr", path, chunks=32)
     data = np.asarray(zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["0"][:])
     assert np.abs(data - predict(path, twophoton).image).max() < 1e-2

@@ -213,7 +213,7 @@ def test_register_is_a_generator_of_progress(smooth_scans):
     assert all(isinstance(e, RegistrationProgress) for e in events)
     stages = [e.stage for e in events]
     assert stages[0] == "coarse" and stages[-1] == "fine"
-    assert events[-1].done == events[-1].total == len(stop.value.matches)
+    assert events[-1].done == events[-1].total == len(stop.value.value.matches)
 
 
 def test_bad_input_gives_one_line_errors(tissue, smooth_scans):

@@ -156,7 +156,9 @@ def _merge_meta(model, meta: dict | None) -> dict:
 def _is_pickle_or_zip(head: bytes) -> bool:
     # torch.save writes a zip archive (PK..); older torch and pickle.dump start
     # with the PROTO opcode 0x80 followed by the protocol number (2..5).
-    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+    return head.startswith(b"PK\x03\x04") or (
+        len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    )
 
 
 def _check_file(path: Path) -> None:
@@ -183,7 +185,9 @@ def _check_file(path: Path) -> None:
             raise BundleError(f"{name} is not a safetensors file (only {size} bytes)")
         (n,) = struct.unpack("<Q", head)
         if n < 2 or n > _MAX_HEADER or 8 + n > size:
-            raise BundleError(f"{name} is not a safetensors file or is truncated (bad header length)")
+            raise BundleError(
+                f"{name} is not a safetensors file or is truncated (bad header length)"
+            )
         first = fh.read(1)
         if first != b"{":
             raise BundleError(f"{name} is not a safetensors file (header is not JSON)")
@@ -197,7 +201,9 @@ def _raw_metadata(path: Path) -> dict:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             return dict(fh.metadata() or {})
     except Exception as exc:  # SafetensorError and friends: corrupt/truncated file
-        raise BundleError(f"{path.name} is not a readable safetensors file: {_one_line(exc)}") from None
+        raise BundleError(
+            f"{path.name} is not a readable safetensors file: {_one_line(exc)}"
+        ) from None
 
 
 def _one_line(exc) -> str:
@@ -209,7 +215,9 @@ def read_meta(src) -> dict:
     path = resolve(src)
     raw = _raw_metadata(path)
     if META_KEY not in raw:
-        raise BundleError(f"{path.name} has no napari-resolve metadata (not a napari-resolve model file)")
+        raise BundleError(
+            f"{path.name} has no napari-resolve metadata (not a napari-resolve model file)"
+        )
     try:
         meta = json.loads(raw[META_KEY])
     except json.JSONDecodeError as exc:
@@ -269,7 +277,9 @@ def resolve(src) -> Path:
                 return cand
             names = ", ".join(p["name"] for p in pretrained()) or "none installed"
             if path.suffix.lower() != SUFFIX:
-                raise BundleError(f"no model file or pretrained bundle named {src!r} (pretrained: {names})")
+                raise BundleError(
+                    f"no model file or pretrained bundle named {src!r} (pretrained: {names})"
+                )
         raise BundleError(f"model file not found: {path}")
     raise BundleError(f"expected a model file path or pretrained name, got {type(src).__name__}")
 
@@ -341,7 +351,9 @@ def _read_tensors(path: Path) -> dict:
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:
-        raise BundleError(f"{path.name} is not a readable safetensors file: {_one_line(exc)}") from None
+        raise BundleError(
+            f"{path.name} is not a readable safetensors file: {_one_line(exc)}"
+        ) from None
 
 
 def load_state(model, src) -> dict:
@@ -382,6 +394,8 @@ def load(src):
     _compare(model, state, path.name)
     model.load_state_dict(state, strict=True)
     if int(meta["scale"]) != model.scale:
-        raise BundleError(f"{path.name}: metadata scale {meta['scale']} but the model is x{model.scale}")
+        raise BundleError(
+            f"{path.name}: metadata scale {meta['scale']} but the model is x{model.scale}"
+        )
     model.eval()
     return model, meta

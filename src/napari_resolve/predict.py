@@ -322,7 +322,11 @@ class _Layout:
 
 def _check_dtype(dtype) -> None:
     dtype = np.dtype(dtype)
-    if dtype == bool or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+    if (
+        dtype.kind == "b"
+        or not np.issubdtype(dtype, np.number)
+        or np.issubdtype(dtype, np.complexfloating)
+    ):
         raise InputError(f"image must be a real numeric array, got dtype {dtype}")
 
 
@@ -414,8 +418,8 @@ def _prepare_prior(prior, lay: _Layout, model) -> np.ndarray | None:
         return None
     if not getattr(model, "predicts_parsing", False):
         raise InputError(
-            f"model {model.arch or type(model).__name__} takes no parsing prior (only geometry-prior "
-            "models such as 'gp' do)"
+            f"model {model.arch or type(model).__name__} takes no parsing prior "
+            "(only geometry-prior models such as 'gp' do)"
         )
     p = np.asarray(prior)
     s = int(model.scale)
@@ -436,9 +440,15 @@ def _prepare_prior(prior, lay: _Layout, model) -> np.ndarray | None:
         onehot = True
     if onehot is None or tuple(p.shape[-2:]) != sr_hw:
         want = f"{sr_hw}" if not lay.stack else f"({z}, {sr_hw[0]}, {sr_hw[1]})"
-        hint = " (that is the LR size: upsample it x%d, nearest)" % s if tuple(p.shape[-2:]) == (h, w) else ""
-        raise InputError(f"prior must be labels at the SR size {want} or one-hot with 3 classes, "
-                         f"got shape {p.shape}{hint}")
+        hint = (
+            f" (that is the LR size: upsample it x{s}, nearest)"
+            if tuple(p.shape[-2:]) == (h, w)
+            else ""
+        )
+        raise InputError(
+            f"prior must be labels at the SR size {want} or one-hot with 3 classes, "
+            f"got shape {p.shape}{hint}"
+        )
     if np.issubdtype(p.dtype, np.floating) and not np.isfinite(p).all():
         raise InputError("prior contains NaN or infinite values")
     if onehot:
@@ -447,10 +457,13 @@ def _prepare_prior(prior, lay: _Layout, model) -> np.ndarray | None:
         out = p.astype(np.float32)
         return out[None] if out.ndim == 3 else out
     if np.issubdtype(p.dtype, np.floating) and not np.array_equal(p, np.round(p)):
-        raise InputError("prior labels must be whole numbers 0 (background), 1 (cytoplasm), 2 (nucleus)")
+        raise InputError(
+            "prior labels must be whole numbers 0 (background), 1 (cytoplasm), 2 (nucleus)"
+        )
     if p.min() < 0 or p.max() > 2:
         raise InputError(
-            f"prior labels must be 0 (background), 1 (cytoplasm) or 2 (nucleus), got {p.min()}..{p.max()}"
+            "prior labels must be 0 (background), 1 (cytoplasm) or 2 (nucleus), "
+            f"got {p.min()}..{p.max()}"
         )
     out = p.astype(np.int64)
     if out.ndim == 2:
@@ -572,7 +585,9 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
     done = 0
     for b0 in range(0, total, opts.batch):
         chunk = jobs[b0 : b0 + opts.batch]
-        x = np.stack([planes[z, :, ys[iy] : ys[iy] + th, xs[ix] : xs[ix] + tw] for z, iy, ix in chunk])
+        x = np.stack(
+            [planes[z, :, ys[iy] : ys[iy] + th, xs[ix] : xs[ix] + tw] for z, iy, ix in chunk]
+        )
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
         pt = None
         if prior is not None:
@@ -634,7 +649,9 @@ def _engine(model, planes, prior, opts: _Opts, want_extras: bool):
             cur = (min(tile_hw[0], h), min(tile_hw[1], w))
             new = tuple(_snap_down(c // 2, mult) for c in cur)
             if min(new) <= 2 * opts.overlap or new == cur:
-                hint = "a smaller overlap" + (" or device='cpu'" if opts.device.type != "cpu" else "")
+                hint = "a smaller overlap" + (
+                    " or device='cpu'" if opts.device.type != "cpu" else ""
+                )
                 raise ResolveError(
                     f"out of {opts.device.type} memory even with {cur[0]}x{cur[1]} px tiles "
                     f"(overlap {opts.overlap}); try {hint}"
@@ -775,7 +792,9 @@ def predict_iter(
     finally:
         if _restore_mode and was_training:
             model.train()
-    image_out, labels, extra_out = _finish(model, outputs, lay, pad, chroma, norm, arr.dtype, extras)
+    image_out, labels, extra_out = _finish(
+        model, outputs, lay, pad, chroma, norm, arr.dtype, extras
+    )
     run_meta = dict(meta)
     run_meta["predict"] = {
         "tile": list(tile_used) if tile_used[0] < (1 << 30) else None,
@@ -936,13 +955,24 @@ def predict_dask(
     :class:`~napari_resolve.errors.InputError` when that chunk is computed.
     """
     model, meta = resolve_model(model_or_bundle)
-    return _predict_dask(array, model, meta, model_or_bundle, tile=tile, overlap=overlap,
-                         batch=batch, device=device, amp=amp, channel_axis=channel_axis,
-                         chunks=chunks)
+    return _predict_dask(
+        array,
+        model,
+        meta,
+        model_or_bundle,
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        device=device,
+        amp=amp,
+        channel_axis=channel_axis,
+        chunks=chunks,
+    )
 
 
-def _predict_dask(array, model, meta, source, *, tile, overlap, batch, device, amp,
-                  channel_axis, chunks):
+def _predict_dask(
+    array, model, meta, source, *, tile, overlap, batch, device, amp, channel_axis, chunks
+):
     import dask.array as da
 
     from napari_resolve.data.normalize import Normalizer
@@ -978,8 +1008,11 @@ def _predict_dask(array, model, meta, source, *, tile, overlap, batch, device, a
         new_chunks[ndim - 1] = (array.shape[-1],)
     array = array.rechunk(tuple(new_chunks[a] for a in range(ndim)))
     depth = {ax: (ov if len(array.chunks[ax]) > 1 else 0) for ax in spatial}
-    halo = da.overlap.overlap(array, depth={a: depth.get(a, 0) for a in range(ndim)},
-                              boundary={a: "none" for a in range(ndim)})
+    halo = da.overlap.overlap(
+        array,
+        depth={a: depth.get(a, 0) for a in range(ndim)},
+        boundary={a: "none" for a in range(ndim)},
+    )
     s = int(model.scale)
     out_c = 3 if lay.via_y else lay.channels
     out_chunks = []
@@ -1026,7 +1059,9 @@ def _open_zarr(src):
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
-        raise InputError(f"{path.name} is not a zarr store: {' '.join(str(exc).split())[:160]}") from None
+        raise InputError(
+            f"{path.name} is not a zarr store: {' '.join(str(exc).split())[:160]}"
+        ) from None
     axes = scale = translate = None
     unit = None
     if isinstance(node, zarr.Group):
@@ -1035,7 +1070,9 @@ def _open_zarr(src):
         if not ms:
             arrays = list(node.array_keys())
             if len(arrays) != 1:
-                raise InputError(f"{path.name} is a zarr group without OME-NGFF multiscales metadata")
+                raise InputError(
+                    f"{path.name} is a zarr group without OME-NGFF multiscales metadata"
+                )
             node = node[arrays[0]]
         else:
             ms0 = ms[0]
@@ -1043,7 +1080,11 @@ def _open_zarr(src):
             axes_meta = ms0.get("axes")
             if axes_meta:
                 axes = [a["name"] if isinstance(a, dict) else str(a) for a in axes_meta]
-                units = [a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("type") == "space"]
+                units = [
+                    a.get("unit")
+                    for a in axes_meta
+                    if isinstance(a, dict) and a.get("type") == "space"
+                ]
                 unit = units[-1] if units else None
             for t in ds0.get("coordinateTransformations", []):
                 if t.get("type") == "scale":
@@ -1120,8 +1161,19 @@ def predict_to_zarr(
         if not isinstance(arr, da.Array):
             arr = da.from_array(np.asarray(arr))
     model, meta = resolve_model(model_or_bundle)
-    sr = _predict_dask(arr, model, meta, model_or_bundle, tile=tile, overlap=overlap, batch=batch,
-                       device=device, amp=amp, channel_axis=channel_axis, chunks=chunks)
+    sr = _predict_dask(
+        arr,
+        model,
+        meta,
+        model_or_bundle,
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        device=device,
+        amp=amp,
+        channel_axis=channel_axis,
+        chunks=chunks,
+    )
     lay = _layout(arr.shape, arr.dtype, channel_axis, model)
     s = int(model.scale)
     # NGFF order: c, z, y, x
@@ -1134,7 +1186,11 @@ def predict_to_zarr(
     if in_scale is not None and len(in_scale) == arr.ndim:
         py, px = (float(in_scale[a]) for a in spatial_axes)
         ty, tx = (float(in_translate[a]) for a in spatial_axes) if in_translate else (0.0, 0.0)
-        pz = float(in_scale[[a for a in range(arr.ndim) if a != lay.channel_axis][0]]) if lay.stack else 1.0
+        pz = (
+            float(in_scale[[a for a in range(arr.ndim) if a != lay.channel_axis][0]])
+            if lay.stack
+            else 1.0
+        )
     else:
         if pixel_size is None:
             py = px = 1.0
@@ -1146,7 +1202,11 @@ def predict_to_zarr(
             raise InputError(f"pixel_size must be positive, got {pixel_size!r}")
         ty = tx = 0.0
         pz = 1.0
-    out_scale = ([1.0] if lay.channel_axis is not None else []) + ([pz] if lay.stack else []) + [py / s, px / s]
+    out_scale = (
+        ([1.0] if lay.channel_axis is not None else [])
+        + ([pz] if lay.stack else [])
+        + [py / s, px / s]
+    )
     out_translate = (
         ([0.0] if lay.channel_axis is not None else [])
         + ([0.0] if lay.stack else [])
@@ -1168,17 +1228,24 @@ def predict_to_zarr(
                     ],
                 }
             ],
-            "metadata": {"method": "napari-resolve predict", "model": meta.get("architecture"),
-                         "scale_factor": s},
+            "metadata": {
+                "method": "napari-resolve predict",
+                "model": meta.get("architecture"),
+                "scale_factor": s,
+            },
         }
     ]
     with atomic_path(dst) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-        target = root.create_array("0", shape=sr_out.shape, chunks=zchunks, dtype="float32",
-                                   fill_value=0.0)
+        target = root.create_array(
+            "0", shape=sr_out.shape, chunks=zchunks, dtype="float32", fill_value=0.0
+        )
         root.attrs["multiscales"] = multiscales
-        root.attrs["napari_resolve"] = {"model": meta.get("architecture"), "scale": s,
-                                        "version": meta.get("version")}
+        root.attrs["napari_resolve"] = {
+            "model": meta.get("architecture"),
+            "scale": s,
+            "version": meta.get("version"),
+        }
         store = da.store(sr_out, target, lock=False, compute=False)
         if progress is None:
             dask.compute(store)

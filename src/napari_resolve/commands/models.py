@@ -20,7 +20,12 @@ def add_arguments(parser) -> None:
 
 def _rows(models_info, bundles):
     arch = [
-        {"name": m.name, "paper": m.paper, "parameters": int(m.parameters), "description": m.description}
+        {
+            "name": m.name,
+            "paper": m.paper,
+            "parameters": int(m.parameters),
+            "description": m.description,
+        }
         for m in models_info
     ]
     pre = [{"name": b["name"], "path": str(b["path"]), "summary": b["summary"]} for b in bundles]

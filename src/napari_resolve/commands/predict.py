@@ -31,22 +31,56 @@ HELP = "super-resolve an image (TIFF, PNG/JPEG, zarr) with a model"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("input", type=Path, metavar="IN", help="input image: TIFF, PNG, JPEG, zarr ...")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
-                        help="output .tif (OME-TIFF) or .zarr (OME-Zarr)")
-    parser.add_argument("--model", required=True, metavar="NAME|FILE",
-                        help="pretrained name, .safetensors file, or 'bicubic'")
-    parser.add_argument("--scale", type=int, default=None, metavar="N",
-                        help="SR factor: must match the model's; sets it for 'bicubic'")
-    parser.add_argument("--tile", type=int, default=None, metavar="PX",
-                        help="LR tile side (default: chosen for the device; 0 = no tiling)")
-    parser.add_argument("--overlap", type=int, default=None, metavar="PX",
-                        help="LR context per tile side (default: the model's receptive field, or 32)")
+    parser.add_argument(
+        "input", type=Path, metavar="IN", help="input image: TIFF, PNG, JPEG, zarr ..."
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="output .tif (OME-TIFF) or .zarr (OME-Zarr)",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME|FILE",
+        help="pretrained name, .safetensors file, or 'bicubic'",
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        metavar="N",
+        help="SR factor: must match the model's; sets it for 'bicubic'",
+    )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="LR tile side (default: chosen for the device; 0 = no tiling)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="LR context per tile side (default: the model's receptive field, or 32)",
+    )
     parser.add_argument("--batch", type=int, default=None, metavar="N", help="tiles per batch")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:N, mps"
+    )
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
-    parser.add_argument("--prior", type=Path, default=None, metavar="FILE",
-                        help="parsing-map labels (0/1/2) at the SR size, for geometry-prior models")
+    parser.add_argument(
+        "--prior",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="parsing-map labels (0/1/2) at the SR size, for geometry-prior models",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
@@ -68,7 +102,9 @@ def _load_model(args):
     if scale is not None and scale < 1:
         raise InputError(f"--scale must be a positive integer, got {scale}")
     path = Path(model_arg)
-    is_file_or_pretrained = path.exists() or any(p["name"] == model_arg for p in bundle.pretrained())
+    is_file_or_pretrained = path.exists() or any(
+        p["name"] == model_arg for p in bundle.pretrained()
+    )
     if not is_file_or_pretrained and "/" not in model_arg and path.suffix == "":
         try:
             info = models.info(model_arg)
@@ -94,8 +130,20 @@ def _layout_for_axes(arr: np.ndarray, axes: str):
     keep = [i for i, a in enumerate(axes) if arr.shape[i] > 1 or a in "YX"]
     arr = arr.reshape([arr.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)
-    allowed = {"YX": None, "YXS": 2, "YXC": 2, "ZYX": None, "TYX": None, "QYX": None,
-               "CYX": 0, "SYX": 0, "ZYXS": 3, "ZYXC": 3, "CZYX": 0, "ZCYX": None}
+    allowed = {
+        "YX": None,
+        "YXS": 2,
+        "YXC": 2,
+        "ZYX": None,
+        "TYX": None,
+        "QYX": None,
+        "CYX": 0,
+        "SYX": 0,
+        "ZYXS": 3,
+        "ZYXC": 3,
+        "CZYX": 0,
+        "ZCYX": None,
+    }
     if axes not in allowed:
         raise InputError(
             f"cannot super-resolve an image with axes {axes} (shape {arr.shape}); "
@@ -129,8 +177,9 @@ class _Bar:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=event.total, unit=self.unit, desc="predict", file=sys.stderr,
-                            mininterval=0.5)
+            self.bar = tqdm(
+                total=event.total, unit=self.unit, desc="predict", file=sys.stderr, mininterval=0.5
+            )
         if self.bar.total != event.total:
             self.bar.total = event.total
         self.bar.n = event.done
@@ -156,8 +205,13 @@ def run(args) -> int:
         raise InputError(f"output must be a .tif (OME-TIFF) or a .zarr folder, got {dst.name}")
     model, meta = _load_model(args)
     s = int(model.scale)
-    kwargs = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
-                  amp=False if args.no_amp else None)
+    kwargs = dict(
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        device=args.device,
+        amp=False if args.no_amp else None,
+    )
     out_zarr = _is_zarr(dst)
     if _is_zarr(src) or out_zarr:
         if not out_zarr:
@@ -174,9 +228,16 @@ def run(args) -> int:
             source, pixel = arr, info.get("pixel_size_yx")
         bar = _Bar("task")
         try:
-            predict_to_zarr(source, dst, (model, meta), pixel_size=pixel,
-                            unit="micrometer" if pixel else None, overwrite=args.overwrite,
-                            progress=bar, **kwargs)
+            predict_to_zarr(
+                source,
+                dst,
+                (model, meta),
+                pixel_size=pixel,
+                unit="micrometer" if pixel else None,
+                overwrite=args.overwrite,
+                progress=bar,
+                **kwargs,
+            )
         finally:
             bar.close()
         print(f"wrote {dst}", file=sys.stderr)
@@ -196,8 +257,9 @@ def run(args) -> int:
 
     bar = _Bar("tile")
     try:
-        result = predict((model, meta), arr, progress=bar, prior=prior,
-                         channel_axis=channel_axis, **kwargs)
+        result = predict(
+            (model, meta), arr, progress=bar, prior=prior, channel_axis=channel_axis, **kwargs
+        )
     finally:
         bar.close()
     pixel = info.get("pixel_size_yx")

@@ -41,7 +41,10 @@ def leukocyte():
     about = _about(meta)
     return [
         (hr, {"name": "leukocyte (HR)", "rgb": True, "visible": False, "metadata": about}, "image"),
-        (labels, {"name": "leukocyte mask (HR)", "visible": False, "metadata": about,
+        # on the x4 grid of the LR layer: usable as its prior ("Re-run with edited parsing map")
+        (labels, {"name": "leukocyte mask (HR)", "visible": False,
+                  "metadata": {**about, "napari_resolve": {"source_layer": "leukocyte (LR)",
+                                                           "kind": "parsing", "plane": None}},
                   **parsing_style()}, "labels"),
         (lr, {"name": "leukocyte (LR)", "rgb": True, "scale": lr_scale, "translate": lr_translate,
               "metadata": {**about, "degradation": {"kind": "matlab-bicubic", "scale": SCALE}}},
