@@ -150,7 +150,9 @@ def main(argv=None) -> int:
 
     text = table(rows, args.size, args.threads)
     machine = f"{cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
-    text += f"\n\nMeasured on: {machine}; torch {_torch_version()}."
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    text += (f"\n\nMeasured on: {machine}; torch {_torch_version()}; "
+             f"load average (1, 5, 15 min) at the end: {load}.")
     print(text)
     if args.write:
         from pathlib import Path

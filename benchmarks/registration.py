@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_resolve.data.registration import register  # noqa: E402
-from napari_resolve.data.simulate import simulate_scans  # noqa: E402
+from napari_resolve.data.registration import register
+from napari_resolve.data.simulate import simulate_scans
 
 MARK_START, MARK_END = "<!-- registration:start -->", "<!-- registration:end -->"
 PAPER = {"mr": (0.37, 0.38, 0.27, 0.27), "hr": (0.38, 0.39, 0.72, 0.82)}  # Table II: Ex Ey Sx Sy
@@ -167,12 +167,12 @@ def markdown(summaries, totals) -> str:
         lines.append(f"| paper Table II | {pair} | 5000 | " + " | ".join(f"{v:.2f}" for v in PAPER[t]) + " | | | | |")
     lines += [
         "",
-        f"Candidates {totals['candidates']}, kept {totals['kept']}; rejected by foreground "
+        (f"Candidates {totals['candidates']}, kept {totals['kept']}; rejected by foreground "
         f"{totals['rejected']['foreground']}, threshold {totals['rejected']['threshold']}, "
         f"window {totals['rejected']['window']}, outside the scans {totals['rejected']['outside']}. "
         f"Patches entirely on blank glass: {totals['blank_candidates']}, kept "
         f"{totals['blank_kept']}. Registration time {totals['ms_per_patch']:.1f} ms per candidate "
-        f"patch (both scans, 1 thread); simulation {totals['seconds_simulate']:.0f} s in all.",
+        f"patch (both scans, 1 thread); simulation {totals['seconds_simulate']:.0f} s in all."),
     ]
     return "\n".join(lines) + "\n"
 

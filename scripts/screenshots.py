@@ -11,6 +11,8 @@ pictures show what a user sees with the current code.
 (geometry prior, paper 000). Default: the first bundled ``gp`` model; when
 none is bundled, an untrained ``gp`` (then the SR and parsing pictures show
 the interface, not a trained result, and the script says so).
+``--parsing annotated`` shows and edits the sample's annotated mask instead of
+the model's map (for a model whose prior net has not learned yet).
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="pretrained name or .safetensors file with a parsing map")
     parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     parser.add_argument("--size", default="1500x980", help="window size WxH")
+    parser.add_argument("--parsing", choices=("auto", "predicted", "annotated"), default="auto",
+                        help="map to show and edit: the model's, or the sample's annotated mask "
+                        "(auto: the model's when it is trained)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +122,9 @@ def main(argv=None) -> int:
     predicted = viewer.layers["leukocyte (LR) parsing"]
     truth = viewer.layers["leukocyte mask (HR)"]
     hr = viewer.layers["leukocyte (HR)"]
-    # an untrained model's parsing map is noise: show the annotated mask instead
-    parsing = predicted if trained else truth
+    # an untrained model's parsing map is noise: then show the annotated mask instead
+    use_predicted = args.parsing == "predicted" or (args.parsing == "auto" and trained)
+    parsing = predicted if use_predicted else truth
     shown = [lr, sr, parsing, hr]
     for layer in viewer.layers:
         layer.visible = layer in shown
@@ -144,8 +150,8 @@ def main(argv=None) -> int:
     parsing.brush_size = 12
     nucleus = np.argwhere(parsing.data == 2)
     centre = nucleus.mean(axis=0) if len(nucleus) else np.array(parsing.data.shape) / 2
-    for k in range(10):  # a stroke out of the nucleus, as a correction would add a lobe
-        parsing.paint(tuple(centre + (k * 3.0, 25 - k * 1.0)), 2, refresh=True)
+    for k in range(9):  # a stroke from the nucleus into the cytoplasm, as if adding a lobe
+        parsing.paint(tuple(centre + (k * 2.0, 20 + k * 5.0)), 2, refresh=True)
     widget.rerun_button.click()
     wait_run(app, widget)
     viewer.layers[-1].visible = False  # keep the edited map on screen

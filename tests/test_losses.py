@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from napari_resolve import losses as L
-from napari_resolve.data.degrade import blur_downsample, imresize
+from napari_resolve.data.degrade import blur_downsample
 from napari_resolve.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,10 @@ def test_parsing_cross_entropy_hand_value_and_ignored_pixels():
 def test_parsing_bce_hand_value():
     logits = torch.tensor([0.0, 2.0, -1.0]).view(1, 3, 1, 1)
     lab = torch.tensor([[[1]]])  # one-hot (0, 1, 0)
-    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
     expected = -(math.log(1 - sig(0.0)) + math.log(sig(2.0)) + math.log(1 - sig(-1.0))) / 3
     assert L.parsing_loss(logits, lab, mode="bce").item() == pytest.approx(expected, rel=1e-6)
 
@@ -87,8 +90,9 @@ def test_ssim_matches_skimage_on_a_real_image():
     ref = _wbc_y(0, 64)
     rng = np.random.default_rng(0)
     noisy = np.clip(ref + rng.normal(0, 0.05, ref.shape), 0, 1)
-    expected = structural_similarity(ref, noisy, gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False, data_range=1.0)
+    expected = structural_similarity(
+        ref, noisy, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+    )
     got = L.ssim(_t(noisy), _t(ref)).item()
     assert got == pytest.approx(expected, abs=1e-5)
     assert 0.3 < got < 0.95  # the noise matters, but the cell is still there
@@ -130,8 +134,9 @@ def test_staged_loss_weights_and_blurred_targets():
 
     def ref(out, tgt):
         mse = float(np.mean((out - tgt) ** 2))
-        s = structural_similarity(out, tgt, gaussian_weights=True, sigma=1.5,
-                                  use_sample_covariance=False, data_range=1.0)
+        s = structural_similarity(
+            out, tgt, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+        )
         return mse + 0.1 * (1 - s)
 
     expected = 0.3 * ref(hr, targets[0]) + 0.3 * ref(hr, targets[1]) + 1.0 * 0.0
@@ -174,10 +179,13 @@ def test_masked_cross_entropy_hand_value():
     both = (-math.log(3 / 4) + math.log(2)) / 2
     assert L.masked_cross_entropy(logits, lab).item() == pytest.approx(both, rel=1e-6)
     keep_first = torch.tensor([[[1.0, 0.0]]])
-    assert L.masked_cross_entropy(logits, lab, keep_first).item() == pytest.approx(-math.log(3 / 4), rel=1e-6)
+    assert L.masked_cross_entropy(logits, lab, keep_first).item() == pytest.approx(
+        -math.log(3 / 4), rel=1e-6
+    )
     # unlabelled pixels (-1) are left out too
     assert L.masked_cross_entropy(logits, torch.tensor([[[1, -1]]])).item() == pytest.approx(
-        -math.log(3 / 4), rel=1e-6)
+        -math.log(3 / 4), rel=1e-6
+    )
 
 
 # --------------------------------------------------------------------------- adversarial
@@ -199,9 +207,13 @@ def test_adversarial_losses_train_the_papers_discriminators():
     torch.manual_seed(0)
     hr = _t(_wbc_y(3, 64)).float()
     blurry = L.blur_downsample_torch(hr, 4)
-    for disc, call in ((PatchDiscriminator(in_channels=1, pools=3, base_channels=8), lambda d, x: d(x)),
-                       (SRGANDiscriminator(in_channels=1, features=8, dense_features=16),
-                        lambda d, x: d(x, logits=True))):
+    for disc, call in (
+        (PatchDiscriminator(in_channels=1, pools=3, base_channels=8), lambda d, x: d(x)),
+        (
+            SRGANDiscriminator(in_channels=1, features=8, dense_features=16),
+            lambda d, x: d(x, logits=True),
+        ),
+    ):
         opt = torch.optim.Adam(disc.parameters(), lr=1e-3)
         first = None
         for _ in range(15):

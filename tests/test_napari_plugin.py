@@ -20,7 +20,7 @@ VENV_BIN = Path(sys.executable).parent
 def test_manifest_validates_and_napari_discovers_every_command():
     exe = VENV_BIN / "npe2"
     out = subprocess.run([str(exe), "validate", "napari-resolve"], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "valid" in out.stdout
 
@@ -75,7 +75,7 @@ def test_check_parsing_prior_names_shape_and_value_problems():
     sr = (40, 48)
     good = np.zeros((3, *sr), np.uint8)
     good[1, 10:20, 10:20] = 2
-    kw = dict(layer_name="cell parsing", image_name="cell", factor=4)
+    kw = {"layer_name": "cell parsing", "image_name": "cell", "factor": 4}
     one = _jobs.check_parsing_prior(good, sr, (3,), (1,), **kw)
     assert one.shape == sr and one[10, 10] == 2
     stack = _jobs.check_parsing_prior(good, sr, (3,), None, **kw)
@@ -160,3 +160,45 @@ def test_writer_keeps_data_and_pixel_size_and_refuses_a_fake_calibration(tmp_pat
     (written,) = write_image(str(tmp_path / "px.tif"), image[0], {"scale": (1, 1), "units": ("pixel", "pixel")})
     (_, kwargs, _), = get_reader(written)(written)
     assert kwargs["scale"] == (1.0, 1.0) and "units" not in kwargs
+
+
+def _run_to_end(gen):
+    steps = []
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as stop:
+            return steps, stop.value
+
+
+def test_run_sr_reports_memory_and_input_problems_and_keeps_bugs_loud():
+    from napari_resolve import bundle
+    from napari_resolve.models.baselines import Bicubic
+
+    class Hungry(Bicubic):
+        def forward(self, x, prior=None):
+            raise MemoryError
+
+    class Broken(Bicubic):
+        def forward(self, x, prior=None):
+            raise RuntimeError("bug in a model")
+
+    image = np.random.default_rng(0).random((2, 40, 40)).astype(np.float32)
+
+    def job(model, **kw):
+        model.arch = "bicubic"
+        args = {"model": model, "meta": bundle.default_meta(model), "data": image, "rgb": False,
+                "plane": None, "tile": 32, "overlap": None, "device": "cpu", **kw}
+        return _jobs.SRJob(**args)
+
+    steps, outcome = _run_to_end(_jobs.run_sr(job(Bicubic(scale=2))))
+    assert outcome.error is None and outcome.image.shape == (2, 80, 80)
+    assert steps[-1].done == steps[-1].total and len(steps) > 2
+    _, outcome = _run_to_end(_jobs.run_sr(job(Bicubic(scale=2), plane=(1,))))
+    assert outcome.image.shape == (1, 80, 80)
+    _, outcome = _run_to_end(_jobs.run_sr(job(Hungry(scale=2))))
+    assert outcome.image is None and outcome.error.startswith("out of memory on CPU with tile 32")
+    _, outcome = _run_to_end(_jobs.run_sr(job(Bicubic(scale=2), tile=8)))
+    assert "overlap" in outcome.error  # the core's InputError, as one line
+    with pytest.raises(_jobs.JobFailed, match="bug in a model"):
+        _run_to_end(_jobs.run_sr(job(Broken(scale=2))))

@@ -13,8 +13,8 @@ from qtpy.QtCore import Qt
 
 os.environ.setdefault("NAPARI_CONFIG", os.path.join(tempfile.mkdtemp(), "napari-settings.yaml"))
 
-from napari_resolve import bundle, models  # noqa: E402
-from napari_resolve.models.baselines import Bicubic  # noqa: E402
+from napari_resolve import bundle, models
+from napari_resolve.models.baselines import Bicubic
 
 pytestmark = pytest.mark.gui
 RUN_TIMEOUT_MS = 60_000

@@ -28,7 +28,7 @@ from napari_resolve.errors import InputError
 from napari_resolve.io import read_image
 
 P = 32  # LR patch size in these tests (MR 64, HR 128)
-SMALL = dict(patch_size=P, stride=P // 2, coarse_window=8, fine_window=4)
+SMALL = {"patch_size": P, "stride": P // 2, "coarse_window": 8, "fine_window": 4}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_simulated_scans_are_noisy_blurred_uint8(tissue):
     again = simulate_scans(tissue, seed=2)
     assert not np.array_equal(scans.mid, again.mid)  # noise and offsets depend on the seed
     # the low scan (NA 0.1) has far less fine detail than the mid one (NA 0.25)
-    lap = lambda a: np.abs(np.diff(a[..., 1].astype(float), axis=1)).mean()  # noqa: E731
+    lap = lambda a: np.abs(np.diff(a[..., 1].astype(float), axis=1)).mean()
     assert lap(scans.low) / 5 < lap(scans.mid) / 2
 
 

@@ -36,7 +36,9 @@ WBC1 = ROOT / "sample_data" / "wbc-zheng2018" / "dataset1"
 
 #: small configs of every trainable architecture (CPU seconds, same code paths)
 SMALL = {
-    "gp": dict(features=8, prior_base_channels=4, prior_depth=2, encoder_blocks=1, decoder_blocks=1),
+    "gp": dict(
+        features=8, prior_base_channels=4, prior_depth=2, encoder_blocks=1, decoder_blocks=1
+    ),
     "np": dict(features=8, encoder_blocks=1, decoder_blocks=1),
     "srcnn": dict(filters=(8, 4)),
     "srresnet": dict(features=8, num_blocks=2),
@@ -55,8 +57,9 @@ def _wbc(n: int, size: int = 64, rgb: bool = True):
     from napari_resolve.data.color import rgb_to_y
 
     imgs, labs = [], []
-    for img_path, mask_path in list(zip(sorted((WBC2 / "images").glob("*.bmp")),
-                                        sorted((WBC2 / "masks").glob("*.png"))))[:n]:
+    for img_path, mask_path in list(
+        zip(sorted((WBC2 / "images").glob("*.bmp")), sorted((WBC2 / "masks").glob("*.png")))
+    )[:n]:
         img = imread(img_path)
         lab = D.read_labels(mask_path)
         h, w = lab.shape
@@ -75,8 +78,12 @@ def _tiny_srcnn(seed: int = 0):
 def test_recipes_follow_the_papers_and_rescale_epochs():
     srseg = R.get("srseg")
     assert [p.epochs for p in srseg.phases] == [25, 25, 55]  # paper 004 §4
-    assert srseg.phases[2].losses == {"mse": 1.0, "perceptual": 2e-6, "adversarial": 1e-3,
-                                      "segmentation": 0.8}
+    assert srseg.phases[2].losses == {
+        "mse": 1.0,
+        "perceptual": 2e-6,
+        "adversarial": 1e-3,
+        "segmentation": 0.8,
+    }
     assert (srseg.lr, srseg.gamma, srseg.step_epochs) == (1e-3, 0.1, 20)
     # 21 epochs shared 25 : 25 : 55  ->  5, 5, 11; the step decay shrinks with them
     plan = R.plan(srseg, epochs=21)
@@ -122,18 +129,30 @@ def test_paired_folders_labels_and_aligned_patches(tmp_path):
     entry = ds._load(smp["index"])
     hr_full, lr_full = entry["hr"][0], entry["lr"][0]
     hr_patch = smp["hr"][0].numpy()
-    pos = [(y, x) for y in range(0, 96 - 47, 4) for x in range(0, 96 - 47, 4)
-           if np.array_equal(hr_full[y : y + 48, x : x + 48], hr_patch)]
+    pos = [
+        (y, x)
+        for y in range(0, 96 - 47, 4)
+        for x in range(0, 96 - 47, 4)
+        if np.array_equal(hr_full[y : y + 48, x : x + 48], hr_patch)
+    ]
     assert len(pos) == 1
     y, x = pos[0]
-    np.testing.assert_array_equal(smp["lr"][0].numpy(), lr_full[y // 4 : y // 4 + 12, x // 4 : x // 4 + 12])
+    np.testing.assert_array_equal(
+        smp["lr"][0].numpy(), lr_full[y // 4 : y // 4 + 12, x // 4 : x // 4 + 12]
+    )
     np.testing.assert_array_equal(smp["labels"].numpy(), labs[smp["index"]][y : y + 48, x : x + 48])
 
 
 def test_hr_only_arrays_augment_consistently_and_reproducibly():
     imgs, labs = _wbc(2, 96, rgb=True)  # RGB for a 1-channel model: the Y of YCbCr
-    ds = D.make_dataset({"hr": imgs, "labels": labs}, scale=2, in_channels=1, patch_size=32,
-                        patches_per_image=4, seed=3)
+    ds = D.make_dataset(
+        {"hr": imgs, "labels": labs},
+        scale=2,
+        in_channels=1,
+        patch_size=32,
+        patches_per_image=4,
+        seed=3,
+    )
     assert len(ds) == 8 and not ds.has_lr
     seen = set()
     for i in range(len(ds)):
@@ -142,12 +161,22 @@ def test_hr_only_arrays_augment_consistently_and_reproducibly():
         # whatever flip / rotation was drawn, LR is still the bicubic image of HR
         # (compare away from the patch border, where the kernel reached outside)
         lr_of_hr = imresize(hr, 0.5)
-        np.testing.assert_allclose(smp["lr"][0].numpy()[3:-3, 3:-3], lr_of_hr[3:-3, 3:-3], atol=0.02)
+        np.testing.assert_allclose(
+            smp["lr"][0].numpy()[3:-3, 3:-3], lr_of_hr[3:-3, 3:-3], atol=0.02
+        )
         seen.add(hr.tobytes())
     assert len(seen) == 8  # different patches / orientations
-    again = D.make_dataset({"hr": imgs, "labels": labs}, scale=2, in_channels=1, patch_size=32,
-                           patches_per_image=4, seed=3)
-    assert torch.equal(ds[5]["hr"], again[5]["hr"]) and torch.equal(ds[5]["labels"], again[5]["labels"])
+    again = D.make_dataset(
+        {"hr": imgs, "labels": labs},
+        scale=2,
+        in_channels=1,
+        patch_size=32,
+        patches_per_image=4,
+        seed=3,
+    )
+    assert torch.equal(ds[5]["hr"], again[5]["hr"]) and torch.equal(
+        ds[5]["labels"], again[5]["labels"]
+    )
     ds.set_epoch(1)
     assert not torch.equal(ds[5]["hr"], again[5]["hr"])  # a new epoch draws anew
     with pytest.raises(InputError, match="greyscale"):
@@ -157,8 +186,14 @@ def test_hr_only_arrays_augment_consistently_and_reproducibly():
 def test_widefield_degradation_redraws_noise_each_epoch():
     hr = [fl.simulate((128, 128), scale=2, seed=s).hr for s in range(2)]
     spec = {"kind": "widefield", "pixel_size": 31.3, "photons": 50.0, "background": 5.0}
-    ds = D.make_dataset(hr, scale=2, degradation=spec, normalization={"mode": "percentile"},
-                        patch_size=None, augment=False)
+    ds = D.make_dataset(
+        hr,
+        scale=2,
+        degradation=spec,
+        normalization={"mode": "percentile"},
+        patch_size=None,
+        augment=False,
+    )
     a, b = ds[0]["lr"], ds[0]["lr"]
     assert torch.equal(a, b) and a.shape == (1, 64, 64)
     ds.set_epoch(1)
@@ -171,13 +206,18 @@ def test_widefield_degradation_redraws_noise_each_epoch():
 def _dataset_for(net):
     if net.in_channels == 3:
         imgs, labs = _wbc(1, 64, rgb=True)
-        return D.make_dataset({"hr": imgs, "labels": labs}, scale=net.scale, in_channels=3, augment=False)
+        return D.make_dataset(
+            {"hr": imgs, "labels": labs}, scale=net.scale, in_channels=3, augment=False
+        )
     if net.scale == 2:  # the fluorescence models
         return D.make_dataset([fl.simulate((32, 32), scale=2, seed=0)], scale=2, augment=False)
     imgs, labs = _wbc(1, 64, rgb=True)
-    return D.make_dataset({"hr": imgs, "labels": labs}, scale=net.scale, in_channels=1, augment=False)
+    return D.make_dataset(
+        {"hr": imgs, "labels": labs}, scale=net.scale, in_channels=1, augment=False
+    )
 
 
+@pytest.mark.slow  # ~10 s: nine architectures (and the first optimiser's torch._dynamo import)
 def test_one_training_step_reduces_the_loss_for_every_architecture():
     from napari_resolve.losses import FrozenFeatures
 
@@ -195,14 +235,26 @@ def test_one_training_step_reduces_the_loss_for_every_architecture():
         epochs = [2 if i == phase else 0 for i in range(len(rec.phases))]
         feats = FrozenFeatures(torch.nn.Conv2d(net.in_channels, 4, 3), net.in_channels)
         events = []
-        T.train(net, _dataset_for(net), epochs=epochs, max_steps=2, batch_size=1, learning_rate=1e-4,
-                feature_extractor=feats, callback=events.append)
+        T.train(
+            net,
+            _dataset_for(net),
+            epochs=epochs,
+            max_steps=2,
+            batch_size=1,
+            learning_rate=1e-4,
+            feature_extractor=feats,
+            callback=events.append,
+        )
         steps = [e.losses for e in events if e.kind == "step"]
         assert len(steps) == 2, info.name
         # the same batch (one whole image, no augmentation) before and after one step;
         # GAN terms move with their discriminator, so compare the reconstruction terms
-        pixel = [k for k in steps[0] if k.split("@")[0] in
-                 ("charbonnier", "mse", "mse_ssim", "staged", "parsing", "segmentation")]
+        pixel = [
+            k
+            for k in steps[0]
+            if k.split("@")[0]
+            in ("charbonnier", "mse", "mse_ssim", "staged", "parsing", "segmentation")
+        ]
         assert pixel, info.name
         before = sum(steps[0][k] for k in pixel)
         after = sum(steps[1][k] for k in pixel)
@@ -232,13 +284,42 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
     for key, value in pa["model"].items():
         torch.testing.assert_close(pb["model"][key], value, rtol=1e-5, atol=1e-6)
     assert a["step"] == b["step"] == 12
-    assert resumed.history[-1]["val"]["psnr"] == pytest.approx(full.history[-1]["val"]["psnr"], abs=1e-4)
+    assert resumed.history[-1]["val"]["psnr"] == pytest.approx(
+        full.history[-1]["val"]["psnr"], abs=1e-4
+    )
+
+
+def test_closing_the_generator_keeps_a_resumable_state(tmp_path):
+    """napari's Stop (worker.quit) closes the generator: the state is saved, resume goes on."""
+    imgs, _ = _wbc(4, 48, rgb=False)
+    out = tmp_path / "m.safetensors"
+    gen = T.train_iter(
+        _tiny_srcnn(), imgs, epochs=4, batch_size=2, patch_size=32, patches_per_image=2, output=out
+    )  # 3 train images: 3 steps per epoch
+    for ev in gen:
+        if ev.kind == "step" and ev.step == 5:
+            break
+    gen.close()
+    meta = ckpt.read_state_meta(out)
+    assert (meta["step"], meta["epoch"], meta["batch_in_epoch"]) == (5, 1, 2)
+    assert meta["training"]["stopped"] == "user"
+    events = []
+    res = T.train(None, imgs, resume=out, callback=events.append)
+    steps = [e.step for e in events if e.kind == "step"]
+    assert steps[0] == 6 and steps[-1] == 12 and res.stopped is None
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
 
 
 def test_checkpoint_is_safetensors_with_optimizer_state(tmp_path):
     imgs, _ = _wbc(3, 48, rgb=False)
-    res = T.train(_tiny_srcnn(), imgs, epochs=1, batch_size=2, patch_size=32,
-                  output=tmp_path / "m.safetensors")
+    res = T.train(
+        _tiny_srcnn(),
+        imgs,
+        epochs=1,
+        batch_size=2,
+        patch_size=32,
+        output=tmp_path / "m.safetensors",
+    )
     raw = res.state.read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + header_len])
@@ -272,8 +353,16 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_weights(tmp_path):
             saved[ev.step] = {k: v.detach().clone() for k, v in net.state_dict().items()}
 
     out = tmp_path / "m.safetensors"
-    res = T.train(net, imgs, epochs=5, batch_size=2, patch_size=32, patches_per_image=2,
-                  output=out, callback=on_event)
+    res = T.train(
+        net,
+        imgs,
+        epochs=5,
+        batch_size=2,
+        patch_size=32,
+        patches_per_image=2,
+        output=out,
+        callback=on_event,
+    )
     assert res.stopped == "nan"
     assert "not finite" in res.message and "last good weights" in res.message
     assert max(saved) == 6 and len(res.history) == 2
@@ -294,8 +383,16 @@ def test_stop_event_and_time_budget_keep_the_best_weights(tmp_path):
         if ev.kind == "step" and ev.step == 3:
             stop.set()
 
-    res = T.train(_tiny_srcnn(), imgs, epochs=50, batch_size=2, patch_size=32, stop=stop,
-                  output=tmp_path / "stopped.safetensors", callback=press_stop)
+    res = T.train(
+        _tiny_srcnn(),
+        imgs,
+        epochs=50,
+        batch_size=2,
+        patch_size=32,
+        stop=stop,
+        output=tmp_path / "stopped.safetensors",
+        callback=press_stop,
+    )
     assert res.stopped == "user" and res.history[-1]["step"] == 3
     _, meta = bundle.load(res.bundle)
     assert meta["training"]["steps"] == 3 and meta["metrics"]["step"] == res.best["step"]
@@ -316,7 +413,10 @@ def test_bundle_metadata_records_the_run_and_finetuning_from_memory(tmp_path):
     assert tr["recipe"]["name"] == "gp" and tr["recipe"]["phases"][0]["losses"]["parsing"] == 1.0
     assert tr["device"] == "cpu" and tr["epochs"] == 1 and tr["steps"] == 1 and tr["labels"]
     assert tr["time_s"] > 0 and tr["images"] == 3 and tr["val_images"] == 1
-    assert meta["color_mode"] == "y" and meta["degradation"] == {"kind": "matlab-bicubic", "scale": 4}
+    assert meta["color_mode"] == "y" and meta["degradation"] == {
+        "kind": "matlab-bicubic",
+        "scale": 4,
+    }
     assert meta["metrics"]["val_psnr"] == pytest.approx(res.best["psnr"])
     # issue 8: fine-tune that bundle on arrays in memory, for a time budget
     out2 = tmp_path / "mine.safetensors"
@@ -325,7 +425,9 @@ def test_bundle_metadata_records_the_run_and_finetuning_from_memory(tmp_path):
     assert ft.stopped == "time" and ft.bundle == out2
     _, meta2 = bundle.load(out2)
     assert meta2["parent"] == str(out) and meta2["training"]["recipe"]["name"] == "gp-finetune"
-    assert any("left out: parsing (no label images)" in e.message for e in events if e.kind == "phase")
+    assert any(
+        "left out: parsing (no label images)" in e.message for e in events if e.kind == "phase"
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -333,9 +435,26 @@ def test_cli_train_then_finetune_with_table_and_errors(tmp_path, capsys):
     from napari_resolve import cli
 
     out = tmp_path / "srcnn.safetensors"
-    argv = ["train", "--arch", "srcnn", "--config", "filters=[8,4]", "--scale", "2",
-            "--data", str(WBC1 / "images"), "--epochs", "2", "--batch-size", "4",
-            "--patch-size", "32", "--quiet", "-o", str(out)]
+    argv = [
+        "train",
+        "--arch",
+        "srcnn",
+        "--config",
+        "filters=[8,4]",
+        "--scale",
+        "2",
+        "--data",
+        str(WBC1 / "images"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--patch-size",
+        "32",
+        "--quiet",
+        "-o",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
@@ -345,20 +464,56 @@ def test_cli_train_then_finetune_with_table_and_errors(tmp_path, capsys):
     model, meta = bundle.load(out)
     assert model.scale == 2 and meta["training"]["data"].endswith("images")
     assert meta["color_mode"] == "y"
-    # existing output is refused, --resume continues it
+    # existing output is refused, --resume continues it (with a progress bar)
     assert cli.main(argv) == 2
     assert "exists" in capsys.readouterr().err
+    state = tmp_path / "srcnn.state.safetensors"
+    assert cli.main(["train", "--resume", str(state), "--epochs", "3", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "resumed from srcnn.state.safetensors" in captured.err and "step" in captured.err
+    assert [ln.split()[0] for ln in captured.out.splitlines()[2:5]] == ["1", "2", "3"]
     files = sorted((WBC1 / "images").glob("*.bmp"))[:3]
     out2 = tmp_path / "ft.safetensors"
-    rc = cli.main(["finetune", "--from", str(out), "--hr", *map(str, files), "--epochs", "1",
-                   "--batch-size", "2", "--patch-size", "32", "--quiet", "-o", str(out2)])
+    rc = cli.main(
+        [
+            "finetune",
+            "--from",
+            str(out),
+            "--hr",
+            *map(str, files),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--patch-size",
+            "32",
+            "--quiet",
+            "-o",
+            str(out2),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     _, meta2 = bundle.load(out2)
     assert meta2["parent"] == str(out)
-    assert cli.main(["train", "--data", str(WBC1 / "images"), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert (
+        cli.main(["train", "--data", str(WBC1 / "images"), "-o", str(tmp_path / "x.safetensors")])
+        == 2
+    )
     assert "--arch" in capsys.readouterr().err
-    assert cli.main(["train", "--arch", "srcnn", "--data", str(WBC1 / "images"),
-                     "-o", str(tmp_path / "x.pt")]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--arch",
+                "srcnn",
+                "--data",
+                str(WBC1 / "images"),
+                "-o",
+                str(tmp_path / "x.pt"),
+            ]
+        )
+        == 2
+    )
     assert ".safetensors" in capsys.readouterr().err
 
 
@@ -380,26 +535,31 @@ for ev in train.train_iter(net, hr, epochs=100000, batch_size=2, patch_size=32, 
 def test_a_killed_run_leaves_a_loadable_best_checkpoint(tmp_path):
     out = tmp_path / "killed.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     try:
         epochs = 0
         deadline = time.monotonic() + 120
-        while epochs < 4 and time.monotonic() < deadline:
+        while epochs < 2 and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if line.startswith("epoch"):
                 epochs = int(line.split()[1])
-        assert epochs >= 4
+        assert epochs >= 2
         time.sleep(0.05)  # somewhere in the next epoch, maybe mid-write
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    model, meta = bundle.load(out)
+    _, meta = bundle.load(out)
     assert meta["metrics"]["epoch"] >= 1 and math.isfinite(meta["metrics"]["val_psnr"])
     state_meta, _ = ckpt.load_state(ckpt.state_path(out))
-    assert state_meta["epoch"] >= 4
+    assert state_meta["epoch"] >= 2
 
 
 def _free_port() -> int:
@@ -410,9 +570,15 @@ def _free_port() -> int:
 
 def _sgd_recipe():
     # one plain gradient step with rate 1: new weights = old - gradient
-    return R.Recipe(name="sgd-check", paper="test", description="gradient read-out",
-                    phases=(R.Phase("mse", 1, {"mse": 1.0}),), lr=1.0, optimizer="sgd",
-                    patch_size=None)
+    return R.Recipe(
+        name="sgd-check",
+        paper="test",
+        description="gradient read-out",
+        phases=(R.Phase("mse", 1, {"mse": 1.0}),),
+        lr=1.0,
+        optimizer="sgd",
+        patch_size=None,
+    )
 
 
 def _ddp_data():
@@ -422,13 +588,26 @@ def _ddp_data():
 def _ddp_worker(rank, world, port, out_dir):
     from safetensors.torch import save_file
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
-    res = T.train(_tiny_srcnn(0), _ddp_data(), recipe=_sgd_recipe(), batch_size=4 // world,
-                  max_steps=1, seed=2)
-    save_file({k: v.contiguous() for k, v in res.model.state_dict().items()},
-              str(Path(out_dir) / f"rank{rank}.safetensors"))
+    res = T.train(
+        _tiny_srcnn(0),
+        _ddp_data(),
+        recipe=_sgd_recipe(),
+        batch_size=4 // world,
+        max_steps=1,
+        seed=2,
+    )
+    save_file(
+        {k: v.contiguous() for k, v in res.model.state_dict().items()},
+        str(Path(out_dir) / f"rank{rank}.safetensors"),
+    )
 
 
 @pytest.mark.slow
@@ -437,8 +616,9 @@ def test_ddp_with_two_gloo_processes_matches_single_process_gradients(tmp_path):
     from safetensors.torch import load_file
 
     w0 = {k: v.clone() for k, v in _tiny_srcnn(0).state_dict().items()}
-    single = T.train(_tiny_srcnn(0), _ddp_data(), recipe=_sgd_recipe(), batch_size=4,
-                     max_steps=1, seed=2)
+    single = T.train(
+        _tiny_srcnn(0), _ddp_data(), recipe=_sgd_recipe(), batch_size=4, max_steps=1, seed=2
+    )
     grad_single = {k: w0[k] - v for k, v in single.model.state_dict().items()}
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]

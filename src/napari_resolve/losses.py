@@ -296,14 +296,20 @@ def adversarial_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
     logits for numerical stability (the sigmoid is inside the loss, so
     discriminators return logits).
     """
-    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits).float())
-    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits).float())
+    real = F.binary_cross_entropy_with_logits(
+        real_logits.float(), torch.ones_like(real_logits).float()
+    )
+    fake = F.binary_cross_entropy_with_logits(
+        fake_logits.float(), torch.zeros_like(fake_logits).float()
+    )
     return real + fake
 
 
 def adversarial_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Generator loss ``−mean(log D(G(x)))`` (non-saturating), paper 002 eq. (4), SRGAN's l_Gen."""
-    return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits).float())
+    return F.binary_cross_entropy_with_logits(
+        fake_logits.float(), torch.ones_like(fake_logits).float()
+    )
 
 
 # --------------------------------------------------------------------------- perceptual
@@ -336,7 +342,10 @@ class ConvEncoder(nn.Module):
         self.in_channels = int(in_channels)
         self.width = int(width)
         w = self.width
-        act = lambda: nn.LeakyReLU(0.2, inplace=True)  # noqa: E731
+
+        def act():
+            return nn.LeakyReLU(0.2, inplace=True)
+
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, w, 3, padding=1), act(),
             nn.Conv2d(w, w, 3, stride=2, padding=1), act(),
@@ -482,4 +491,3 @@ def task_loss(task_model: nn.Module, pred: torch.Tensor, target: torch.Tensor) -
             )
         return F.binary_cross_entropy_with_logits(logits.float(), target.float())
     return F.cross_entropy(logits.float(), target.long())
-

@@ -519,7 +519,11 @@ def _resolve_opts(model, tile, overlap, batch, device, amp) -> _Opts:
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    # MPS and the CPU allocator raise plain RuntimeErrors
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 def _run_model(model, x, prior, opts: _Opts) -> dict:
@@ -763,9 +767,32 @@ def predict_iter(
 ):
     """Super-resolve ``image``; a generator of :class:`Progress` returning :class:`PredictResult`.
 
-    Parameters are described in the module docstring. Inputs are checked
-    (one :class:`~napari_resolve.errors.InputError` naming the problem) before
-    any tile is run. Stop iterating to cancel.
+    Parameters
+    ----------
+    model_or_bundle : str, Path, (model, meta) or SRModel
+        Pretrained name, ``.safetensors`` file, loaded bundle, or a model
+        (its metadata then comes from :func:`bundle.default_meta`).
+    image : array
+        (H, W), (H, W, 3), (Z, H, W) or (Z, H, W, C), any real dtype.
+    tile, overlap : int, optional
+        LR tile side (0 = one piece) and per-side context; defaults in the
+        module docstring. ``tile`` must exceed ``2 * overlap``.
+    batch : int, optional
+        Tiles per forward pass (default 1 on the CPU, 4 on a GPU).
+    device, amp
+        ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"mps"``; AMP on CUDA by default.
+    prior : array, optional
+        Parsing map at the SR size (labels 0..2 or one-hot), for ``gp``.
+    channel_axis : int, optional
+        Colour axis when it is not the last one (or for a 3-D stack of 3).
+    extras : bool
+        Also return the model's other outputs (``"mr"``, ``"stages"``).
+
+    Inputs are checked (one :class:`~napari_resolve.errors.InputError` naming
+    the problem) at the first ``next()``, before any tile runs. Stop
+    iterating (or ``close()``) to cancel; the model's train/eval mode is
+    restored either way. After a GPU out-of-memory retry the progress starts
+    again from 0 with the new total.
     """
     model, meta = resolve_model(model_or_bundle)
     if hasattr(image, "compute") and not isinstance(image, np.ndarray):

@@ -20,8 +20,13 @@ HELP = "fine-tune a model file or pretrained bundle on your images"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--from", dest="source", required=True, metavar="BUNDLE|NAME",
-                        help="model file (.safetensors) or pretrained name to start from")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="BUNDLE|NAME",
+        help="model file (.safetensors) or pretrained name to start from",
+    )
     _train.add_data_arguments(parser, required=False)
 
 
@@ -31,7 +36,9 @@ def run(args) -> int:
     _train.check_output(args)
     kwargs = _train.common_kwargs(args)
     if args.resume is not None:
-        gen = train_iter(None, _train._data(args) if args.data else None, resume=args.resume, **kwargs)
+        gen = train_iter(
+            None, _train._data(args) if args.data else None, resume=args.resume, **kwargs
+        )
         return _train.report(_train.drive(gen, args.quiet), args.output)
     if not args.data:
         raise InputError("--hr/--data is required: the images to fine-tune on")

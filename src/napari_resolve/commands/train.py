@@ -32,35 +32,81 @@ HELP = "train a model with its paper's recipe (progress bar, best checkpoint, re
 def add_data_arguments(parser, *, required: bool) -> None:
     """Data and run options shared with ``finetune``."""
     g = parser.add_argument_group("data")
-    g.add_argument("--data", "--hr", dest="data", nargs="+", required=required, metavar="PATH",
-                   help="HR images (folder, glob, files) or a folder with HR/ and LR/ sub-folders")
-    g.add_argument("--lr", dest="lr_images", nargs="+", default=None, metavar="PATH",
-                   help="LR images paired with --data by file name (real pairs)")
-    g.add_argument("--labels", nargs="+", default=None, metavar="PATH",
-                   help="label images (0/1/2 or 0/128/255) matched by name, for parsing/segmentation")
-    g.add_argument("--val", nargs="+", default=None, metavar="PATH",
-                   help="validation images (default: --val-fraction of the training images)")
+    g.add_argument(
+        "--data",
+        "--hr",
+        dest="data",
+        nargs="+",
+        required=required,
+        metavar="PATH",
+        help="HR images (folder, glob, files) or a folder with HR/ and LR/ sub-folders",
+    )
+    g.add_argument(
+        "--lr",
+        dest="lr_images",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="LR images paired with --data by file name (real pairs)",
+    )
+    g.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="label images (0/1/2 or 0/128/255) matched by name, for parsing/segmentation",
+    )
+    g.add_argument(
+        "--val",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="validation images (default: --val-fraction of the training images)",
+    )
     g.add_argument("--val-fraction", type=float, default=0.1, metavar="F")
-    g.add_argument("--degradation", default=None, metavar="KIND|JSON",
-                   help="LR made from HR-only data: 'matlab-bicubic' (default), 'widefield', or a JSON dict")
-    g.add_argument("--normalization", default=None, choices=("dtype", "percentile"),
-                   help="intensity normalisation stored in the model (default: dtype)")
+    g.add_argument(
+        "--degradation",
+        default=None,
+        metavar="KIND|JSON",
+        help="LR made from HR-only data: 'matlab-bicubic' (default), 'widefield', or a JSON dict",
+    )
+    g.add_argument(
+        "--normalization",
+        default=None,
+        choices=("dtype", "percentile"),
+        help="intensity normalisation stored in the model (default: dtype)",
+    )
     r = parser.add_argument_group("schedule")
-    r.add_argument("--recipe", default=None, help="training recipe (default: the architecture's paper)")
-    r.add_argument("--epochs", default=None, metavar="N|N,N,..",
-                   help="total epochs (shared among phases) or one per phase")
+    r.add_argument(
+        "--recipe", default=None, help="training recipe (default: the architecture's paper)"
+    )
+    r.add_argument(
+        "--epochs",
+        default=None,
+        metavar="N|N,N,..",
+        help="total epochs (shared among phases) or one per phase",
+    )
     r.add_argument("--minutes", type=float, default=None, help="time budget")
     r.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     r.add_argument("--batch-size", type=int, default=None)
-    r.add_argument("--patch-size", default="recipe", metavar="PX|full",
-                   help="HR patch side in pixels, or 'full' for whole images")
+    r.add_argument(
+        "--patch-size",
+        default="recipe",
+        metavar="PX|full",
+        help="HR patch side in pixels, or 'full' for whole images",
+    )
     r.add_argument("--learning-rate", type=float, default=None)
     r.add_argument("--seed", type=int, default=0)
     d = parser.add_argument_group("run")
     d.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.safetensors")
     d.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    d.add_argument("--resume", type=Path, default=None, metavar="STATE",
-                   help="continue from OUT.state.safetensors (or OUT)")
+    d.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="STATE",
+        help="continue from OUT.state.safetensors (or OUT)",
+    )
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     d.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     d.add_argument("--workers", type=int, default=0, help="data-loading processes")
@@ -68,12 +114,24 @@ def add_data_arguments(parser, *, required: bool) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--arch", default=None, help="registry architecture (napari-resolve models)")
+    parser.add_argument(
+        "--arch", default=None, help="registry architecture (napari-resolve models)"
+    )
     parser.add_argument("--scale", type=int, default=None, help="SR factor")
-    parser.add_argument("--in-channels", type=int, default=None, choices=(1, 3),
-                        help="1 (grey, or the Y of RGB) or 3 (RGB); default: the architecture's")
-    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="architecture options, values in JSON (e.g. channels=[16,32,64])")
+    parser.add_argument(
+        "--in-channels",
+        type=int,
+        default=None,
+        choices=(1, 3),
+        help="1 (grey, or the Y of RGB) or 3 (RGB); default: the architecture's",
+    )
+    parser.add_argument(
+        "--config",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture options, values in JSON (e.g. channels=[16,32,64])",
+    )
     add_data_arguments(parser, required=False)
 
 
@@ -134,16 +192,27 @@ def common_kwargs(args) -> dict:
             except ValueError:
                 raise InputError(f"--patch-size must be pixels or 'full', got {patch!r}") from None
     kw = dict(
-        epochs=_epochs(args.epochs), minutes=args.minutes, max_steps=args.max_steps,
-        batch_size=args.batch_size, patch_size=patch, learning_rate=args.learning_rate,
-        val_fraction=args.val_fraction, device=args.device, amp=not args.no_amp,
-        seed=args.seed, workers=args.workers, output=args.output,
+        epochs=_epochs(args.epochs),
+        minutes=args.minutes,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        patch_size=patch,
+        learning_rate=args.learning_rate,
+        val_fraction=args.val_fraction,
+        device=args.device,
+        amp=not args.no_amp,
+        seed=args.seed,
+        workers=args.workers,
+        output=args.output,
     )
     if args.val:
         kw["val_data"] = args.val if len(args.val) > 1 else args.val[0]
     if args.normalization:
-        kw["normalization"] = ({"mode": "dtype"} if args.normalization == "dtype"
-                               else {"mode": "percentile", "low": 1.0, "high": 99.8})
+        kw["normalization"] = (
+            {"mode": "dtype"}
+            if args.normalization == "dtype"
+            else {"mode": "percentile", "low": 1.0, "high": 99.8}
+        )
     if args.recipe:
         kw["recipe"] = args.recipe
     return kw
@@ -161,8 +230,11 @@ def drive(gen, quiet: bool = False):
     """Run a training generator with a tqdm bar; returns the TrainResult (None if interrupted)."""
     from tqdm import tqdm
 
-    bar = None if quiet else tqdm(total=None, unit="step", file=sys.stderr, mininterval=0.5,
-                                  dynamic_ncols=True)
+    bar = (
+        None
+        if quiet
+        else tqdm(total=None, unit="step", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+    )
     try:
         while True:
             try:
@@ -170,7 +242,7 @@ def drive(gen, quiet: bool = False):
             except StopIteration as done:
                 return done.value
             if bar is None:
-                if ev.kind in ("phase", "info", "epoch") and ev.message:
+                if ev.kind in ("phase", "info") and ev.message:
                     print(ev.message, file=sys.stderr)
                 continue
             if ev.total_steps is not None and bar.total != ev.total_steps:
@@ -178,8 +250,11 @@ def drive(gen, quiet: bool = False):
             if ev.kind in ("phase", "info"):
                 bar.write(ev.message, file=sys.stderr)
             elif ev.kind == "epoch" and ev.val:
-                bar.write(f"epoch {ev.epoch}: val PSNR {ev.val['psnr']:.2f} dB, SSIM "
-                          f"{ev.val['ssim']:.4f} {ev.message}".rstrip(), file=sys.stderr)
+                bar.write(
+                    f"epoch {ev.epoch}: val PSNR {ev.val['psnr']:.2f} dB, SSIM "
+                    f"{ev.val['ssim']:.4f} {ev.message}".rstrip(),
+                    file=sys.stderr,
+                )
             bar.n = ev.step
             post = {"phase": ev.phase}
             if "total" in ev.losses:
@@ -198,7 +273,9 @@ def drive(gen, quiet: bool = False):
 
 def _hms(seconds: float) -> str:
     s = int(max(0, seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    return (
+        f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
 
 
 def metrics_table(result) -> str:
@@ -207,16 +284,24 @@ def metrics_table(result) -> str:
     for h in result.history:
         val = h.get("val") or {}
         loss = (h.get("losses") or {}).get("total")
-        rows.append((
-            str(h.get("epoch", "")), str(h.get("phase", "")), str(h.get("step", "")),
-            "" if loss is None else f"{loss:.4g}",
-            "" if val.get("psnr") is None else f"{val['psnr']:.2f}",
-            "" if val.get("ssim") is None else f"{val['ssim']:.4f}",
-            "best" if h.get("best") else ("stopped" if h.get("stopped") else ""),
-        ))
+        rows.append(
+            (
+                str(h.get("epoch", "")),
+                str(h.get("phase", "")),
+                str(h.get("step", "")),
+                "" if loss is None else f"{loss:.4g}",
+                "" if val.get("psnr") is None else f"{val['psnr']:.2f}",
+                "" if val.get("ssim") is None else f"{val['ssim']:.4f}",
+                "best" if h.get("best") else ("stopped" if h.get("stopped") else ""),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i not in (1, 6) else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(r, widths))).rstrip() for r in rows]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i not in (1, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ).rstrip()
+        for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
@@ -224,20 +309,27 @@ def metrics_table(result) -> str:
 def report(result, output) -> int:
     if result is None:
         state = Path(output).with_name(f"{Path(output).stem}.state.safetensors")
-        print(f"interrupted: the best model so far is in {output} (if one was validated); "
-              f"continue with --resume {state}", file=sys.stderr)
+        print(
+            f"interrupted: the best model so far is in {output} (if one was validated); "
+            f"continue with --resume {state}",
+            file=sys.stderr,
+        )
         return 130
     print(metrics_table(result))
     best = result.best
     if best.get("psnr") is not None and math.isfinite(best["psnr"]):
-        print(f"best: epoch {best.get('epoch')}, val PSNR {best['psnr']:.2f} dB, "
-              f"SSIM {best.get('ssim', float('nan')):.4f}")
+        print(
+            f"best: epoch {best.get('epoch')}, val PSNR {best['psnr']:.2f} dB, "
+            f"SSIM {best.get('ssim', float('nan')):.4f}"
+        )
     if result.stopped == "nan":
         print(f"error: {result.message}", file=sys.stderr)
         return 1
     if result.bundle is not None:
-        print(f"wrote {result.bundle}" + (f" ({result.message})" if result.stopped else ""),
-              file=sys.stderr)
+        print(
+            f"wrote {result.bundle}" + (f" ({result.message})" if result.stopped else ""),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -255,7 +347,12 @@ def run(args) -> int:
     if args.data:
         kwargs["degradation"] = _degradation(args.degradation, scale)
     gen = train_iter(
-        args.arch, _data(args) if args.data else None, config=parse_config(args.config),
-        scale=scale, in_channels=args.in_channels, resume=args.resume, **kwargs,
+        args.arch,
+        _data(args) if args.data else None,
+        config=parse_config(args.config),
+        scale=scale,
+        in_channels=args.in_channels,
+        resume=args.resume,
+        **kwargs,
     )
     return report(drive(gen, args.quiet), args.output)

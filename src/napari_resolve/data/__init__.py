@@ -7,4 +7,6 @@ Modules (imported on use, so ``import napari_resolve.data`` stays cheap):
 - ``normalize``: ``Normalizer`` (dtype or CSBDeep percentiles) and ``to_dtype``
 - ``labels``: parsing maps 0 background / 1 cytoplasm / 2 nucleus, masks, LabelMe
 - ``samples``: loaders for ``sample_data/`` and the full data sets
+- ``registration``: PathSRGAN correlation registration of multi-objective scans, pairs folders
+- ``simulate``: simulated multi-objective scans (Airy PSF, offsets, noise) with known offsets
 """

@@ -53,6 +53,7 @@ __all__ = [
     "describe",
 ]
 
+
 def _suffixes():
     from napari_resolve.io import READ_SUFFIXES
 
@@ -88,9 +89,10 @@ def read_labels(src, name: str = "labels") -> np.ndarray:
     vmax = arr.max() if arr.size else 0
     if arr.min() < 0:
         raise InputError(f"{name}: labels must be >= 0, found {arr.min()}")
-    if vmax > 2:
-        # 8-bit parsing masks (WBC set: 0 background, 128 cytoplasm, 255 nucleus)
-        arr = np.argmin(np.abs(arr.astype(np.float64)[..., None] - np.array([0.0, 128.0, 255.0])), -1)
+    if vmax > 2:  # 8-bit parsing masks (WBC set: 0 background, 128 cytoplasm, 255 nucleus)
+        from napari_resolve.data.labels import mask_to_labels
+
+        arr = mask_to_labels(arr)
     return arr.astype(np.int64)
 
 
@@ -145,7 +147,9 @@ def degrade(hr: np.ndarray, spec: dict, rng=None) -> np.ndarray:
         blurred = ndimage.gaussian_filter(img, sigma, mode="reflect") if sigma > 0 else img
         photons = float(spec.get("photons", 200.0))
         background = float(spec.get("background", 10.0))
-        counts = fl.camera(blurred, scale, photons, background, float(spec.get("read_noise", 2.0)), rng)
+        counts = fl.camera(
+            blurred, scale, photons, background, float(spec.get("read_noise", 2.0)), rng
+        )
         return ((counts - background) / photons).astype(np.float32)
     raise InputError(f"unknown degradation kind {kind!r}; use 'matlab-bicubic' or 'widefield'")
 
@@ -159,21 +163,45 @@ class _Item:
     hr: object
     lr: object = None
     labels: object = None
+    mr: object = None  # PathSRGAN's medium-resolution target (a real 10× scan), optional
 
 
-def _as_items(hr, lr=None, labels=None) -> list[_Item]:
-    """Pair up HR sources with optional LR and label sources (lists of equal length)."""
+_STACK_SUFFIXES = (".tif", ".tiff", ".mrc", ".npy")
+
+
+def _split_stacks(items: list[_Item]) -> list[_Item]:
+    """HR-only files holding a stack (Z, T or raw frames) give one item per plane."""
+    out = []
+    for it in items:
+        src = it.hr
+        if it.lr is None and it.labels is None and it.mr is None and isinstance(src, (str, Path)):
+            if Path(src).suffix.lower() in _STACK_SUFFIXES:
+                planes = _planes(read_image(src), it.name)
+                if len(planes) > 1:
+                    out.extend(_Item(f"{it.name}[{i}]", p) for i, p in enumerate(planes))
+                    continue
+        out.append(it)
+    return out
+
+
+def _as_items(hr, lr=None, labels=None, mr=None) -> list[_Item]:
+    """Pair HR sources with optional LR, label and MR sources (files by name, else by order)."""
     hr = _expand(hr, "hr")
-    lr = _expand(lr, "lr") if lr is not None else None
-    labels = _expand(labels, "labels") if labels is not None else None
-    if lr is not None and len(lr) != len(hr):
-        lr = _match_by_name(hr, lr, "LR")
-    if labels is not None and len(labels) != len(hr):
-        labels = _match_by_name(hr, labels, "label")
+    parts = {}
+    for key, src, what in (("lr", lr, "LR"), ("labels", labels, "label"), ("mr", mr, "MR")):
+        if src is None:
+            continue
+        other = _expand(src, key)
+        if all(isinstance(p, (str, Path)) for p in [*hr, *other]):
+            other = _match_by_name(hr, other, what)
+        elif len(other) != len(hr):
+            raise InputError(f"{len(hr)} HR images but {len(other)} {what} images")
+        parts[key] = other
     items = []
     for i, src in enumerate(hr):
         name = Path(src).name if isinstance(src, (str, Path)) else f"image {i}"
-        items.append(_Item(name, src, lr[i] if lr else None, labels[i] if labels else None))
+        items.append(_Item(name, src, *(parts[k][i] if k in parts else None
+                                         for k in ("lr", "labels", "mr"))))
     return items
 
 
@@ -187,12 +215,16 @@ def _expand(src, what: str) -> list:
     if isinstance(src, (str, Path)):
         path = Path(src).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _suffixes())
+            files = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _suffixes()
+            )
             if not files:
                 raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}, ...) in folder {path}")
             return files
         if any(ch in str(src) for ch in "*?["):
-            files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).suffix.lower() in _suffixes())
+            files = sorted(
+                Path(p) for p in glob.glob(str(path)) if Path(p).suffix.lower() in _suffixes()
+            )
             if not files:
                 raise InputError(f"no images match {src}")
             return files
@@ -202,7 +234,9 @@ def _expand(src, what: str) -> list:
     if isinstance(src, (list, tuple)):
         out = []
         for s in src:
-            out.extend(_expand(s, what) if isinstance(s, (str, Path)) and not Path(s).is_file() else [s])
+            out.extend(
+                _expand(s, what) if isinstance(s, (str, Path)) and not Path(s).is_file() else [s]
+            )
         if not out:
             raise InputError(f"no {what} images given")
         return out
@@ -259,8 +293,20 @@ class SRDataset(torch.utils.data.Dataset):
     seed : int
     """
 
-    def __init__(self, items, *, scale, in_channels=1, normalization=None, degradation=None,
-                 patch_size=None, patches_per_image=1, augment=True, seed=0, description=""):
+    def __init__(
+        self,
+        items,
+        *,
+        scale,
+        in_channels=1,
+        normalization=None,
+        degradation=None,
+        patch_size=None,
+        patches_per_image=1,
+        augment=True,
+        seed=0,
+        description="",
+    ):
         super().__init__()
         if not items:
             raise InputError("no training images")
@@ -275,7 +321,9 @@ class SRDataset(torch.utils.data.Dataset):
         if patch_size is not None:
             patch_size = int(patch_size) // self.scale * self.scale
             if patch_size < self.scale * 4:
-                raise InputError(f"patch size must be at least {self.scale * 4} HR px for x{self.scale}")
+                raise InputError(
+                    f"patch size must be at least {self.scale * 4} HR px for x{self.scale}"
+                )
         self.patch_size = patch_size
         self.patches_per_image = max(1, int(patches_per_image))
         self.augment = bool(augment)
@@ -310,21 +358,31 @@ class SRDataset(torch.utils.data.Dataset):
         ds.has_labels = any(it.labels is not None for it in ds.items)
         return ds
 
-    def split(self, val_fraction: float = 0.1, seed: int | None = None, val_patch: int | None = 256):
-        """(train, val) split by image; val keeps whole images (centre crop ≤ ``val_patch``), no augmentation."""
+    def split(
+        self, val_fraction: float = 0.1, seed: int | None = None, val_patch: int | None = 256
+    ):
+        """(train, val) split by image.
+
+        Validation keeps whole images (centre crop ≤ ``val_patch``), no augmentation.
+        """
         n = len(self.items)
         if n < 2:
             # one image: validate on its centre, train on all of it
-            return self, self.subset([0], patch_size=None, augment=False, patches_per_image=1)._val(val_patch)
+            return self, self.subset([0], patch_size=None, augment=False, patches_per_image=1)._val(
+                val_patch
+            )
         n_val = min(n - 1, max(1, int(round(n * float(val_fraction)))))
         order = np.random.default_rng([self.seed if seed is None else seed, 7919]).permutation(n)
         val_idx, train_idx = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
-        val = self.subset(val_idx, patch_size=None, augment=False, patches_per_image=1)._val(val_patch)
+        val = self.subset(val_idx, patch_size=None, augment=False, patches_per_image=1)._val(
+            val_patch
+        )
         return self.subset(train_idx), val
 
     def as_validation(self, val_patch: int | None = 256):
-        return self.subset(range(len(self.items)), patch_size=None, augment=False,
-                           patches_per_image=1)._val(val_patch)
+        return self.subset(
+            range(len(self.items)), patch_size=None, augment=False, patches_per_image=1
+        )._val(val_patch)
 
     def _val(self, val_patch):
         self.val_patch = None if val_patch is None else int(val_patch) // self.scale * self.scale
@@ -342,12 +400,17 @@ class SRDataset(torch.utils.data.Dataset):
         hr_raw = hr_raw[: hr_raw.shape[0] // s * s, : hr_raw.shape[1] // s * s]
         if hr_raw.shape[0] < 2 * s or hr_raw.shape[1] < 2 * s:
             raise InputError(f"{item.name}: image {hr_raw.shape[:2]} too small for x{s}")
-        entry = {"name": item.name}
+        entry = {"name": item.name, "rgb": hr_raw.ndim == 3}
         norm = Normalizer.from_meta(self.normalization)
         if item.lr is not None:
             lr_raw = self._array(item.lr, f"LR of {item.name}")
             h, w = hr_raw.shape[0] // s, hr_raw.shape[1] // s
-            if lr_raw.shape[0] < h or lr_raw.shape[1] < w or lr_raw.shape[0] > h + 1 or lr_raw.shape[1] > w + 1:
+            if (
+                lr_raw.shape[0] < h
+                or lr_raw.shape[1] < w
+                or lr_raw.shape[0] > h + 1
+                or lr_raw.shape[1] > w + 1
+            ):
                 raise InputError(
                     f"{item.name}: LR {lr_raw.shape[:2]} x {s} does not match HR {hr_raw.shape[:2]}"
                 )
@@ -358,10 +421,23 @@ class SRDataset(torch.utils.data.Dataset):
             entry["lr"] = self._channels(norm.fit(lr_raw).forward(self._color(lr_raw, item.name)))
         hr = self._color(hr_raw, item.name)
         entry["hr"] = self._channels(norm.fit(hr).forward(hr))
+        if item.mr is not None:
+            mr_raw = self._array(item.mr, f"MR of {item.name}")
+            ratio = mr_raw.shape[0] * s // hr_raw.shape[0]
+            if ratio < 1 or s % ratio or mr_raw.shape[0] < hr_raw.shape[0] * ratio // s:
+                raise InputError(
+                    f"{item.name}: MR {mr_raw.shape[:2]} is not HR {hr_raw.shape[:2]} / integer"
+                )
+            mh, mw = hr_raw.shape[0] * ratio // s, hr_raw.shape[1] * ratio // s
+            mr_raw = self._color(mr_raw[:mh, :mw], item.name)
+            entry["mr"] = self._channels(norm.fit(mr_raw).forward(mr_raw))
+            entry["mr_ratio"] = ratio
         if item.labels is not None:
             lab = read_labels(item.labels, f"labels of {item.name}")
             if lab.shape[0] < hr.shape[0] or lab.shape[1] < hr.shape[1]:
-                raise InputError(f"{item.name}: labels {lab.shape} smaller than the image {hr.shape[:2]}")
+                raise InputError(
+                    f"{item.name}: labels {lab.shape} smaller than the image {hr.shape[:2]}"
+                )
             entry["labels"] = lab[: hr.shape[0], : hr.shape[1]]
         self._cache[idx] = entry
         return entry
@@ -370,7 +446,9 @@ class SRDataset(torch.utils.data.Dataset):
         arr = read_image(src) if isinstance(src, (str, Path)) else np.asarray(src)
         planes = _planes(arr, name)
         if len(planes) != 1:
-            raise InputError(f"{name}: a stack of {len(planes)} planes; pass the planes as separate images")
+            raise InputError(
+                f"{name}: a stack of {len(planes)} planes; pass the planes as separate images"
+            )
         arr = planes[0]
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
             raise InputError(f"{name}: not a numeric image (dtype {arr.dtype})")
@@ -406,6 +484,7 @@ class SRDataset(torch.utils.data.Dataset):
         H, W = hr.shape[-2:]
         lab = entry.get("labels")
         lr = entry.get("lr")
+        mr, r = entry.get("mr"), entry.get("mr_ratio", 1)
         if lr is None:  # noisy degradation: a fresh noise draw per sample
             lr = self._noisy_lr(idx, rng)
         ps = self.patch_size
@@ -414,27 +493,35 @@ class SRDataset(torch.utils.data.Dataset):
             y0, x0 = (H - ps) // 2 // s, (W - ps) // 2 // s
         elif ps is not None:
             if ps > H or ps > W:
-                raise InputError(f"{entry['name']}: image {H}x{W} is smaller than the patch size {ps}")
+                raise InputError(
+                    f"{entry['name']}: image {H}x{W} is smaller than the patch size {ps}"
+                )
             y0, x0 = self._pick(hr, ps, rng)
         if ps is not None:
             ph = ps // s
             hr = hr[:, y0 * s : y0 * s + ps, x0 * s : x0 * s + ps]
             lr = lr[:, y0 : y0 + ph, x0 : x0 + ph]
+            if mr is not None:
+                mr = mr[:, y0 * r : (y0 + ph) * r, x0 * r : (x0 + ph) * r]
             if lab is not None:
                 lab = lab[y0 * s : y0 * s + ps, x0 * s : x0 * s + ps]
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             hr, lr = _sym(hr, k, flip), _sym(lr, k, flip)
+            mr = None if mr is None else _sym(mr, k, flip)
             if lab is not None:
                 lab = _sym(lab[None], k, flip)[0]
         if lab is None:
             lab = np.full(hr.shape[-2:], -1, dtype=np.int64)
-        return {
+        out = {
             "lr": torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)),
             "hr": torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32)),
             "labels": torch.from_numpy(np.ascontiguousarray(lab, dtype=np.int64)),
             "index": idx,
         }
+        if mr is not None:
+            out["mr"] = torch.from_numpy(np.ascontiguousarray(mr, dtype=np.float32))
+        return out
 
     def _noisy_lr(self, idx, rng):
         from napari_resolve.data.normalize import Normalizer
@@ -472,7 +559,8 @@ def collate(samples: list[dict]) -> dict:
     """
     hs = min(s["lr"].shape[-2] for s in samples)
     ws = min(s["lr"].shape[-1] for s in samples)
-    out = {"lr": [], "hr": [], "labels": [], "index": []}
+    with_mr = all("mr" in smp for smp in samples)
+    out = {"lr": [], "hr": [], "labels": [], "index": [], "mr": []}
     for smp in samples:
         lr, hr, lab = smp["lr"], smp["hr"], smp["labels"]
         sc = hr.shape[-1] // lr.shape[-1]
@@ -481,12 +569,18 @@ def collate(samples: list[dict]) -> dict:
         out["hr"].append(hr[:, y0 * sc : (y0 + hs) * sc, x0 * sc : (x0 + ws) * sc])
         out["labels"].append(lab[y0 * sc : (y0 + hs) * sc, x0 * sc : (x0 + ws) * sc])
         out["index"].append(smp["index"])
-    return {
+        if with_mr:
+            r = smp["mr"].shape[-1] // lr.shape[-1]
+            out["mr"].append(smp["mr"][:, y0 * r : (y0 + hs) * r, x0 * r : (x0 + ws) * r])
+    batch = {
         "lr": torch.stack(out["lr"]),
         "hr": torch.stack(out["hr"]),
         "labels": torch.stack(out["labels"]),
         "index": torch.as_tensor(out["index"]),
     }
+    if with_mr:
+        batch["mr"] = torch.stack(out["mr"])
+    return batch
 
 
 # --------------------------------------------------------------------------- factory
@@ -496,6 +590,7 @@ def make_dataset(
     hr=None,
     lr=None,
     labels=None,
+    mr=None,
     scale: int,
     in_channels: int = 1,
     normalization=None,
@@ -510,33 +605,45 @@ def make_dataset(
     ``data`` may be: an :class:`SRDataset` (returned as is); a folder holding
     ``HR/`` and ``LR/`` (and optionally ``labels/``) sub-folders; a folder,
     glob or list of HR images; an array or list of arrays (HR only); a dict
-    with ``hr``, ``lr``, ``labels``; or a list of
+    with ``hr``, ``lr``, ``labels``, ``mr``; or a list of
     :class:`~napari_resolve.data.fluorescence.FluorescenceSample`. ``hr=``,
-    ``lr=``, ``labels=`` give the parts separately.
+    ``lr=``, ``labels=``, ``mr=`` give the parts separately. A pairs folder of
+    :func:`napari_resolve.data.registration.write_pairs` (``lr/``, ``mr/``,
+    ``hr/``) gives PathSRGAN its real medium-resolution targets.
     """
     if isinstance(data, SRDataset):
         return data
     desc = ""
     if data is not None:
         if isinstance(data, dict):
-            hr, lr, labels = data.get("hr", hr), data.get("lr", lr), data.get("labels", labels)
+            hr, lr = data.get("hr", hr), data.get("lr", lr)
+            labels, mr = data.get("labels", labels), data.get("mr", mr)
         elif isinstance(data, (list, tuple)) and data and all(_is_simulated(d) for d in data):
             hr, lr = [d.hr for d in data], [d.lr for d in data]
             desc = f"{len(data)} simulated fluorescence pairs"
             normalization = normalization or {"mode": "percentile", "low": 1.0, "high": 99.8}
         elif isinstance(data, (str, Path)) and Path(data).is_dir() and _sub(Path(data), "hr"):
             root = Path(data)
-            hr, lr, labels = _sub(root, "hr"), _sub(root, "lr"), _sub(root, "labels") or _sub(root, "masks")
+            hr, lr, mr = _sub(root, "hr"), _sub(root, "lr"), _sub(root, "mr")
+            labels = _sub(root, "labels") or _sub(root, "masks")
         else:
             hr = data
         desc = desc or describe(data)
     if hr is None:
         raise InputError("no training data: give a folder, HR images or arrays")
-    items = _as_items(hr, lr, labels)
-    return SRDataset(items, scale=scale, in_channels=in_channels, normalization=normalization,
-                     degradation=degradation, patch_size=patch_size,
-                     patches_per_image=patches_per_image, augment=augment, seed=seed,
-                     description=desc or describe(hr))
+    items = _split_stacks(_as_items(hr, lr, labels, mr))
+    return SRDataset(
+        items,
+        scale=scale,
+        in_channels=in_channels,
+        normalization=normalization,
+        degradation=degradation,
+        patch_size=patch_size,
+        patches_per_image=patches_per_image,
+        augment=augment,
+        seed=seed,
+        description=desc or describe(hr),
+    )
 
 
 def _is_simulated(obj) -> bool:

@@ -91,8 +91,13 @@ def _check_optics(wavelength, na, pixel_size):
             raise InputError(f"{name} must be a positive number, got {v}")
 
 
-def airy_psf(wavelength: float, na: float, pixel_size: float, radius_px: int | None = None,
-             oversample: int = 5) -> np.ndarray:
+def airy_psf(
+    wavelength: float,
+    na: float,
+    pixel_size: float,
+    radius_px: int | None = None,
+    oversample: int = 5,
+) -> np.ndarray:
     """Airy intensity PSF sampled on pixels of ``pixel_size`` (same unit as λ), sum 1.
 
     Each pixel is the mean over ``oversample²`` sub-pixel points (pixel
@@ -111,8 +116,9 @@ def airy_psf(wavelength: float, na: float, pixel_size: float, radius_px: int | N
     return (inten / inten.sum()).astype(np.float64)
 
 
-def gaussian_psf(wavelength: float, na: float, pixel_size: float,
-                 radius_px: int | None = None) -> np.ndarray:
+def gaussian_psf(
+    wavelength: float, na: float, pixel_size: float, radius_px: int | None = None
+) -> np.ndarray:
     """Gaussian approximation of the wide-field PSF, σ = 0.21 λ/NA, sum 1."""
     _check_optics(wavelength, na, pixel_size)
     sigma = 0.21 * wavelength / na / pixel_size
@@ -202,7 +208,9 @@ def _er(rng, shape, px_nm, density):
     h, w = shape
     area_um2 = h * w * (px_nm / 1000.0) ** 2
     count = max(4, rng.poisson(density * 2.0 * area_um2))
-    pts = np.column_stack([rng.uniform(-0.05 * h, 1.05 * h, count), rng.uniform(-0.05 * w, 1.05 * w, count)])
+    pts = np.column_stack(
+        [rng.uniform(-0.05 * h, 1.05 * h, count), rng.uniform(-0.05 * w, 1.05 * w, count)]
+    )
     edges = set()
     for simplex in Delaunay(pts).simplices:
         for a, b in ((0, 1), (1, 2), (0, 2)):
@@ -220,7 +228,9 @@ def _er(rng, shape, px_nm, density):
         t = np.linspace(0.0, 1.0, n)
         normal = np.array([-(q - p)[1], (q - p)[0]]) / max(length, 1e-9)
         bend = rng.normal(0.0, 0.08) * length  # tubules are gently curved
-        curve = p[None] + t[:, None] * (q - p)[None] + (4 * t * (1 - t) * bend)[:, None] * normal[None]
+        curve = (
+            p[None] + t[:, None] * (q - p)[None] + (4 * t * (1 - t) * bend)[:, None] * normal[None]
+        )
         ys_all.append(curve[:, 0])
         xs_all.append(curve[:, 1])
         ws_all.append(np.full(n, 0.6 * length / n * 2.0))
@@ -232,12 +242,17 @@ def _er(rng, shape, px_nm, density):
     return tubules + sheets
 
 
-_RENDER = {"microtubules": _microtubules, "filaments": _microtubules, "vesicles": _vesicles,
-           "er": _er}
+_RENDER = {
+    "microtubules": _microtubules,
+    "filaments": _microtubules,
+    "vesicles": _vesicles,
+    "er": _er,
+}
 
 
-def render_structures(shape, pixel_size: float, structures=STRUCTURES, density: float = 1.0,
-                      rng=None) -> np.ndarray:
+def render_structures(
+    shape, pixel_size: float, structures=STRUCTURES, density: float = 1.0, rng=None
+) -> np.ndarray:
     """Object density (float64, ≥ 0) of the given ``structures`` on a grid of ``pixel_size`` nm.
 
     ``density`` scales the number of objects per µm² (1 = a moderately
@@ -256,8 +271,9 @@ def render_structures(shape, pixel_size: float, structures=STRUCTURES, density: 
 
 
 # --------------------------------------------------------------------------- optics + camera
-def widefield(obj: np.ndarray, wavelength: float, na: float, pixel_size: float,
-              kind: str = "airy") -> np.ndarray:
+def widefield(
+    obj: np.ndarray, wavelength: float, na: float, pixel_size: float, kind: str = "airy"
+) -> np.ndarray:
     """``obj`` convolved with the wide-field PSF (same grid, edges reflected)."""
     k = psf(wavelength, na, pixel_size, kind)
     r = k.shape[0] // 2
@@ -268,8 +284,9 @@ def widefield(obj: np.ndarray, wavelength: float, na: float, pixel_size: float,
     return full[2 * r : 2 * r + obj.shape[0], 2 * r : 2 * r + obj.shape[1]]
 
 
-def camera(image: np.ndarray, scale: int, photons: float, background: float, read_noise: float,
-           rng=None) -> np.ndarray:
+def camera(
+    image: np.ndarray, scale: int, photons: float, background: float, read_noise: float, rng=None
+) -> np.ndarray:
     """Bin ``scale × scale`` pixels, scale to photons, add Poisson and Gaussian noise.
 
     The binned image is scaled so its brightest pixel expects ``photons``
@@ -338,7 +355,11 @@ def simulate(
     obj = render_structures((h, w), pixel_size, structures, density, rng)
     wf = widefield(obj, wavelength, na, pixel_size, psf_kind)
     lr = camera(wf, scale, photons, background, read_noise, rng)
-    hr = obj if hr_gain is None else widefield(obj, wavelength, na * float(hr_gain), pixel_size, psf_kind)
+    hr = (
+        obj
+        if hr_gain is None
+        else widefield(obj, wavelength, na * float(hr_gain), pixel_size, psf_kind)
+    )
     hr = np.clip(hr, 0.0, None)
     hr = (hr / max(hr.max(), 1e-12)).astype(np.float32)
     meta = {
@@ -348,8 +369,9 @@ def simulate(
         "read_noise": float(read_noise), "density": float(density),
         "widefield_fwhm_nm": psf_fwhm(wavelength, na, psf_kind),
     }  # fmt: skip
-    return FluorescenceSample(hr, lr, obj.astype(np.float32), float(pixel_size),
-                              float(pixel_size) * scale, scale, meta)
+    return FluorescenceSample(
+        hr, lr, obj.astype(np.float32), float(pixel_size), float(pixel_size) * scale, scale, meta
+    )
 
 
 def simulate_pairs(n: int, shape=(256, 256), scale: int = 2, seed=0, **kwargs):

@@ -67,27 +67,27 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from napari_resolve.errors import InputError
 
 __all__ = [
-    "RegistrationProgress",
     "PatchMatch",
+    "RegistrationProgress",
     "RegistrationResult",
+    "build_dataset",
+    "build_dataset_iter",
     "integer_ratio_magnification",
     "interpolate_to_ratio",
-    "register_iter",
     "register",
-    "write_pairs_iter",
+    "register_iter",
     "write_pairs",
-    "build_dataset_iter",
-    "build_dataset",
+    "write_pairs_iter",
 ]
 
 TARGETS = ("mr", "hr")  # short names of the mid and high scans (folder names too)
@@ -189,7 +189,7 @@ def integer_ratio_magnification(low: float, others) -> float:
     """
     others = [float(o) for o in others]
     top = max(others)
-    for k in range(int(math.floor(top / low + 1e-9)), 0, -1):
+    for k in range(math.floor(top / low + 1e-9), 0, -1):
         m = top / k
         if all(abs(o / m - round(o / m)) < 1e-6 for o in others):
             return m
@@ -208,7 +208,7 @@ def interpolate_to_ratio(image: np.ndarray, factor: float) -> np.ndarray:
     if abs(factor - 1.0) < 1e-12:
         return image
     arr = np.asarray(image)
-    h, w = (int(math.floor(factor * s + 1e-9)) for s in arr.shape[:2])
+    h, w = (math.floor(factor * s + 1e-9) for s in arr.shape[:2])
     step = 1.0 / factor
     start = 0.5 * step - 0.5
     work = arr.astype(np.float32)
@@ -416,7 +416,7 @@ def register_iter(
         raise InputError("coarse_patches, coarse_window, fine_window, upsample_factor must be >= 1")
 
     lr_mag = integer_ratio_magnification(mags[0], mags[1:])
-    ratios = {t: int(round(m / lr_mag)) for t, m in zip(scans, mags[1:])}
+    ratios = {t: round(m / lr_mag) for t, m in zip(scans, mags[1:])}
     factor = lr_mag / mags[0]
     lr = interpolate_to_ratio(low, factor)
     h, w = lr.shape[:2]
@@ -476,7 +476,7 @@ def register_iter(
         mean = offs_a[close].mean(axis=0)
         coarse[t] = {
             "offset": [round(float(v), 3) for v in mean],
-            "patches": int(len(offs)),
+            "patches": len(offs),
             "inliers": int(close.sum()),
             "correlation": round(float(np.mean(cors)), 4),
         }
@@ -517,12 +517,12 @@ def register_iter(
 
     report = _report(
         matches, coarse, ratios, p, lr_mag, factor, mags, lr.shape,
-        dict(
-            stride=step, threshold=threshold, min_foreground=min_foreground,
-            coarse_patches=coarse_patches, coarse_window=coarse_window,
-            fine_window=fine_window, upsample_factor=upsample_factor,
-            background=background, max_patches=max_patches, seed=seed,
-        ),
+        {
+            "stride": step, "threshold": threshold, "min_foreground": min_foreground,
+            "coarse_patches": coarse_patches, "coarse_window": coarse_window,
+            "fine_window": fine_window, "upsample_factor": upsample_factor,
+            "background": background, "max_patches": max_patches, "seed": seed,
+        },
     )
     return RegistrationResult(lr, scans, ratios, p, matches, report)
 
@@ -537,8 +537,8 @@ def _spline(ref: np.ndarray) -> np.ndarray:
 def _fine(m, t, patch, ref, coef, coarse_offset, window, threshold, upsample, ratio, scan_shape, p):
     """Register one low ``patch`` in ``ref`` (scan ``t`` at low scale); fill ``m``; return a reason or None."""
     r, c = m.lr
-    base_r = r + int(round(coarse_offset[0]))
-    base_c = c + int(round(coarse_offset[1]))
+    base_r = r + round(coarse_offset[0])
+    base_c = c + round(coarse_offset[1])
     r0, c0 = base_r - window, base_c - window
     r1, c1 = base_r + p + window, base_c + p + window
     if r0 < 0 or c0 < 0 or r1 > ref.shape[0] or c1 > ref.shape[1]:
@@ -552,7 +552,7 @@ def _fine(m, t, patch, ref, coef, coarse_offset, window, threshold, upsample, ra
     found = _subpixel(coef, patch, (r0 + pr, c0 + pc), upsample)
     off = found - np.array([r, c], dtype=np.float64)
     m.offset[t] = (float(off[0]), float(off[1]))
-    pos = (int(round(ratio * (r + off[0]))), int(round(ratio * (c + off[1]))))
+    pos = (round(ratio * (r + off[0])), round(ratio * (c + off[1])))
     q = p * ratio
     if pos[0] < 0 or pos[1] < 0 or pos[0] + q > scan_shape[0] or pos[1] + q > scan_shape[1]:
         return "outside"

@@ -41,7 +41,7 @@ import numpy as np
 
 from napari_resolve.errors import InputError
 
-__all__ = ["airy_psf", "OffsetField", "SimulatedScans", "simulate_scans"]
+__all__ = ["OffsetField", "SimulatedScans", "airy_psf", "simulate_scans"]
 
 
 def airy_psf(
@@ -64,7 +64,7 @@ def airy_psf(
         raise InputError("numerical aperture, wavelength and pixel size must be positive")
     k = 2.0 * math.pi * numerical_aperture / wavelength_um  # v per µm
     radius_um = float(jn_zeros(1, rings)[-1]) / k
-    half = max(1, int(math.ceil(radius_um / pixel_size_um)))
+    half = max(1, math.ceil(radius_um / pixel_size_um))
     sub = (np.arange(oversample) + 0.5) / oversample - 0.5
     axis = (np.arange(-half, half + 1)[:, None] + sub[None, :]).ravel() * pixel_size_um
     r = np.hypot(axis[:, None], axis[None, :])
@@ -93,8 +93,8 @@ class OffsetField:
     @classmethod
     def random(cls, shape, *, global_shift, amplitude, correlation_length, rng):
         spacing = float(correlation_length)
-        rows = int(math.ceil(shape[0] / spacing)) + 3
-        cols = int(math.ceil(shape[1] / spacing)) + 3
+        rows = math.ceil(shape[0] / spacing) + 3
+        cols = math.ceil(shape[1] / spacing) + 3
         control = rng.normal(0.0, float(amplitude), size=(2, rows, cols))
         return cls((float(global_shift[0]), float(global_shift[1])), control, spacing)
 
@@ -250,7 +250,7 @@ def simulate_scans(
         f = mags[2] / m
         if abs(f - round(f)) > 1e-9:
             raise InputError(f"high/low magnification ratios must be integers, got {mags}")
-        factors.append(int(round(f)))
+        factors.append(round(f))
     lcm = math.lcm(*factors)
     h, w = (arr.shape[0] // lcm) * lcm, (arr.shape[1] // lcm) * lcm
     if h < 4 * lcm or w < 4 * lcm:

@@ -94,6 +94,27 @@ def _summarise(obj, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _training_summary(training) -> str:
+    """What the model was trained on, in one line (bundle key ``training``)."""
+    if not isinstance(training, dict):
+        return _summarise(training)
+    parts = [str(training["data"])] if training.get("data") else []
+    run = [f"{training[k]} {k}" for k in ("epochs", "steps") if isinstance(training.get(k), int)]
+    if training.get("device"):
+        run.append(f"on {str(training['device']).upper()}")
+    if run:
+        parts.append(" ".join(run))
+    return _summarise("; ".join(parts)) if parts else _summarise(training)
+
+
+def _metrics_summary(metrics) -> str:
+    """Validation numbers (bundle key ``metrics``): the measures, not the bookkeeping."""
+    if not isinstance(metrics, dict):
+        return _summarise(metrics)
+    shown = {k: v for k, v in metrics.items() if k not in ("epoch", "step")}
+    return _summarise(shown)
+
+
 def _baseline_label(scale: int) -> str:
     return f"bicubic ×{scale} (baseline, no learning)"
 
@@ -373,8 +394,8 @@ class ResolveWidget(QWidget):
             ("Parameters", _fmt_params(count_parameters(self.model))),
             ("Colour mode", COLOR_MODES.get(meta.get("color_mode"), str(meta.get("color_mode")))),
             ("Parsing map", ", ".join(f"{k} {v}" for k, v in labels.items()) if labels else "no"),
-            ("Training data", _summarise(meta.get("training"))),
-            ("Validation", _summarise(meta.get("metrics"))),
+            ("Training data", _training_summary(meta.get("training"))),
+            ("Validation", _metrics_summary(meta.get("metrics"))),
             ("Device", f"<b>{dev}</b> ({dev_note})"),
         ]
         html = "".join(
@@ -621,8 +642,8 @@ class ResolveWidget(QWidget):
             "prior_layer": info["prior"],
         }
         suffix = f" ×{info['factor']} ({info['arch']}" + (", edited prior)" if info["prior"] else ")")
-        common = dict(scale=scale, translate=translate, units=src.units, axis_labels=src.axis_labels,
-                      affine=src.affine.affine_matrix)
+        common = {"scale": scale, "translate": translate, "units": src.units,
+                  "axis_labels": src.axis_labels, "affine": src.affine.affine_matrix}
         image_layer = self.viewer.add_image(
             outcome.image,
             name=f"{info['name']}{suffix}",

@@ -25,17 +25,17 @@ def _pixel_size_um(meta: dict):
     units = meta.get("units")
     if scale is None or len(scale) < 2:
         return None
+    import pint  # napari's own unit library
+
     factors = []
     for unit in list(units or [])[-2:]:
         try:
-            import pint
-
             quantity = pint.Quantity(1.0, unit)
-            if quantity.dimensionless or str(quantity.units) == "pixel":
+            if str(quantity.units) == "pixel":
                 return None
             factors.append(float(quantity.to("micrometer").magnitude))
-        except Exception:  # unknown unit, pixel units, no pint: no calibration
-            return None
+        except (pint.errors.PintError, ValueError, TypeError, AttributeError):
+            return None  # an unknown or non-length unit: no calibration
     if len(factors) != 2:
         return None
     return tuple(float(s) * f for s, f in zip(scale[-2:], factors))

@@ -43,7 +43,10 @@ def _flatten_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict) -> 
                 tensors[f"opt/{name}/{pid}/{key}"] = value.detach().to("cpu").contiguous().clone()
             else:
                 scalars[f"{pid}/{key}"] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in sd["param_groups"]
+    ]
     return {"param_groups": groups, "scalars": scalars}
 
 
@@ -52,7 +55,7 @@ def _unflatten_optimizer(name: str, info: dict, tensors: dict) -> dict:
     prefix = f"opt/{name}/"
     for key, value in tensors.items():
         if key.startswith(prefix):
-            pid, skey = key[len(prefix):].split("/", 1)
+            pid, skey = key[len(prefix) :].split("/", 1)
             state.setdefault(int(pid), {})[skey] = value
     for key, value in (info.get("scalars") or {}).items():
         pid, skey = key.split("/", 1)
@@ -98,25 +101,33 @@ def read_state_meta(path) -> dict:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             raw = (fh.metadata() or {}).get(STATE_KEY)
     except Exception as exc:
-        raise BundleError(f"{path.name} is not a readable checkpoint: {' '.join(str(exc).split())[:150]}") from None
+        raise BundleError(
+            f"{path.name} is not a readable checkpoint: {' '.join(str(exc).split())[:150]}"
+        ) from None
     if raw is None:
         raise BundleError(f"{path.name} is not a napari-resolve training checkpoint")
     return json.loads(raw)
 
 
 def load_state(path) -> tuple[dict, dict]:
-    """Read a checkpoint: ``(meta, parts)`` with ``parts`` = model / disc / opt state dicts and rng."""
+    """Read a checkpoint: ``(meta, parts)``; ``parts``: model / disc / opt state dicts, rng."""
     from safetensors.torch import load_file
 
     path = state_path(path)
     meta = read_state_meta(path)
     tensors = load_file(str(path), device="cpu")
-    model_sd = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    model_sd = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     discs: dict[str, dict] = {}
     for k, v in tensors.items():
         if k.startswith("disc/"):
-            dname, key = k[len("disc/"):].split("/", 1)
+            dname, key = k[len("disc/") :].split("/", 1)
             discs.setdefault(dname, {})[key] = v
-    opts = {name: _unflatten_optimizer(name, info, tensors) for name, info in meta["optimizers"].items()}
-    return meta, {"model": model_sd, "discriminators": discs, "optimizers": opts,
-                  "rng": tensors.get("rng/torch")}
+    opts = {
+        name: _unflatten_optimizer(name, info, tensors) for name, info in meta["optimizers"].items()
+    }
+    return meta, {
+        "model": model_sd,
+        "discriminators": discs,
+        "optimizers": opts,
+        "rng": tensors.get("rng/torch"),
+    }

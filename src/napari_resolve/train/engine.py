@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from napari_resolve import losses as L
-from napari_resolve.errors import InputError, ResolveError
+from napari_resolve.errors import InputError
 from napari_resolve.train import checkpoint as ckpt
 from napari_resolve.train import recipes as R
 
@@ -169,7 +169,11 @@ def _finite_grads(params) -> bool:
 
 
 def _unwrap(m: nn.Module) -> nn.Module:
-    return m.module if hasattr(m, "module") and isinstance(m, nn.parallel.DistributedDataParallel) else m
+    return (
+        m.module
+        if hasattr(m, "module") and isinstance(m, nn.parallel.DistributedDataParallel)
+        else m
+    )
 
 
 def _make_discriminator(kind: str, channels: int, patch: int) -> nn.Module:
@@ -209,7 +213,8 @@ def _quality(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, flo
     b = hr.detach().float().cpu().numpy()
     a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
     b = b[0] if b.shape[0] == 1 else np.moveaxis(b, 0, -1)
-    a = np.clip(a, 0.0, 1.0)
+    # SR outputs are clipped to the displayable range, as SR benchmarks quantise them
+    a = np.clip(a, min(0.0, float(b.min())), max(1.0, float(b.max())))
     crop = scale if min(a.shape[:2]) - 2 * scale >= 11 else 0
     kw = dict(data_range=1.0, crop=crop)
     return float(quality.psnr(a, b, **kw)), float(quality.ssim(a, b, **kw))
@@ -225,8 +230,16 @@ def _json_num(v):
 class _Terms:
     """Computes a phase's weighted loss terms on one batch."""
 
-    def __init__(self, recipe: R.Recipe, phase: R.Phase, scale: int, features, task_model,
-                 has_labels: bool, model: nn.Module):
+    def __init__(
+        self,
+        recipe: R.Recipe,
+        phase: R.Phase,
+        scale: int,
+        features,
+        task_model,
+        has_labels: bool,
+        model: nn.Module,
+    ):
         self.recipe = recipe
         self.scale = scale
         self.features = features
@@ -243,7 +256,9 @@ class _Terms:
             if term == "parsing" and not getattr(base, "predicts_parsing", False):
                 self.skipped.append(f"{key} ({base.arch or 'model'} predicts no parsing map)")
                 continue
-            if term == "segmentation" and not (wants_seg and getattr(base, "segmentation_head", None) is not None):
+            if term == "segmentation" and not (
+                wants_seg and getattr(base, "segmentation_head", None) is not None
+            ):
                 self.skipped.append(f"{key} ({base.arch or 'model'} has no segmentation output)")
                 continue
             if term == "task" and (task_model is None or not has_labels):
@@ -252,21 +267,28 @@ class _Terms:
             if float(weight) != 0.0:
                 self.terms[key] = float(weight)
         self.with_segmentation = any(k.startswith("segmentation") for k in self.terms)
-        self.adversarial = sorted({k.split("@")[1] if "@" in k else "sr"
-                                   for k in self.terms if k.startswith("adversarial")})
+        self.adversarial = sorted(
+            {
+                k.split("@")[1] if "@" in k else "sr"
+                for k in self.terms
+                if k.startswith("adversarial")
+            }
+        )
         self.radius = int(recipe.options.get("boundary_radius", 2))
 
-    def target(self, out: dict, key: str, hr: torch.Tensor) -> torch.Tensor:
+    def target(self, out: dict, key: str, batch: dict) -> torch.Tensor:
+        hr = batch["hr"]
         if key == "sr":
             return hr
-        size = out[key].shape[-2:]
-        if tuple(size) == tuple(hr.shape[-2:]):
+        size = tuple(out[key].shape[-2:])
+        if key in batch and tuple(batch[key].shape[-2:]) == size:
+            return batch[key]  # a real target (PathSRGAN: the registered 10× scan)
+        if size == tuple(hr.shape[-2:]):
             return hr
-        # PathSRGAN's MR target: the HR image resized to the MR grid (MATLAB bicubic);
-        # the paper has real 10× images, which HR-only data cannot provide.
+        # without a real MR scan: the HR image resized to the MR grid (MATLAB bicubic)
         from napari_resolve.data.degrade import imresize_torch
 
-        return imresize_torch(hr, output_shape=tuple(size))
+        return imresize_torch(hr, output_shape=size)
 
     def generator(self, out: dict, batch: dict, discs: dict) -> dict:
         hr, labels = batch["hr"], batch["labels"]
@@ -278,11 +300,11 @@ class _Terms:
                 raise InputError(f"loss {name!r} needs the model output {key!r}")
             pred = out[key]
             if term == "charbonnier":
-                v = L.charbonnier(pred, self.target(out, key, hr))
+                v = L.charbonnier(pred, self.target(out, key, batch))
             elif term == "mse":
-                v = L.mse(pred, self.target(out, key, hr))
+                v = L.mse(pred, self.target(out, key, batch))
             elif term == "mse_ssim":
-                v = L.mse_ssim_loss(pred, self.target(out, key, hr))
+                v = L.mse_ssim_loss(pred, self.target(out, key, batch))
             elif term == "staged":
                 if "stages" in out:
                     v, _ = L.staged_loss(out["stages"], hr)
@@ -294,10 +316,10 @@ class _Terms:
                 seg = out["segmentation"]
                 s = labels.shape[-1] // seg.shape[-1]
                 lab = labels[:, s // 2 :: s, s // 2 :: s][:, : seg.shape[-2], : seg.shape[-1]]
-                mask = L.boundary_mask(lab.clamp_min(-1), self.radius) if self.radius >= 0 else None
+                mask = L.boundary_mask(lab, self.radius) if self.radius >= 0 else None
                 v = L.masked_cross_entropy(seg, lab, mask)
             elif term == "perceptual":
-                v = L.perceptual_loss(self.features, pred, self.target(out, key, hr))
+                v = L.perceptual_loss(self.features, pred, self.target(out, key, batch))
             elif term == "adversarial":
                 v = L.adversarial_g_loss(_disc_logits(discs[key], pred))
             elif term == "task":
@@ -310,10 +332,11 @@ class _Terms:
     def discriminator(self, out: dict, batch: dict, discs: dict) -> dict:
         parts = {}
         for key in self.adversarial:
-            real = self.target(out, key, batch["hr"])
+            real = self.target(out, key, batch)
             fake = out[key].detach()
-            parts[f"D@{key}"] = L.adversarial_d_loss(_disc_logits(discs[key], real),
-                                                     _disc_logits(discs[key], fake))
+            parts[f"D@{key}"] = L.adversarial_d_loss(
+                _disc_logits(discs[key], real), _disc_logits(discs[key], fake)
+            )
         return parts
 
 
@@ -458,11 +481,18 @@ def train_iter(
             patch_size = run["patch_size"]
         if patches_per_image is None:
             patches_per_image = run.get("patches_per_image")
+        if epochs is None and minutes is None:  # the same length as the interrupted run
+            epochs = run.get("epochs")
+            if run.get("minutes") is not None:
+                used = float((state_meta.get("training") or {}).get("time_s", 0.0))
+                minutes = max(0.05, float(run["minutes"]) - used / 60.0)
     if model is None:
         raise InputError("give a model (registry name or model) or resume=")
     net = _build_model(model, config, scale, in_channels)
     if not any(p.requires_grad for p in net.parameters()):
-        raise InputError(f"model {getattr(net, 'arch', '') or type(net).__name__} has no weights to train")
+        raise InputError(
+            f"model {getattr(net, 'arch', '') or type(net).__name__} has no weights to train"
+        )
     arch = getattr(net, "arch", "") or type(net).__name__.lower()
     if isinstance(recipe, str) and recipe.endswith("-finetune") and recipe not in R.RECIPES:
         rec = R.finetune_recipe(R.get(recipe[: -len("-finetune")]))
@@ -481,24 +511,39 @@ def train_iter(
     # ---- data
     if data is None:
         raise InputError("no training data given")
-    full = D.make_dataset(data, scale=net.scale, in_channels=net.in_channels,
-                          normalization=normalization, degradation=degradation,
-                          patch_size=ps, seed=seed)
+    full = D.make_dataset(
+        data,
+        scale=net.scale,
+        in_channels=net.in_channels,
+        normalization=normalization,
+        degradation=degradation,
+        patch_size=ps,
+        seed=seed,
+    )
     if full.scale != net.scale or full.in_channels != net.in_channels:
-        raise InputError(f"the dataset is x{full.scale} with {full.in_channels} channel(s) but the "
-                         f"model is x{net.scale} with {net.in_channels}")
+        raise InputError(
+            f"the dataset is x{full.scale} with {full.in_channels} channel(s) but the "
+            f"model is x{net.scale} with {net.in_channels}"
+        )
     n_images = len(full.items)
     if patches_per_image is None:
-        patches_per_image = 1 if full.patch_size is None else max(1, math.ceil(8 * bs * world / n_images))
+        patches_per_image = (
+            1 if full.patch_size is None else max(1, math.ceil(8 * bs * world / n_images))
+        )
     full.patches_per_image = int(patches_per_image)
     if val_data is not None:
-        val_ds = D.make_dataset(val_data, scale=net.scale, in_channels=net.in_channels,
-                                normalization=full.normalization, degradation=full.degradation,
-                                seed=seed).as_validation(val_patch)
+        val_ds = D.make_dataset(
+            val_data,
+            scale=net.scale,
+            in_channels=net.in_channels,
+            normalization=full.normalization,
+            degradation=full.degradation,
+            seed=seed,
+        ).as_validation(val_patch)
         train_ds = full
     else:
         train_ds, val_ds = full.split(val_fraction, seed=seed, val_patch=val_patch)
-    rgb_input = train_ds._load(0)["hr"].shape[0] == 3 or _raw_is_rgb(train_ds)
+    rgb_input = bool(train_ds._load(0)["rgb"])
     has_labels = train_ds.has_labels
 
     # ---- networks, state
@@ -571,11 +616,17 @@ def train_iter(
         m = {
             "normalization": train_ds.normalization,
             "degradation": (
-                dict(train_ds.degradation) if not train_ds.has_lr
+                dict(train_ds.degradation)
+                if not train_ds.has_lr
                 else {"kind": "paired", "scale": net.scale, "data": train_ds.description}
             ),
-            "color_mode": ("y" if rgb_input and net.in_channels == 1 else
-                           "rgb" if net.in_channels == 3 else "grey"),
+            "color_mode": (
+                "y"
+                if rgb_input and net.in_channels == 1
+                else "rgb"
+                if net.in_channels == 3
+                else "grey"
+            ),
             "pixel_size": pixel_size,
             "training": base,
             "metrics": {k: _json_num(v) for k, v in metrics.items()},
@@ -623,15 +674,27 @@ def train_iter(
             "history": history,
             "best": {k: _json_num(v) for k, v in best.items()},
             "run": {
-                "data": _source_spec(data), "val_data": _source_spec(val_data),
-                "normalization": train_ds.normalization, "degradation": train_ds.degradation,
-                "pixel_size": pixel_size, "parent": parent, "batch_size": bs,
-                "patch_size": train_ds.patch_size, "patches_per_image": train_ds.patches_per_image,
+                "data": _source_spec(data),
+                "val_data": _source_spec(val_data),
+                "epochs": epochs,
+                "minutes": minutes,
+                "normalization": train_ds.normalization,
+                "degradation": train_ds.degradation,
+                "pixel_size": pixel_size,
+                "parent": parent,
+                "batch_size": bs,
+                "patch_size": train_ds.patch_size,
+                "patches_per_image": train_ds.patches_per_image,
             },
             "training": ckpt_meta_common(),
         }
-        ckpt.save_state(state_file, model=_unwrap(net), optimizers=optimizers,
-                        discriminators={k: _unwrap(d) for k, d in discs.items()}, meta=m)
+        ckpt.save_state(
+            state_file,
+            model=_unwrap(net),
+            optimizers=optimizers,
+            discriminators={k: _unwrap(d) for k, d in discs.items()},
+            meta=m,
+        )
 
     def validate() -> dict:
         t0 = time.monotonic()
@@ -659,12 +722,19 @@ def train_iter(
         improved = val["psnr"] > best.get("psnr", -math.inf)
         if improved:
             best = {"psnr": val["psnr"], "ssim": val["ssim"], "epoch": epoch, "step": step}
-            best_state = {k: v.detach().to("cpu").clone() for k, v in _unwrap(net).state_dict().items()}
+            best_state = {
+                k: v.detach().to("cpu").clone() for k, v in _unwrap(net).state_dict().items()
+            }
             if output is not None and rank == 0:
                 from napari_resolve import bundle
 
                 base = _unwrap(net)
-                metrics = {"val_psnr": val["psnr"], "val_ssim": val["ssim"], "epoch": epoch, "step": step}
+                metrics = {
+                    "val_psnr": val["psnr"],
+                    "val_ssim": val["ssim"],
+                    "epoch": epoch,
+                    "step": step,
+                }
                 bundle.save(output, base, bundle_meta(metrics))
         return improved
 
@@ -672,15 +742,24 @@ def train_iter(
     current_phase = rec.phases[min(phase_idx, len(rec.phases) - 1)].name
     try:
         if resume is not None:
-            yield TrainEvent(epoch, step, total_steps, current_phase, {}, None, None,
-                             f"resumed from {ckpt.state_path(resume).name} at step {step}", "info")
+            yield TrainEvent(
+                epoch,
+                step,
+                total_steps,
+                current_phase,
+                {},
+                None,
+                None,
+                f"resumed from {ckpt.state_path(resume).name} at step {step}",
+                "info",
+            )
         while phase_idx < len(rec.phases):
             phase = rec.phases[phase_idx]
             pplan = phase_plan[phase_idx]
             current_phase = phase.name
-            if pplan["epochs"] == 0:
+            if pplan["epochs"] is not None and epoch_in_phase >= pplan["epochs"]:
                 phase_idx, epoch_in_phase, phase_elapsed = phase_idx + 1, 0, 0.0
-                continue
+                continue  # skipped (0 epochs) or finished before a resume
             base = _unwrap(net)
             # trainable parts
             trainable = [getattr(base, n) for n in phase.train] if phase.train else [base]
@@ -691,26 +770,39 @@ def train_iter(
             for part in trainable:
                 part.requires_grad_(True)
             params = [p for p in base.parameters() if p.requires_grad]
-            if (needs := [k for k in phase.losses if k.startswith("perceptual")]) and features is None:
-                if feature_extractor == "auto":
-                    yield TrainEvent(epoch, step, total_steps, phase.name, {}, None, None,
-                                     "fitting the feature network for the perceptual loss "
-                                     "(denoising autoencoder on the training images)", "info")
-                    features = _auto_features(train_ds, base.in_channels, dev, seed, feature_steps)
+            wants_features = any(k.startswith("perceptual") for k in phase.losses)
+            if wants_features and features is None and feature_extractor == "auto":
+                yield TrainEvent(
+                    epoch,
+                    step,
+                    total_steps,
+                    phase.name,
+                    {},
+                    None,
+                    None,
+                    "fitting the feature network for the perceptual loss "
+                    "(denoising autoencoder on the training images)",
+                    "info",
+                )
+                features = _auto_features(train_ds, base.in_channels, dev, seed, feature_steps)
             terms = _Terms(rec, phase, base.scale, features, task_model, has_labels, net)
             if features is None:
                 for k in [k for k in terms.terms if k.startswith("perceptual")]:
                     terms.terms.pop(k)
                     terms.skipped.append(f"{k} (no feature network)")
             if not terms.terms:
-                raise InputError(f"recipe {rec.name}, phase {phase.name!r}: no loss term applies "
-                                 f"({', '.join(terms.skipped)})")
+                raise InputError(
+                    f"recipe {rec.name}, phase {phase.name!r}: no loss term applies "
+                    f"({', '.join(terms.skipped)})"
+                )
             for key in terms.adversarial:
                 if key not in discs:
                     size = train_ds.patch_size or int(min(train_ds[0]["hr"].shape[-2:]))
                     if key != "sr":  # PathSRGAN's MR output
                         size = size * int(getattr(base, "mr_scale", 2)) // base.scale
-                    d = _make_discriminator(rec.discriminator or "patchgan", base.in_channels, size).to(dev)
+                    d = _make_discriminator(
+                        rec.discriminator or "patchgan", base.in_channels, size
+                    ).to(dev)
                     if key in pending_discs:  # trained before the run was resumed
                         d.load_state_dict(pending_discs.pop(key))
                     discs[key] = d
@@ -721,7 +813,12 @@ def train_iter(
                 from torch.nn.parallel import DistributedDataParallel as DDP
 
                 ids = [dev.index] if dev.type == "cuda" else None
-                gnet = DDP(base, device_ids=ids, find_unused_parameters=True)
+                # SRSEG's segmentation head sits idle in phases without segmentation loss
+                idle = (
+                    getattr(base, "segmentation_head", None) is not None
+                    and not terms.with_segmentation
+                )
+                gnet = DDP(base, device_ids=ids, find_unused_parameters=idle)
                 dnets = {k: DDP(d, device_ids=ids) for k, d in discs.items()}
             lr0 = float(phase.lr or rec.lr)
             optimizers = {"generator": _optimizer(rec, params, lr0)}
@@ -738,7 +835,8 @@ def train_iter(
                 if phase.train and n not in phase.train:
                     child.eval()
             msg = f"phase {phase_idx + 1}/{len(rec.phases)} '{phase.name}': " + ", ".join(
-                f"{k}×{v:g}" for k, v in terms.terms.items())
+                f"{k}×{v:g}" for k, v in terms.terms.items()
+            )
             if terms.skipped:
                 msg += "; left out: " + ", ".join(terms.skipped)
             yield TrainEvent(epoch, step, total_steps, phase.name, {}, None, eta(), msg, "phase")
@@ -758,8 +856,11 @@ def train_iter(
                 train_ds.set_epoch(epoch)
                 batches = _epoch_batches(len(train_ds), bs, seed, epoch, rank, world)
                 loader = torch.utils.data.DataLoader(
-                    train_ds, batch_sampler=batches[batch_in_epoch:], collate_fn=D.collate,
-                    num_workers=int(workers))
+                    train_ds,
+                    batch_sampler=batches[batch_in_epoch:],
+                    collate_fn=D.collate,
+                    num_workers=int(workers),
+                )
                 sums: dict[str, float] = {}
                 count = 0
                 for batch in loader:
@@ -791,8 +892,14 @@ def train_iter(
                     total = sum(w * v.float() for w, v in gparts.values())
                     bad = not bool(torch.isfinite(total))
                     if _all_max(1.0 if bad else 0.0, world, dev) > 0:
-                        raise _Stop("nan", "loss is not finite (" + ", ".join(
-                            f"{k}={float(v.detach()):.4g}" for k, (w, v) in gparts.items()) + ")")
+                        raise _Stop(
+                            "nan",
+                            "loss is not finite ("
+                            + ", ".join(
+                                f"{k}={float(v.detach()):.4g}" for k, (w, v) in gparts.items()
+                            )
+                            + ")",
+                        )
                     opt = optimizers["generator"]
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(total).backward()
@@ -810,7 +917,9 @@ def train_iter(
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
                     step_times.append(time.monotonic() - t0)
-                    yield TrainEvent(epoch + 1, step, total_steps, phase.name, logs, None, eta(), "", "step")
+                    yield TrainEvent(
+                        epoch + 1, step, total_steps, phase.name, logs, None, eta(), "", "step"
+                    )
                     # budgets and the stop button (agreed across processes)
                     flag = 0.0
                     if _should_stop(stop):
@@ -819,7 +928,10 @@ def train_iter(
                         flag = 2.0
                     elif max_steps is not None and step >= int(max_steps):
                         flag = 1.0
-                    elif pplan["seconds"] is not None and time.monotonic() - phase_t0 >= pplan["seconds"]:
+                    elif (
+                        pplan["seconds"] is not None
+                        and time.monotonic() - phase_t0 >= pplan["seconds"]
+                    ):
                         flag = 0.5
                     flag = _all_max(flag, world, dev)
                     if flag >= 1.0:
@@ -831,23 +943,40 @@ def train_iter(
                     if flag == 0.5:
                         break  # this phase's share of the time is spent
                 # ---- end of epoch: validate, keep the best, checkpoint
-                phase_over = pplan["seconds"] is not None and time.monotonic() - phase_t0 >= pplan["seconds"]
+                phase_over = (
+                    pplan["seconds"] is not None and time.monotonic() - phase_t0 >= pplan["seconds"]
+                )
                 epoch += 1
                 epoch_in_phase += 1
                 batch_in_epoch = 0
                 phase_elapsed = time.monotonic() - phase_t0
                 val = validate() if rank == 0 else None
                 improved = after_validation(val) if rank == 0 else False
-                rec_h = {"epoch": epoch, "phase": phase.name, "step": step, "lr": lr_now,
-                         "losses": {k: v / max(count, 1) for k, v in sums.items()},
-                         "val": {k: _json_num(v) for k, v in (val or {}).items()},
-                         "best": improved, "time_s": round(time.monotonic() - t_start, 2)}
+                rec_h = {
+                    "epoch": epoch,
+                    "phase": phase.name,
+                    "step": step,
+                    "lr": lr_now,
+                    "losses": {k: v / max(count, 1) for k, v in sums.items()},
+                    "val": {k: _json_num(v) for k, v in (val or {}).items()},
+                    "best": improved,
+                    "time_s": round(time.monotonic() - t_start, 2),
+                }
                 history.append(rec_h)
                 if phase_over:
                     phase_idx, epoch_in_phase, phase_elapsed = phase_idx + 1, 0, 0.0
                 save_checkpoint()
-                yield TrainEvent(epoch, step, total_steps, phase.name, rec_h["losses"], val, eta(),
-                                 ("new best" if improved else ""), "epoch")
+                yield TrainEvent(
+                    epoch,
+                    step,
+                    total_steps,
+                    phase.name,
+                    rec_h["losses"],
+                    val,
+                    eta(),
+                    ("new best" if improved else ""),
+                    "epoch",
+                )
                 if phase_over:
                     break
             else:
@@ -857,17 +986,29 @@ def train_iter(
     except _Stop as s:
         stopped, message = s.reason, s.message
         if s.reason == "nan":
-            message = (f"{s.message} at epoch {epoch + 1}, step {step + 1}; training stopped and "
-                       "kept the last good weights (try a lower learning rate)")
+            message = (
+                f"{s.message} at epoch {epoch + 1}, step {step + 1}; training stopped and "
+                "kept the last good weights (try a lower learning rate)"
+            )
         else:
             phase_elapsed = 0.0 if phase_idx >= len(rec.phases) else phase_elapsed
             if rank == 0 and last_val_step[0] != step:
                 val = validate()
                 improved = after_validation(val)
-                history.append({"epoch": epoch, "phase": current_phase, "step": step,
-                                "val": {k: _json_num(v) for k, v in val.items()}, "best": improved,
-                                "stopped": stopped, "time_s": round(time.monotonic() - t_start, 2)})
-                yield TrainEvent(epoch, step, total_steps, current_phase, {}, val, 0.0, message, "epoch")
+                history.append(
+                    {
+                        "epoch": epoch,
+                        "phase": current_phase,
+                        "step": step,
+                        "val": {k: _json_num(v) for k, v in val.items()},
+                        "best": improved,
+                        "stopped": stopped,
+                        "time_s": round(time.monotonic() - t_start, 2),
+                    }
+                )
+                yield TrainEvent(
+                    epoch, step, total_steps, current_phase, {}, val, 0.0, message, "epoch"
+                )
         save_checkpoint()
     except GeneratorExit:
         # the consumer stopped iterating (napari worker.quit()): keep a resumable state
@@ -890,11 +1031,22 @@ def train_iter(
         bundle.save(output, final, bundle_meta({}))
     bundle_path = output if output is not None and output.exists() else None
     if not message:
-        message = (f"done: {epoch} epochs, {step} steps; best validation PSNR "
-                   f"{best.get('psnr', float('nan')):.2f} dB" if best_state is not None else "done")
-    return TrainResult(bundle_path, {k: v for k, v in best.items() if v != -math.inf}, history,
-                       stopped, message, final, state_file if state_file and state_file.exists() else None,
-                       {"recipe": rec.name, "device": device_desc})
+        message = (
+            f"done: {epoch} epochs, {step} steps; best validation PSNR "
+            f"{best.get('psnr', float('nan')):.2f} dB"
+            if best_state is not None
+            else "done"
+        )
+    return TrainResult(
+        bundle_path,
+        {k: v for k, v in best.items() if v != -math.inf},
+        history,
+        stopped,
+        message,
+        final,
+        state_file if state_file and state_file.exists() else None,
+        {"recipe": rec.name, "device": device_desc},
+    )
 
 
 def _source_spec(data):
@@ -907,18 +1059,6 @@ def _source_spec(data):
         out = {k: _source_spec(v) for k, v in data.items() if v is not None}
         return out if all(v is not None for v in out.values()) else None
     return None
-
-
-def _raw_is_rgb(ds) -> bool:
-    """Whether the first training image is RGB before colour conversion."""
-    item = ds.items[0]
-    try:
-        from napari_resolve.data.datasets import read_image
-
-        arr = read_image(item.hr) if isinstance(item.hr, (str, Path)) else np.asarray(item.hr)
-    except ResolveError:
-        return False
-    return arr.ndim == 3 and arr.shape[-1] in (3, 4)
 
 
 def train(*args, callback=None, **kwargs) -> TrainResult:
@@ -951,8 +1091,15 @@ def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwarg
     kwargs.setdefault("pixel_size", meta.get("pixel_size"))
     kwargs.setdefault("parent", str(source))
     rec = R.finetune_recipe(R.default_for(model.arch), learning_rate) if recipe is None else recipe
-    return (yield from train_iter(model, data, recipe=rec, learning_rate=None if recipe is None
-                                  else learning_rate, **kwargs))
+    return (
+        yield from train_iter(
+            model,
+            data,
+            recipe=rec,
+            learning_rate=None if recipe is None else learning_rate,
+            **kwargs,
+        )
+    )
 
 
 def finetune(source, data=None, *, callback=None, **kwargs) -> TrainResult:
@@ -965,4 +1112,3 @@ def finetune(source, data=None, *, callback=None, **kwargs) -> TrainResult:
             return done.value
         if callback is not None:
             callback(event)
-

@@ -89,12 +89,21 @@ class Recipe:
             "name": self.name,
             "paper": self.paper,
             "phases": [
-                {"name": p.name, "epochs": p.epochs, "losses": dict(p.losses),
-                 "train": list(p.train) or "all", "lr": p.lr or self.lr}
+                {
+                    "name": p.name,
+                    "epochs": p.epochs,
+                    "losses": dict(p.losses),
+                    "train": list(p.train) or "all",
+                    "lr": p.lr or self.lr,
+                }
                 for p in self.phases
             ],
             "optimizer": {"name": self.optimizer, "lr": self.lr, "betas": list(self.betas)},
-            "schedule": {"kind": self.schedule, "step_epochs": self.step_epochs, "gamma": self.gamma},
+            "schedule": {
+                "kind": self.schedule,
+                "step_epochs": self.step_epochs,
+                "gamma": self.gamma,
+            },
             "batch_size": self.batch_size,
             "patch_size": self.patch_size,
             "discriminator": self.discriminator,
@@ -110,80 +119,148 @@ def _add(recipe: Recipe) -> Recipe:
     return recipe
 
 
-_add(Recipe(
-    name="gp",
-    paper="Hua et al. 2020 (paper 000) §2.3, §2.5, §3.4",
-    description="End-to-end: Charbonnier + 1·parsing CE, Adam 1e-4, batch 8, whole images",
-    phases=(Phase("end-to-end", 100, {"charbonnier": 1.0, "parsing": 1.0}),),
-    lr=1e-4, betas=(0.9, 0.999), batch_size=8, patch_size=None,
-    # §2.5 gives Adam 1e-4; §3.4 trains the compared nets "with the same parameter
-    # settings as our network": 1e-4 halved every 10 epochs, batch 8, 100 epochs.
-    schedule="step", step_epochs=10, gamma=0.5,
-))
-_add(Recipe(
-    name="sr-mse",
-    paper="paper 000 §3.4 settings for the baselines (SRCNN, SRResNet)",
-    description="MSE, Adam 1e-4 halved every 10 epochs, batch 8, whole images",
-    phases=(Phase("mse", 100, {"mse": 1.0}),),
-    lr=1e-4, batch_size=8, patch_size=None, schedule="step", step_epochs=10, gamma=0.5,
-))
-_add(Recipe(
-    name="pathsrgan",
-    paper="Ma et al. 2020 (paper 002) §III-B, §IV-B",
-    description="G1 (LR→MR), then G2 with G1 frozen, then both at 1e-5; "
-                "MSE + 6e-3·perceptual + 1e-3·PatchGAN; lr halved every epoch",
-    phases=(
-        Phase("g1", 6, {"mse@mr": 1.0, "perceptual@mr": 6e-3, "adversarial@mr": 1e-3}, train=("g1",)),
-        Phase("g2", 6, {"mse": 1.0, "perceptual": 6e-3, "adversarial": 1e-3}, train=("g2",)),
-        Phase("joint", 2, {"mse@mr": 1.0, "perceptual@mr": 6e-3, "adversarial@mr": 1e-3,
-                           "mse": 1.0, "perceptual": 6e-3, "adversarial": 1e-3},
-              train=(), lr=1e-5),
-    ),
-    # α = 6e-3 (perceptual) and β = 1e-3 (adversarial) from §IV-B; the length of
-    # the joint fine-tuning is not given (2 epochs here); the patch size is not
-    # given (128 HR px). Adam β = (0.9, 0.999) for G and D as in §IV-B.
-    lr=1e-4, betas=(0.9, 0.999), batch_size=8, patch_size=128,
-    schedule="halve-per-epoch", discriminator="patchgan",
-))
-_add(Recipe(
-    name="srseg",
-    paper="Rad et al. 2019 (paper 004) §3.3, §4",
-    description="25 epochs MSE, 25 more + 0.8·masked segmentation CE, 55 more + "
-                "2e-6·perceptual + 1e-3·adversarial; Adam 1e-3 ÷10 every 20 epochs",
-    phases=(
-        Phase("mse", 25, {"mse": 1.0}),
-        Phase("segmentation", 25, {"mse": 1.0, "segmentation": 0.8}),
-        Phase("adversarial", 55, {"mse": 1.0, "perceptual": 2e-6, "adversarial": 1e-3,
-                                  "segmentation": 0.8}),
-    ),
-    # α, β, γ, δ = 1, 2e-6, 1e-3, 0.8 (§4). The decay "by a factor of 10 every 20
-    # epochs" restarts in each phase here (the paper does not say; counted over
-    # all 105 epochs the last phase would run at 1e-6 and below). β = 2e-6 was
-    # tuned for VGG features; with another feature network rescale it (options).
-    lr=1e-3, batch_size=16, patch_size=96, schedule="step", step_epochs=20, gamma=0.1,
-    discriminator="srgan", options={"boundary_radius": 2},
-))
-_add(Recipe(
-    name="mhtcun",
-    paper="Gong et al. 2021 (paper 003) §3, §4.6",
-    description="Staged loss (MSE + 0.1·(1−SSIM), stage weights 0.3/0.3/1 vs ×4/×2-blurred "
-                "targets), Adam 1e-4, step decay",
-    phases=(Phase("staged", 100, {"staged": 1.0}),),
-    # "step decay" without numbers: ×0.5 every quarter of the run; batch and patch
-    # not given: 8 patches of 128 HR px (the BioSR / DFCAN convention).
-    lr=1e-4, batch_size=8, patch_size=128, schedule="step", step_epochs=25, gamma=0.5,
-))
-_add(Recipe(
-    name="mse-ssim",
-    paper="paper 003 §4.6 settings for the compared models (DFCAN)",
-    description="MSE + 0.1·(1−SSIM), Adam 1e-4, step decay, 128 px patches",
-    phases=(Phase("mse-ssim", 100, {"mse_ssim": 1.0}),),
-    lr=1e-4, batch_size=8, patch_size=128, schedule="step", step_epochs=25, gamma=0.5,
-))
+_add(
+    Recipe(
+        name="gp",
+        paper="Hua et al. 2020 (paper 000) §2.3, §2.5, §3.4",
+        description="End-to-end: Charbonnier + 1·parsing CE, Adam 1e-4, batch 8, whole images",
+        phases=(Phase("end-to-end", 100, {"charbonnier": 1.0, "parsing": 1.0}),),
+        lr=1e-4,
+        betas=(0.9, 0.999),
+        batch_size=8,
+        patch_size=None,
+        # §2.5 gives Adam 1e-4; §3.4 trains the compared nets "with the same parameter
+        # settings as our network": 1e-4 halved every 10 epochs, batch 8, 100 epochs.
+        schedule="step",
+        step_epochs=10,
+        gamma=0.5,
+    )
+)
+_add(
+    Recipe(
+        name="sr-mse",
+        paper="paper 000 §3.4 settings for the baselines (SRCNN, SRResNet)",
+        description="MSE, Adam 1e-4 halved every 10 epochs, batch 8, whole images",
+        phases=(Phase("mse", 100, {"mse": 1.0}),),
+        lr=1e-4,
+        batch_size=8,
+        patch_size=None,
+        schedule="step",
+        step_epochs=10,
+        gamma=0.5,
+    )
+)
+_add(
+    Recipe(
+        name="pathsrgan",
+        paper="Ma et al. 2020 (paper 002) §III-B, §IV-B",
+        description="G1 (LR→MR), then G2 with G1 frozen, then both at 1e-5; "
+        "MSE + 6e-3·perceptual + 1e-3·PatchGAN; lr halved every epoch",
+        phases=(
+            Phase(
+                "g1",
+                6,
+                {"mse@mr": 1.0, "perceptual@mr": 6e-3, "adversarial@mr": 1e-3},
+                train=("g1",),
+            ),
+            Phase("g2", 6, {"mse": 1.0, "perceptual": 6e-3, "adversarial": 1e-3}, train=("g2",)),
+            Phase(
+                "joint",
+                2,
+                {
+                    "mse@mr": 1.0,
+                    "perceptual@mr": 6e-3,
+                    "adversarial@mr": 1e-3,
+                    "mse": 1.0,
+                    "perceptual": 6e-3,
+                    "adversarial": 1e-3,
+                },
+                train=(),
+                lr=1e-5,
+            ),
+        ),
+        # α = 6e-3 (perceptual) and β = 1e-3 (adversarial) from §IV-B; the length of
+        # the joint fine-tuning is not given (2 epochs here); the patch size is not
+        # given (128 HR px). Adam β = (0.9, 0.999) for G and D as in §IV-B.
+        lr=1e-4,
+        betas=(0.9, 0.999),
+        batch_size=8,
+        patch_size=128,
+        schedule="halve-per-epoch",
+        discriminator="patchgan",
+    )
+)
+_add(
+    Recipe(
+        name="srseg",
+        paper="Rad et al. 2019 (paper 004) §3.3, §4",
+        description="25 epochs MSE, 25 more + 0.8·masked segmentation CE, 55 more + "
+        "2e-6·perceptual + 1e-3·adversarial; Adam 1e-3 ÷10 every 20 epochs",
+        phases=(
+            Phase("mse", 25, {"mse": 1.0}),
+            Phase("segmentation", 25, {"mse": 1.0, "segmentation": 0.8}),
+            Phase(
+                "adversarial",
+                55,
+                {"mse": 1.0, "perceptual": 2e-6, "adversarial": 1e-3, "segmentation": 0.8},
+            ),
+        ),
+        # α, β, γ, δ = 1, 2e-6, 1e-3, 0.8 (§4). The decay "by a factor of 10 every 20
+        # epochs" restarts in each phase here (the paper does not say; counted over
+        # all 105 epochs the last phase would run at 1e-6 and below). β = 2e-6 was
+        # tuned for VGG features; with another feature network rescale it (options).
+        lr=1e-3,
+        batch_size=16,
+        patch_size=96,
+        schedule="step",
+        step_epochs=20,
+        gamma=0.1,
+        discriminator="srgan",
+        options={"boundary_radius": 2},
+    )
+)
+_add(
+    Recipe(
+        name="mhtcun",
+        paper="Gong et al. 2021 (paper 003) §3, §4.6",
+        description="Staged loss (MSE + 0.1·(1−SSIM), stage weights 0.3/0.3/1 vs ×4/×2-blurred "
+        "targets), Adam 1e-4, step decay",
+        phases=(Phase("staged", 100, {"staged": 1.0}),),
+        # "step decay" without numbers: ×0.5 every quarter of the run; batch and patch
+        # not given: 8 patches of 128 HR px (the BioSR / DFCAN convention).
+        lr=1e-4,
+        batch_size=8,
+        patch_size=128,
+        schedule="step",
+        step_epochs=25,
+        gamma=0.5,
+    )
+)
+_add(
+    Recipe(
+        name="mse-ssim",
+        paper="paper 003 §4.6 settings for the compared models (DFCAN)",
+        description="MSE + 0.1·(1−SSIM), Adam 1e-4, step decay, 128 px patches",
+        phases=(Phase("mse-ssim", 100, {"mse_ssim": 1.0}),),
+        lr=1e-4,
+        batch_size=8,
+        patch_size=128,
+        schedule="step",
+        step_epochs=25,
+        gamma=0.5,
+    )
+)
 
 _DEFAULTS = {
-    "gp": "gp", "np": "gp", "srcnn": "sr-mse", "srresnet": "sr-mse", "srseg": "srseg",
-    "mhtcun": "mhtcun", "mhtcun-lite": "mhtcun", "dfcan": "mse-ssim", "pathsrgan": "pathsrgan",
+    "gp": "gp",
+    "np": "gp",
+    "srcnn": "sr-mse",
+    "srresnet": "sr-mse",
+    "srseg": "srseg",
+    "mhtcun": "mhtcun",
+    "mhtcun-lite": "mhtcun",
+    "dfcan": "mse-ssim",
+    "pathsrgan": "pathsrgan",
 }
 
 
@@ -194,7 +271,9 @@ def get(name) -> Recipe:
     try:
         return RECIPES[str(name)]
     except KeyError:
-        raise InputError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}") from None
+        raise InputError(
+            f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}"
+        ) from None
 
 
 def default_for(arch: str) -> Recipe:
@@ -212,9 +291,14 @@ def finetune_recipe(base: Recipe, lr: float | None = None) -> Recipe:
     last = base.phases[-1]
     losses = {k: v for k, v in last.losses.items() if not k.startswith("adversarial")}
     phase = Phase("finetune", max(1, last.epochs // 4), losses, train=())
-    return replace(base, name=f"{base.name}-finetune", phases=(phase,),
-                   lr=float(lr or min(base.lr, 1e-4)), schedule="constant",
-                   description=f"fine-tuning with the loss of {base.name}'s last phase")
+    return replace(
+        base,
+        name=f"{base.name}-finetune",
+        phases=(phase,),
+        lr=float(lr or min(base.lr, 1e-4)),
+        schedule="constant",
+        description=f"fine-tuning with the loss of {base.name}'s last phase",
+    )
 
 
 def plan(recipe: Recipe, epochs=None, minutes=None) -> list[dict]:
@@ -223,7 +307,8 @@ def plan(recipe: Recipe, epochs=None, minutes=None) -> list[dict]:
     ``epochs``: None = the paper's; an int is shared among the phases in the
     paper's proportions (at least one each); a list gives each phase's.
     With only ``minutes``, phases run until their share of the time (the
-    paper's proportions) is spent; with both, ``minutes`` caps the whole run. Returns one dict per phase:
+    paper's proportions) is spent; with both, ``minutes`` caps the whole run.
+    Returns one dict per phase:
     ``{"epochs": int | None, "seconds": float | None, "step_epochs": int}``.
     """
     n = len(recipe.phases)
