@@ -143,6 +143,36 @@ def test_paired_folders_labels_and_aligned_patches(tmp_path):
     np.testing.assert_array_equal(smp["labels"].numpy(), labs[smp["index"]][y : y + 48, x : x + 48])
 
 
+def test_pairs_folder_with_real_mr_targets_feeds_pathsrgan(tmp_path):
+    """A registration pairs folder (lr/, mr/, hr/): the MR loss uses the real 10× patch."""
+    import tifffile
+
+    from napari_resolve.train.engine import _Terms
+
+    imgs, _ = _wbc(2, 96, rgb=True)
+    for sub in ("lr", "mr", "hr"):
+        (tmp_path / sub).mkdir()
+    for i, img in enumerate(imgs):
+        tifffile.imwrite(tmp_path / "hr" / f"{i:05d}.tif", img)
+        tifffile.imwrite(
+            tmp_path / "mr" / f"{i:05d}.tif", np.flipud(imresize(img, 0.5, channel_axis=-1))
+        )
+        tifffile.imwrite(tmp_path / "lr" / f"{i:05d}.tif", imresize(img, 0.25, channel_axis=-1))
+    ds = D.make_dataset(tmp_path, scale=4, in_channels=3, patch_size=64, seed=0)
+    batch = D.collate([ds[0], ds[1]])
+    assert batch["mr"].shape == (2, 3, 32, 32) and batch["hr"].shape == (2, 3, 64, 64)
+    net = models.build("pathsrgan", **SMALL["pathsrgan"])
+    phase = R.get("pathsrgan").phases[0]
+    terms = _Terms(R.get("pathsrgan"), phase, 4, None, None, False, net)
+    out = {"mr": torch.zeros(2, 3, 32, 32), "sr": torch.zeros(2, 3, 64, 64)}
+    assert terms.target(out, "mr", batch) is batch["mr"]  # the flipped real scan, not HR resized
+    del batch["mr"]
+    resized = terms.target(out, "mr", batch)
+    assert resized.shape == (2, 3, 32, 32) and not torch.equal(
+        resized, D.collate([ds[0], ds[1]])["mr"]
+    )
+
+
 def test_hr_only_arrays_augment_consistently_and_reproducibly():
     imgs, labs = _wbc(2, 96, rgb=True)  # RGB for a 1-channel model: the Y of YCbCr
     ds = D.make_dataset(

@@ -200,8 +200,9 @@ def _as_items(hr, lr=None, labels=None, mr=None) -> list[_Item]:
     items = []
     for i, src in enumerate(hr):
         name = Path(src).name if isinstance(src, (str, Path)) else f"image {i}"
-        items.append(_Item(name, src, *(parts[k][i] if k in parts else None
-                                         for k in ("lr", "labels", "mr"))))
+        items.append(
+            _Item(name, src, *(parts[k][i] if k in parts else None for k in ("lr", "labels", "mr")))
+        )
     return items
 
 
