@@ -293,6 +293,31 @@ def test_one_training_step_reduces_the_loss_for_every_architecture():
     assert {"gp", "srseg", "mhtcun-lite", "pathsrgan"} <= set(trained)
 
 
+def test_srseg_gan_phase_learns_its_feature_network_and_discriminator():
+    """Paper 004's last phase: MSE + perceptual (own encoder, no VGG) + SRGAN + masked CE."""
+    imgs, labs = _wbc(3, 64, rgb=True)
+    torch.manual_seed(0)
+    net = models.build("srseg", **SMALL["srseg"])
+    events = []
+    res = T.train(
+        net,
+        {"hr": imgs, "labels": labs},
+        epochs=[0, 0, 1],
+        max_steps=2,
+        batch_size=2,
+        patch_size=32,
+        feature_steps=5,
+        callback=events.append,
+    )
+    assert any("fitting the feature network" in e.message for e in events if e.kind == "info")
+    losses = [e.losses for e in events if e.kind == "step"]
+    assert set(losses[0]) == {"D@sr", "mse", "perceptual", "adversarial", "segmentation", "total"}
+    assert all(math.isfinite(v) for step in losses for v in step.values())
+    expected = losses[0]["mse"] + 2e-6 * losses[0]["perceptual"] + 1e-3 * losses[0]["adversarial"]
+    assert losses[0]["total"] == pytest.approx(expected + 0.8 * losses[0]["segmentation"], rel=1e-5)
+    assert res.stopped == "steps"
+
+
 # --------------------------------------------------------------------------- checkpoints
 def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(tmp_path):
     imgs, _ = _wbc(5, 48, rgb=False)

@@ -710,7 +710,8 @@ def train_iter(
                 p, s_ = _quality(out["sr"][0].float(), smp["hr"], base.scale)
                 ps_.append(p)
                 ss_.append(s_)
-        base.train(was)
+        if was:
+            base.train()
         val_time[0] = time.monotonic() - t0
         last_val_step[0] = step
         finite = [p for p in ps_ if math.isfinite(p)]
@@ -830,10 +831,14 @@ def train_iter(
                     if name in pending_opts:
                         opt.load_state_dict(pending_opts[name])
                 pending_opts = None
-            base.train()
-            for n, child in base.named_children():  # frozen parts: eval (BN statistics fixed)
-                if phase.train and n not in phase.train:
+            frozen = [c for n, c in base.named_children() if phase.train and n not in phase.train]
+
+            def train_mode(base=base, frozen=frozen):
+                base.train()
+                for child in frozen:  # frozen parts stay in eval (BN statistics fixed)
                     child.eval()
+
+            train_mode()
             msg = f"phase {phase_idx + 1}/{len(rec.phases)} '{phase.name}': " + ", ".join(
                 f"{k}×{v:g}" for k, v in terms.terms.items()
             )
@@ -952,6 +957,7 @@ def train_iter(
                 phase_elapsed = time.monotonic() - phase_t0
                 val = validate() if rank == 0 else None
                 improved = after_validation(val) if rank == 0 else False
+                train_mode()
                 rec_h = {
                     "epoch": epoch,
                     "phase": phase.name,
