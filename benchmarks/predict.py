@@ -77,10 +77,16 @@ def plan_ratio(model, n: int = 1024, device: str = "cpu") -> float:
     return (len(starts) * size) ** 2 / n**2
 
 
-def timed(model, img, **kw) -> tuple[float, np.ndarray]:
-    t0 = time.perf_counter()
-    out = predict(model, img, device="cpu", **kw).image
-    return time.perf_counter() - t0, out
+def timed(model, img, repeat_below: float = 5.0, **kw) -> tuple[float, np.ndarray]:
+    """Wall time of one predict; best of 3 when a run is short (the machine is shared)."""
+    best, out = math.inf, None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = predict(model, img, device="cpu", **kw).image
+        best = min(best, time.perf_counter() - t0)
+        if best > repeat_below:
+            break
+    return best, out
 
 
 def bench_model(name: str, model, budget: float, diff_budget: float) -> dict:
@@ -99,7 +105,7 @@ def bench_model(name: str, model, budget: float, diff_budget: float) -> dict:
     }
     probe = lr_image(64, c)
     predict(model, probe, device="cpu", tile=0)  # warm-up
-    dt, _ = timed(model, probe, tile=0)
+    dt, _ = timed(model, probe, repeat_below=0.0, tile=0)
     speed = (64 * s) ** 2 / 1e6 / dt  # output MP/s
     n = int(1.5 * tile)
     est_untiled = (n * s) ** 2 / 1e6 / speed
@@ -193,7 +199,8 @@ def markdown(rows, zrows, seconds) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on the CPU (torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}), random weights, default "
-        f"config, in {seconds:.0f} s. MP/s = output megapixels per second. "
+        f"config, in {seconds:.0f} s. MP/s = output megapixels per second (best of 3 for "
+        "runs under 5 s). "
         '"est.": too slow to run at 1.5 x the default tile within the time box; the ratio '
         "is the tile plan's area ratio and the tiled MP/s is derived from it.",
         "",

@@ -34,6 +34,11 @@ def atomic_path(path, *, suffix: str | None = None):
         if tmp.is_file():
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+            # plain permissions (rw for owner, r for others under the usual
+            # umask), whatever mode the writer or mkstemp used
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         if path.is_dir() and tmp.is_dir():
             import shutil
 

@@ -285,21 +285,37 @@ def _box_fraction(mask: np.ndarray, rows, cols, size: int) -> np.ndarray:
 
 
 def _match(region: np.ndarray, template: np.ndarray):
-    """Integer peak (row, col) of the normalised correlation of ``template`` in ``region``."""
+    """Peak of the normalised correlation of ``template`` in ``region``.
+
+    Returns the integer peak (row, col), a parabola-vertex refinement of it
+    (a cheap first guess for :func:`_subpixel`; the integer peak on the map's
+    border), the peak correlation and the map's shape.
+    """
     from skimage.feature import match_template
 
     ncc = match_template(region, template)
     flat = int(np.argmax(ncc))
-    peak = np.unravel_index(flat, ncc.shape)
-    return (int(peak[0]), int(peak[1])), float(ncc.flat[flat]), ncc.shape
+    peak = tuple(int(v) for v in np.unravel_index(flat, ncc.shape))
+    guess = np.asarray(peak, dtype=np.float64)
+    for axis in (0, 1):
+        if 0 < peak[axis] < ncc.shape[axis] - 1:
+            lo, hi = list(peak), list(peak)
+            lo[axis] -= 1
+            hi[axis] += 1
+            ym, y0, yp = ncc[tuple(lo)], ncc[peak], ncc[tuple(hi)]
+            curv = ym - 2.0 * y0 + yp
+            if curv < 0:
+                guess[axis] += float(np.clip(0.5 * (ym - yp) / curv, -0.5, 0.5))
+    return peak, guess, float(ncc.flat[flat]), ncc.shape
 
 
-def _subpixel(coef: np.ndarray, patch: np.ndarray, top_left, upsample_factor: int,
+def _subpixel(coef: np.ndarray, patch: np.ndarray, top_left, guess, upsample_factor: int,
               iterations: int = 3) -> np.ndarray:
-    """Sub-pixel (row, col) of ``patch`` in a scan near the integer ``top_left``.
+    """Sub-pixel (row, col) of ``patch`` in a scan near the integer ``top_left``, from ``guess``.
 
-    ``coef``: the scan's cubic-spline coefficients (:func:`_spline`). Each
-    round samples the scan at the current estimate (cubic spline, from the
+    ``coef``: the scan's cubic-spline coefficients (:func:`_spline`);
+    ``guess``: the parabola vertex of the correlation peak. Each round samples
+    the scan at the current estimate (cubic spline, from the
     surrounding pixels, so no wrap-around) and adds the residual shift that
     :func:`~skimage.registration.phase_cross_correlation` finds between the
     Tukey-windowed, mean-subtracted patches. The window removes the bias of the
@@ -315,7 +331,7 @@ def _subpixel(coef: np.ndarray, patch: np.ndarray, top_left, upsample_factor: in
     win = _tukey(p)
     mov = (patch - patch.mean()) * win
     start = np.asarray(top_left, dtype=np.float64)
-    est = start.copy()
+    est = np.asarray(guess, dtype=np.float64).copy()
     grid = np.mgrid[0:p, 0:p].astype(np.float64)
     for _ in range(iterations):
         coords = grid + est[:, None, None]
@@ -459,7 +475,7 @@ def register_iter(
             yield RegistrationProgress(done, total, "coarse")
             if r1 - r0 < pc or c1 - c0 < pc:
                 continue
-            (pr, pcl), corr, _ = _match(ref[r0:r1, c0:c1], lr_grey[r : r + pc, c : c + pc])
+            (pr, pcl), _, corr, _ = _match(ref[r0:r1, c0:c1], lr_grey[r : r + pc, c : c + pc])
             if cfg[i] >= min_foreground and corr >= threshold:
                 offs.append((r0 + pr - r, c0 + pcl - c))
                 cors.append(corr)
@@ -543,13 +559,13 @@ def _fine(m, t, patch, ref, coef, coarse_offset, window, threshold, upsample, ra
     r1, c1 = base_r + p + window, base_c + p + window
     if r0 < 0 or c0 < 0 or r1 > ref.shape[0] or c1 > ref.shape[1]:
         return "outside"
-    (pr, pc), corr, shape = _match(ref[r0:r1, c0:c1], patch)
+    (pr, pc), guess, corr, shape = _match(ref[r0:r1, c0:c1], patch)
     m.correlation[t] = corr
     if corr < threshold:
         return "threshold"
     if pr in (0, shape[0] - 1) or pc in (0, shape[1] - 1):
         return "window"  # the best match may lie beyond ΔR
-    found = _subpixel(coef, patch, (r0 + pr, c0 + pc), upsample)
+    found = _subpixel(coef, patch, (r0 + pr, c0 + pc), guess + (r0, c0), upsample)
     off = found - np.array([r, c], dtype=np.float64)
     m.offset[t] = (float(off[0]), float(off[1]))
     pos = (round(ratio * (r + off[0])), round(ratio * (c + off[1])))
