@@ -1,14 +1,15 @@
 """Registration accuracy on simulated multi-objective scans (paper 002 §IV-B, Table II).
 
-Real RGB images (all BCCD blood smears, tiled 4 × 4 into 2560 × 1920 "slides",
-and the scikit-image IHC tissue, mirrored 2 × 2 into 1024 × 1024) are taken as
-20×/0.75 NA scans; :func:`napari_resolve.data.simulate.simulate_scans` makes
-their 10×/0.25 NA and 4×/0.1 NA scans with a random global offset (±24 HR px)
-plus a smooth local offset field (3 HR px standard deviation, 1024 HR px
-control spacing). A 2 × 2 block of tiles of every smear slide is blank glass
-(flat colour + noise): patches on them must be rejected. :func:`napari_resolve.data.registration.register`
-pairs 128 / 256 / 512 px patches (paper §IV-A) on a grid of step 48 LR px and
-each kept pair is compared with the ground-truth offset at its centre.
+Real RGB images (the BCCD blood smears, 12 per 4 × 4 tiled 2560 × 1920 "slide",
+whose other 2 × 2 tiles are blank glass, and the scikit-image IHC tissue,
+mirrored 2 × 2 into 1024 × 1024) are taken as 20×/0.75 NA scans;
+:func:`napari_resolve.data.simulate.simulate_scans` makes their 10×/0.25 NA and
+4×/0.1 NA scans with a random global offset (±24 HR px) plus a smooth local
+offset field (3 HR px standard deviation, 1024 HR px control spacing).
+:func:`napari_resolve.data.registration.register` pairs 128 / 256 / 512 px
+patches (paper §IV-A) on a grid of step 48 LR px; each kept pair is compared
+with the ground-truth offset at its centre, and patches on blank glass must be
+rejected.
 
 Errors are in interpolated-low ("5×") pixels, the grid of the LR patches
 (1 LR px = 4 HR px = 1.172 µm at the paper's 0.293 µm/px 20×); E = mean
@@ -148,7 +149,7 @@ def markdown(summaries, totals) -> str:
         "",
         "Correlation registration of simulated 4×/0.1, 10×/0.25, 20×/0.75 NA scans with known",
         "offsets (paper 002 §II-B; Table II). `python benchmarks/registration.py`",
-        f"({totals['platform']}, 1 thread). Slides: the 292 BCCD smears tiled 4×4 into",
+        f"({totals['platform']}, 1 thread). Slides: {totals['smears']} of the 292 BCCD smears tiled 4×4 into",
         "2560×1920 px 20× slides (12 smears + a 2×2 block of blank glass each), and the IHC tissue mirrored 2×2;",
         "offsets: random global ±24 HR px + smooth local field (σ 3 HR px); noise: Poisson",
         f"(1000 e⁻) + Gaussian (3 e⁻). Patches {PATCH}/{2 * PATCH}/{4 * PATCH} px, grid step {STRIDE} LR px,",
@@ -215,6 +216,7 @@ def main(argv=None) -> int:
         "kept": sum(r["kept"] for r in rows),
         "rejected": {k: sum(r["rejected"][k] for r in rows) for k in rows[0]["rejected"]},
         "blank_candidates": sum(r["blank_candidates"] for r in rows),
+        "smears": 12 * len(smears),
         "blank_kept": sum(r["blank_kept"] for r in rows),
         "ms_per_patch": 1000 * sum(r["seconds_register"] for r in rows) / max(1, n_cand),
         "seconds_simulate": sum(r["seconds_simulate"] for r in rows),

@@ -6,7 +6,7 @@ Leukocyte models (gp, np at x4 and x8) train on the WBC images of Zheng et al.
 2018, both data sets, with the 12 data-set-2 cells of ``sample_data/`` held
 out as the validation set (they are what ``make demo`` and the leukocyte
 benchmark evaluate on, so no bundled model has seen them). LR = MATLAB bicubic,
-Y channel, paper 000's recipe (Adam 1e-4, batch 8, Charbonnier + parsing CE).
+Y channel, paper 000's recipe (Adam, batch 8, Charbonnier + parsing CE) with the learning rate doubled to 2e-4 for the short budget.
 
 CPU budget: the paper trains GP for 100 epochs on two GTX 1080 (6 h). Here a
 run gets a fixed number of minutes on 2 CPU cores, so the bundled leukocyte
@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "src" / "napari_resolve" / "pretrained"
 
-CPU_CONFIG = {
+CPU_CONFIG = {  # see the module docstring
     "gp": {"features": 32, "prior_base_channels": 16},
     "np": {"features": 32},
 }
@@ -42,9 +42,9 @@ JOBS = {
     # name: (architecture, scale, minutes)
     "gp-x4": ("gp", 4, 16),
     "np-x4": ("np", 4, 10),
+    "mhtcun-lite-x2": ("mhtcun-lite", 2, 15),
     "gp-x8": ("gp", 8, 12),
     "np-x8": ("np", 8, 8),
-    "mhtcun-lite-x2": ("mhtcun-lite", 2, 15),
 }
 
 
@@ -83,7 +83,9 @@ def run_job(name: str, minutes: float, data_root: Path, device: str) -> dict:
     out = OUT / f"{name}.safetensors"
     if arch in ("gp", "np"):
         data, val = wbc_split(data_root)
+        # learning rate 2e-4, twice the paper's: the run gets ~1/100 of its budget
         kwargs = dict(config=CPU_CONFIG[arch], batch_size=8, patch_size=96, val_patch=None,
+                      learning_rate=2e-4,
                       meta={"training_data": "WBC (Zheng 2018) data sets 1+2, sample_data cells held out"})
     else:
         data, val = fluorescence_split()
@@ -104,6 +106,8 @@ def run_job(name: str, minutes: float, data_root: Path, device: str) -> dict:
     res = T.train(arch, data, scale=scale, val_data=val, minutes=minutes, epochs=10_000,
                   output=out, device=device, seed=0, callback=report, **kwargs)
     print(f"[{name}] done: {res.stopped}, best {res.best}, {out}", flush=True)
+    # the resume state (optimizer moments) is not shipped
+    Path(str(out).replace(".safetensors", ".state.safetensors")).unlink(missing_ok=True)
     return res.best
 
 

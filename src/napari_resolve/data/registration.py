@@ -41,8 +41,12 @@ Choices the paper leaves open, made here:
   at the current estimate (see :func:`_subpixel`): a single unwindowed FFT
   correlation of non-periodic patches is biased towards the integer peak by
   up to 0.3 px. Estimates beyond one pixel fall back to the integer peak.
+* A correlation peak on the border of the ±ΔR window is rejected
+  (``"window"``: the true peak may lie beyond it), and so is a patch whose
+  window or counterpart leaves a scan (``"outside"``).
 * Patches are cut at the nearest whole pixel of each scan (no resampling, so
-  the targets keep their real pixels); the residual is in the report.
+  the targets keep their real pixels); the report holds both the sub-pixel
+  offsets and the cut positions.
 * Defaults: T = 0.6, 10 % foreground, Δr = 32 LR px, ΔR = 6 LR px,
   16 coarse patches, ``upsample_factor`` 20.
 
@@ -90,7 +94,6 @@ __all__ = [
     "write_pairs_iter",
 ]
 
-TARGETS = ("mr", "hr")  # short names of the mid and high scans (folder names too)
 REPORT_FORMAT = "napari-resolve/pairs/1"
 
 
