@@ -48,25 +48,6 @@ JOBS = {
 }
 
 
-def wbc_split(data_root: Path):
-    """(train dict, validation dict) of RGB uint8 images and 0/1/2 labels."""
-    from napari_resolve.data import samples
-
-    held_out = set(samples.wbc_ids(2))  # the sample_data cells
-    train_hr, train_lab, val_hr, val_lab = [], [], [], []
-    root = data_root / "wbc-zheng2018"
-    for ds in (1, 2):
-        for img, lab, meta in samples.wbc(ds, root=root):
-            ident = int(Path(meta.path).stem)
-            if ds == 2 and ident in held_out:
-                val_hr.append(img)
-                val_lab.append(lab)
-            elif min(img.shape[:2]) >= 96:
-                train_hr.append(img)
-                train_lab.append(lab)
-    return {"hr": train_hr, "labels": train_lab}, {"hr": val_hr, "labels": val_lab}
-
-
 def fluorescence_split():
     from napari_resolve.data.fluorescence import simulate_pairs
 
@@ -77,12 +58,13 @@ def fluorescence_split():
 
 def run_job(name: str, minutes: float, data_root: Path, device: str) -> dict:
     from napari_resolve import train as T
+    from napari_resolve.data import samples
 
     arch, scale, default_minutes = JOBS[name]
     minutes = minutes or default_minutes
     out = OUT / f"{name}.safetensors"
     if arch in ("gp", "np"):
-        data, val = wbc_split(data_root)
+        data, val = samples.wbc_train_val(root=data_root / "wbc-zheng2018")
         # learning rate 2e-4, twice the paper's: the run gets ~1/100 of its budget
         kwargs = dict(config=CPU_CONFIG[arch], batch_size=8, patch_size=96, val_patch=None,
                       learning_rate=2e-4,
@@ -113,11 +95,15 @@ def run_job(name: str, minutes: float, data_root: Path, device: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="*", default=list(JOBS), choices=list(JOBS) + [[]])
+    ap.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(JOBS)} (default: all)")
     ap.add_argument("--minutes", type=float, default=None, help="budget per model (default: per job)")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.names) - set(JOBS))
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(JOBS)}")
+    args.names = args.names or list(JOBS)
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

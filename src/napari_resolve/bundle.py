@@ -276,6 +276,19 @@ def resolve(src) -> Path:
             if cand.is_file():
                 return cand
             names = ", ".join(p["name"] for p in pretrained()) or "none installed"
+            # a name without its variant suffix ("mhtcun-lite" for "mhtcun-lite-x2"): the one
+            # bundled model whose name starts with it (resume states are not models)
+            prefixed = [
+                p for p in sorted(pretrained_dir().glob(f"*{SUFFIX}"))
+                if p.stem.startswith(f"{src}-") and not p.name.endswith(f".state{SUFFIX}")
+            ] if pretrained_dir().is_dir() and path.suffix.lower() != SUFFIX else []
+            if len(prefixed) == 1:
+                return prefixed[0]
+            if len(prefixed) > 1:
+                raise BundleError(
+                    f"pretrained name {src!r} is ambiguous: "
+                    f"{', '.join(p.stem for p in prefixed)}; give the full name"
+                )
             if path.suffix.lower() != SUFFIX:
                 raise BundleError(
                     f"no model file or pretrained bundle named {src!r} (pretrained: {names})"

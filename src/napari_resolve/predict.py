@@ -38,7 +38,10 @@ Tiling (choices the paper leaves open)
   tested for tile sizes that do not divide the image).
 * Models with global operations (FFT channel attention in MHTCUN's FCABs and
   DFCAN, global pooling) see different statistics in each tile, so tiled and
-  untiled results differ; ``docs/benchmarks.md`` reports the difference.
+  untiled results differ. Measured with random weights on a 104² LR image in
+  80-px tiles (``benchmarks/predict.py``, ``docs/benchmarks.md``): max
+  difference 8e-6 (DFCAN) and 4e-8 (MHTCUN-lite) in the [0, 1] scale; trained
+  weights may be more sensitive. ``tile=0`` gives the untiled result.
 
 Data
 ----

@@ -32,6 +32,7 @@ __all__ = [
     "sample_root",
     "wbc",
     "wbc_ids",
+    "wbc_train_val",
     "bccd_smear",
     "bccd_names",
     "twophoton",
@@ -346,3 +347,29 @@ def ihc(*, root=None) -> tuple[np.ndarray, SampleMeta]:
     if not path.is_file():
         raise InputError(f"ihc.png not found in {folder}")
     return _read(path), _meta("skimage-ihc", "ihc", path)
+
+
+def wbc_train_val(*, root=None, min_size: int = 96):
+    """The leukocyte training / validation split used for every bundled model.
+
+    Validation: the data-set-2 cells shipped in ``sample_data`` (what
+    ``make demo`` and ``benchmarks/leukocyte.py`` evaluate on, so no bundled
+    model has seen them). Training: every other cell of both data sets under
+    ``root`` (the full ``wbc-zheng2018`` folder) at least ``min_size`` px on
+    each side. Returns two dicts ``{"hr": [RGB uint8], "labels": [0/1/2]}``.
+    """
+    held_out = set(wbc_ids(2))  # the sample_data cells
+    train = {"hr": [], "labels": []}
+    val = {"hr": [], "labels": []}
+    for dataset in (1, 2):
+        for img, lab, meta in wbc(dataset, root=root):
+            ident = int(Path(meta.path).stem)
+            if dataset == 2 and ident in held_out:
+                val["hr"].append(img)
+                val["labels"].append(lab)
+            elif min(img.shape[:2]) >= min_size:
+                train["hr"].append(img)
+                train["labels"].append(lab)
+    if not val["hr"]:
+        raise InputError("no validation cells: sample_data/wbc-zheng2018/dataset2 is missing")
+    return train, val

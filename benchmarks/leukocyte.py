@@ -1,0 +1,168 @@
+"""Paper 000's comparison (Table 2) under one training budget, on the real WBC data.
+
+    .venv/bin/python benchmarks/leukocyte.py [--epochs 40] [--scales 4 8] [--write docs/benchmarks.md]
+
+Every model is trained by the same engine (``napari_resolve.train``) with its
+paper's recipe for the same number of epochs (as paper 000 §3.4 trains every
+model for the same epochs; an epoch here is 8 batches of 8 random 96-px HR
+patches, and multi-phase recipes share the epochs in the paper's proportions),
+whatever each costs in time, on the same
+split (:func:`napari_resolve.data.samples.wbc_train_val`: both WBC data sets,
+the 12 data-set-2 cells of ``sample_data/`` held out), LR = MATLAB bicubic,
+then evaluated on the held-out cells: PSNR / SSIM on the Y channel (MATLAB
+BT.601), border crop = scale, in float (paper 000 §3.4). Models:
+
+* bicubic (MATLAB imresize, no training);
+* SRCNN 9-5-5 and SRResNet-16 (recipe ``sr-mse``: MSE, as paper 000 trains
+  its baselines "with the same parameter settings");
+* NP and GP (recipe ``gp``: Charbonnier + parsing cross-entropy for GP), in
+  the CPU config of the bundled models (scripts/train_pretrained.py);
+* SRSEG with its segmentation extension and boundary mask (recipe
+  ``srseg``: MSE, + masked segmentation CE, + perceptual + adversarial) and
+  without it (the same recipe with the segmentation weight set to 0): paper
+  004's ablation.
+
+For the recipes with an adversarial term the table adds a no-reference
+sharpness figure beside PSNR (the papers warn that PSNR favours blur): the
+mean gradient magnitude of the SR Y channel relative to that of the HR
+reference (1.0 = as sharp as the reference; below = blurrier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODELS = [
+    # label, architecture, recipe, config
+    ("SRCNN 9-5-5", "srcnn", "sr-mse", {}),
+    ("SRResNet-16", "srresnet", "sr-mse", {}),
+    ("NP", "np", "gp", {"features": 32}),
+    ("GP", "gp", "gp", {"features": 32, "prior_base_channels": 16}),
+    ("SRSEG (seg + boundary mask)", "srseg", "srseg", {}),
+    ("SRSEG without segmentation", "srseg", "srseg-noseg", {}),
+]
+
+
+def _recipe(name):
+    from napari_resolve.train import recipes
+
+    if name != "srseg-noseg":
+        return name
+    base = recipes.get("srseg")
+    phases = tuple(
+        dataclasses.replace(p, losses={k: (0.0 if k == "segmentation" else v)
+                                       for k, v in p.losses.items()})
+        for p in base.phases
+    )
+    return dataclasses.replace(base, name="srseg-noseg", phases=phases,
+                               description=base.description + " (segmentation weight 0)")
+
+
+def _sharpness(sr, hr):
+    from skimage.filters import sobel
+
+    from napari_resolve.data.color import rgb_to_ycbcr
+
+    def y(a):
+        a = np.asarray(a, np.float64)
+        return rgb_to_ycbcr(np.clip(a / 255.0, 0, 1))[..., 0] if a.ndim == 3 else a
+
+    return float(sobel(y(sr)).mean() / max(sobel(y(hr)).mean(), 1e-12))
+
+
+def evaluate(model_meta, val, scale):
+    from napari_resolve.data.degrade import imresize
+    from napari_resolve.metrics.quality import evaluate_pair
+    from napari_resolve.predict import predict
+
+    rows = []
+    for hr in val["hr"]:
+        hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
+        lr = imresize(hr, 1.0 / scale, channel_axis=-1)
+        sr = predict(model_meta, lr).image
+        res = evaluate_pair(sr, hr, scale=scale)
+        rows.append((res["psnr"], res["ssim"], _sharpness(sr, hr)))
+    return tuple(float(v) for v in np.mean(rows, axis=0))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=40,
+                    help="training epochs per model, 8 batches of 8 patches each (default 40)")
+    ap.add_argument("--scales", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "wbc-zheng2018")
+    ap.add_argument("--only", nargs="*", default=None, help="labels (regex) of the models to run")
+    ap.add_argument("--write", type=Path, default=None, help="put the table into this markdown file")
+    ap.add_argument("--json", type=Path, default=REPO / "bench_output" / "leukocyte.json")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from napari_resolve import models, train as T
+    from napari_resolve.bundle import default_meta
+    from napari_resolve.data import samples
+
+    data, val = samples.wbc_train_val(root=args.data)
+    results = []
+    for scale in args.scales:
+        bic = models.build("bicubic", scale=scale)
+        p, s, sh = evaluate((bic, default_meta(bic)), val, scale)
+        results.append(dict(scale=scale, model="bicubic", psnr=p, ssim=s, sharp=sh, steps=0, gan=False))
+        print(f"x{scale} bicubic: {p:.3f} dB {s:.4f} sharpness {sh:.3f}", flush=True)
+        for label, arch, recipe, config in MODELS:
+            if args.only and not any(re.search(o, label) for o in args.only):
+                continue
+            torch.manual_seed(0)
+            t0 = time.monotonic()
+            res = T.train(arch, data, config=config, scale=scale, recipe=_recipe(recipe),
+                          epochs=args.epochs, batch_size=8, patch_size=96, val_data=val,
+                          val_patch=128, seed=0, device="cpu")
+            model_meta = (res.model, default_meta(res.model))
+            p, s, sh = evaluate(model_meta, val, scale)
+            steps = res.history[-1]["step"] if res.history else 0
+            gan = "srseg" in recipe
+            results.append(dict(scale=scale, model=label, psnr=p, ssim=s, sharp=sh, steps=steps,
+                                gan=gan, train_min=(time.monotonic() - t0) / 60))
+            print(f"x{scale} {label}: {p:.3f} dB {s:.4f} sharpness {sh:.3f} ({steps} steps)", flush=True)
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    lines = [
+        f"Budget: {args.epochs} epochs × 8 batches of 8 96-px HR patches per model, on "
+        f"{platform.machine()} CPU ({torch.get_num_threads()} threads); validation = the 12 "
+        "held-out WBC data-set-2 cells, whole images; PSNR/SSIM on Y, crop = scale. Sharpness = "
+        "mean Sobel magnitude of SR / HR on Y (1 = as sharp as the reference).",
+        "",
+        "| scale | model | PSNR (dB) | SSIM | sharpness | steps | training time (min) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| ×{r['scale']} | {r['model']} | {r['psnr']:.3f} | {r['ssim']:.4f} | "
+                     f"{r['sharp']:.3f} | {r['steps']} | {r.get('train_min', 0):.1f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
+        start, end = "<!-- leukocyte:start -->", "<!-- leukocyte:end -->"
+        block = f"{start}\n{table}\n{end}"
+        if start in text:
+            text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
+        else:
+            text = text.rstrip() + "\n\n## Leukocytes (paper 000, Table 2)\n\n" + block + "\n"
+        args.write.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

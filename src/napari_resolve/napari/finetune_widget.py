@@ -1,0 +1,927 @@
+"""The "Fine-tune" dock widget: train a bundle further on your own layers, in the background.
+
+One panel, top to bottom:
+
+1. **Base model** — a bundled model (default: the ``mhtcun-lite`` one) or any
+   ``.safetensors`` file; a line says what it is and how HR-only data will
+   be degraded for it.
+2. **Training data** — from layers, in one of three forms: HR image layers
+   only (self-supervised: each is degraded on the fly with the bundle's own
+   degradation), registered LR/HR layer pairs (a warning when the HR shape is
+   not scale × LR and cropping fixes it, an error when it does not), or HR
+   images with a Labels layer as parsing-map supervision (paper 000 §2.3;
+   geometry-prior models only). Stacks give one training image per plane.
+   Validation: a part held back from the training layers (no overlap) or a
+   chosen layer.
+3. **Schedule** — patch size, batch size, learning rate (defaults: the
+   fine-tuning recipe of the architecture's paper,
+   :func:`napari_resolve.train.recipes.finetune_recipe`), minutes and/or
+   epochs, device, and the output file.
+4. **Run** — *Start* runs
+   :func:`napari_resolve.train.finetuning.finetune_measured_iter` in a
+   ``thread_worker``; a progress bar with the time left, a live plot of the
+   training loss and the validation PSNR (the base model's at step 0),
+   *Pause* / *Resume* (between two steps; paused time does not count against
+   the minutes), *Stop* (after the current step; the best weights so far are
+   kept). napari stays usable: the layers were copied when the run started,
+   so painting or adding layers does not disturb it.
+5. **Before / after** — validation PSNR and decorrelation resolution
+   (Descloux 2019; paper 003 §4.4) of the validation image super-resolved by
+   the base and by the fine-tuned model, the PSNR gain, two new layers over
+   the validation region and the embedded resolution widget with both d(r)
+   curves; *Use in Super-resolve* loads the new bundle into that panel.
+
+Every problem a user can cause is a notification and nothing is started or
+lost; a crash during training is a notification too, and the best bundle
+written before it stays on disk (bundles are written atomically).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_resolve.errors import InputError, ResolveError
+from napari_resolve.napari._widget import META_KEY, available_devices
+
+__all__ = ["FinetuneWidget", "layer_images"]
+
+FORM_LABELS = {
+    "hr": "HR images (self-supervised)",
+    "pairs": "LR / HR layer pairs",
+    "labels": "HR images + parsing labels",
+}
+HOLD_OUT = "— hold back part of the training data —"
+NONE = "—"
+
+
+# ----------------------------------------------------------------------------- layers -> data
+
+
+def _planes(layer, what: str) -> list[np.ndarray]:
+    """The 2-D planes (grey or RGB) of a layer, copied (the run must not see later edits)."""
+    if layer.multiscale:
+        raise InputError(f"'{layer.name}' is a multiscale (pyramid) layer: fine-tune on a crop")
+    data = np.array(layer.data, copy=True)
+    if data.size == 0:
+        raise InputError(f"{what} '{layer.name}' is empty (shape {data.shape})")
+    rgb = bool(getattr(layer, "rgb", False))
+    plane_ndim = 3 if rgb else 2
+    if data.ndim < plane_ndim:
+        raise InputError(f"{what} '{layer.name}' is not an image (shape {data.shape})")
+    flat = data.reshape((-1,) + data.shape[data.ndim - plane_ndim:])
+    return [flat[i] for i in range(flat.shape[0])]
+
+
+def _pixel_size_nm(layer) -> float | None:
+    from napari_resolve.napari.resolution_widget import pixel_sizes_nm
+
+    sizes, unit, _ = pixel_sizes_nm([layer])
+    return float(sizes[0]) if unit == "nm" else None
+
+
+def layer_images(hr_layer, partner=None, form: str = "hr"):
+    """:class:`~napari_resolve.train.finetuning.TrainingImage` s of one layer (and its partner).
+
+    ``partner``: the LR Image layer (``form="pairs"``) or the Labels layer
+    (``form="labels"``); planes of stacks are paired in order.
+    """
+    from napari_resolve.train.finetuning import TrainingImage
+
+    if hr_layer is None:
+        raise InputError("a training row has no image layer: choose one or remove the row")
+    if not isinstance(hr_layer, Image):
+        raise InputError(f"'{hr_layer.name}' is not an image layer")
+    if form != "hr" and partner is None:
+        what = "LR image" if form == "pairs" else "parsing Labels layer"
+        raise InputError(f"choose the {what} for '{hr_layer.name}'")
+    if form == "labels" and not isinstance(partner, Labels):
+        raise InputError(f"'{partner.name}' is not a Labels layer")
+    if form == "pairs" and not isinstance(partner, Image):
+        raise InputError(f"'{partner.name}' is not an image layer")
+    hr = _planes(hr_layer, "image")
+    others = [None] * len(hr)
+    if partner is not None and form != "hr":
+        others = _planes(partner, "LR image" if form == "pairs" else "labels layer")
+        if len(others) != len(hr):
+            raise InputError(
+                f"'{hr_layer.name}' has {len(hr)} plane(s) but '{partner.name}' has {len(others)}"
+            )
+    px = _pixel_size_nm(hr_layer)
+    out = []
+    for i, (plane, other) in enumerate(zip(hr, others)):
+        name = hr_layer.name if len(hr) == 1 else f"{hr_layer.name} [{i}]"
+        out.append(TrainingImage(
+            name, plane,
+            lr=other if form == "pairs" else None,
+            labels=other if form == "labels" else None,
+            pixel_size_nm=px, source=hr_layer.name,
+        ))
+    return out
+
+
+def _hms(seconds: float) -> str:
+    s = int(max(0, round(seconds)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``name-2.safetensors``, ``name-3…`` when it exists (nothing is overwritten)."""
+    if not path.exists():
+        return path
+    stem = path.stem
+    for i in range(2, 10_000):
+        cand = path.with_name(f"{stem}-{i}{path.suffix}")
+        if not cand.exists():
+            return cand
+    raise InputError(f"no free file name beside {path}")
+
+
+# ----------------------------------------------------------------------------- the widget
+
+
+class FinetuneWidget(QWidget):
+    """Fine-tune a bundle on layers in the background (see the module docstring).
+
+    Python access for scripts and tests: :meth:`set_base`, :meth:`set_data`,
+    :meth:`start`, :meth:`pause`, :meth:`resume`, :meth:`stop`,
+    :meth:`use_in_super_resolve`; ``running``, ``report`` (the last
+    :class:`~napari_resolve.train.finetuning.FinetuneReport`) and
+    ``bundle_path``. Signals: ``progressed`` (every
+    :class:`~napari_resolve.train.TrainEvent`), ``finished`` (the report).
+    """
+
+    progressed = Signal(object)
+    finished = Signal(object)
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.report = None
+        self.bundle_path: Path | None = None
+        self._worker = None
+        self._stop_event = threading.Event()
+        self._pause_event = threading.Event()
+        self._run = {}
+        self._files: dict[str, str] = {}
+        self._history = {"step": [], "loss": [], "val_step": [], "psnr": []}
+        self._plot_timer = QTimer(self)
+        self._plot_timer.setSingleShot(True)
+        self._plot_timer.setInterval(400)
+        self._plot_timer.timeout.connect(self._draw_plot)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._build_model_section())
+        layout.addWidget(self._build_data_section())
+        layout.addWidget(self._build_schedule_section())
+        layout.addWidget(self._build_run_section())
+        layout.addWidget(self._build_results_section(), stretch=1)
+
+        events = self.viewer.layers.events
+        events.inserted.connect(self._on_layers_changed)
+        events.removed.connect(self._refresh_layer_choices)
+        events.reordered.connect(self._refresh_layer_choices)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_layer_choices)
+        self._fill_models()
+        self._add_row()
+        self._on_form_changed()
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ building
+
+    def _build_model_section(self) -> QGroupBox:
+        box = QGroupBox("1 · Base model")
+        outer = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The model to start from: a bundled one or a .safetensors file")
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.load_file_button = QPushButton("Load file…")
+        self.load_file_button.clicked.connect(self._ask_model_file)
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.load_file_button)
+        outer.addLayout(row)
+        self.model_card = QLabel()
+        self.model_card.setWordWrap(True)
+        self.model_card.setTextFormat(Qt.TextFormat.RichText)
+        outer.addWidget(self.model_card)
+        return box
+
+    def _build_data_section(self) -> QGroupBox:
+        box = QGroupBox("2 · Training data")
+        outer = QVBoxLayout(box)
+        form = QFormLayout()
+        self.form_combo = QComboBox()
+        for key, label in FORM_LABELS.items():
+            self.form_combo.addItem(label, key)
+        self.form_combo.setToolTip(
+            "HR only: each image is degraded with the model's own degradation. Pairs: "
+            "registered LR and HR layers (HR = scale × LR). Labels: a parsing map "
+            "(0 background, 1 cytoplasm, 2 nucleus) on each HR image, for geometry-prior models."
+        )
+        self.form_combo.currentIndexChanged.connect(self._on_form_changed)
+        form.addRow("form", self.form_combo)
+        outer.addLayout(form)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["HR image", "LR image"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(90)
+        outer.addWidget(self.table)
+        buttons = QHBoxLayout()
+        self.add_row_button = QPushButton("+ image")
+        self.add_row_button.clicked.connect(lambda: self._add_row())
+        self.remove_row_button = QPushButton("− image")
+        self.remove_row_button.clicked.connect(self._remove_row)
+        buttons.addWidget(self.add_row_button)
+        buttons.addWidget(self.remove_row_button)
+        buttons.addStretch(1)
+        outer.addLayout(buttons)
+        vform = QFormLayout()
+        self.val_combo = QComboBox()
+        self.val_combo.setToolTip(
+            "Validation image: a part held back from the training layers (never trained on), "
+            "or a layer of its own"
+        )
+        self.val_combo.currentIndexChanged.connect(self._on_val_changed)
+        vform.addRow("validation", self.val_combo)
+        self.val_partner_combo = QComboBox()
+        self.val_partner_label = QLabel("validation LR")
+        vform.addRow(self.val_partner_label, self.val_partner_combo)
+        self.val_fraction_spin = QDoubleSpinBox()
+        self.val_fraction_spin.setRange(0.05, 0.5)
+        self.val_fraction_spin.setSingleStep(0.05)
+        self.val_fraction_spin.setValue(0.2)
+        self.val_fraction_spin.setToolTip(
+            "One layer: a band of this fraction at the end of its longer side (at least 64 px) is "
+            "held back; several: this fraction of the layers"
+        )
+        self.val_fraction_label = QLabel("held back")
+        vform.addRow(self.val_fraction_label, self.val_fraction_spin)
+        outer.addLayout(vform)
+        return box
+
+    def _build_schedule_section(self) -> QGroupBox:
+        box = QGroupBox("3 · Schedule")
+        form = QFormLayout(box)
+        self.patch_spin = QSpinBox()
+        self.patch_spin.setRange(0, 4096)
+        self.patch_spin.setSingleStep(16)
+        self.patch_spin.setSpecialValueText("whole images")
+        self.patch_spin.setSuffix(" px")
+        self.patch_spin.setToolTip("HR patch side (the recipe's by default; shrunk to the images)")
+        form.addRow("patch size", self.patch_spin)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 256)
+        form.addRow("batch size", self.batch_spin)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(7)
+        self.lr_spin.setRange(1e-7, 1.0)
+        self.lr_spin.setSingleStep(1e-5)
+        self.lr_spin.setToolTip("Adam learning rate (the fine-tuning recipe's by default)")
+        form.addRow("learning rate", self.lr_spin)
+        self.minutes_spin = QDoubleSpinBox()
+        self.minutes_spin.setRange(0.0, 24 * 60.0)
+        self.minutes_spin.setDecimals(2)
+        self.minutes_spin.setValue(5.0)
+        self.minutes_spin.setSpecialValueText("no limit")
+        self.minutes_spin.setSuffix(" min")
+        self.minutes_spin.setToolTip("Training time (pauses do not count)")
+        form.addRow("time", self.minutes_spin)
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(0, 100_000)
+        self.epochs_spin.setSpecialValueText("no limit")
+        self.epochs_spin.setToolTip(
+            "Epochs (about 8 batches each). With neither time nor epochs: the recipe's epochs"
+        )
+        form.addRow("epochs", self.epochs_spin)
+        self.device_combo = QComboBox()
+        devices = available_devices()
+        self.device_combo.addItem(f"auto ({devices[0].upper()})", "auto")
+        for dev in devices:
+            self.device_combo.addItem(dev.upper(), dev)
+        form.addRow("device", self.device_combo)
+        row = QHBoxLayout()
+        self.output_edit = QLineEdit()
+        self.output_edit.setToolTip(
+            "The fine-tuned model (.safetensors), written each time validation improves"
+        )
+        browse = QPushButton("…")
+        browse.setMaximumWidth(32)
+        browse.clicked.connect(self._ask_output)
+        row.addWidget(self.output_edit, 1)
+        row.addWidget(browse)
+        form.addRow("save to", row)
+        return box
+
+    def _build_run_section(self) -> QGroupBox:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        box = QGroupBox("4 · Run")
+        outer = QVBoxLayout(box)
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start fine-tuning")
+        self.start_button.clicked.connect(lambda: self.start())
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.clicked.connect(self._toggle_pause)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current step; the best weights so far are kept")
+        self.stop_button.clicked.connect(self.stop)
+        buttons.addWidget(self.start_button, 2)
+        buttons.addWidget(self.pause_button, 1)
+        buttons.addWidget(self.stop_button, 1)
+        outer.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setFormat("")
+        outer.addWidget(self.progress_bar)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        outer.addWidget(self.status)
+        self.figure = Figure(figsize=(4.2, 2.2), layout="constrained")
+        self.loss_ax = self.figure.add_subplot(1, 2, 1)
+        self.psnr_ax = self.figure.add_subplot(1, 2, 2)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        outer.addWidget(self.canvas)
+        self._draw_plot()
+        return box
+
+    def _build_results_section(self) -> QGroupBox:
+        from napari_resolve.napari.resolution_widget import ResolutionWidget
+
+        box = QGroupBox("5 · Before / after")
+        outer = QVBoxLayout(box)
+        self.results_label = QLabel("<i>Results appear here when a run ends.</i>")
+        self.results_label.setWordWrap(True)
+        self.results_label.setTextFormat(Qt.TextFormat.RichText)
+        self.results_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        outer.addWidget(self.results_label)
+        self.use_button = QPushButton("Use in Super-resolve")
+        self.use_button.setToolTip("Load the fine-tuned model into the Super-resolve panel")
+        self.use_button.clicked.connect(self.use_in_super_resolve)
+        self.use_button.setEnabled(False)
+        outer.addWidget(self.use_button)
+        self.resolution = ResolutionWidget(self.viewer)
+        self.resolution.setVisible(False)
+        outer.addWidget(self.resolution, stretch=1)
+        return box
+
+    # ------------------------------------------------------------------ base model
+
+    def _fill_models(self) -> None:
+        from napari_resolve import bundle
+
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItem("— choose a model —", None)
+        try:
+            entries = bundle.pretrained()
+        except ResolveError as exc:
+            show_error(f"cannot list the bundled models: {exc}")
+            entries = []
+        for entry in entries:
+            if entry["name"].endswith(".state"):
+                continue
+            self.model_combo.addItem(entry["name"], ("pretrained", entry["name"]))
+        self.model_combo.blockSignals(False)
+        try:  # the issue's default: the bundled MHTCUN-lite
+            default = bundle.resolve("mhtcun-lite").stem
+        except ResolveError:
+            default = None
+        index = self.model_combo.findData(("pretrained", default)) if default else -1
+        self.model_combo.setCurrentIndex(max(index, 0))
+        self._on_model_changed()
+
+    def _ask_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a model file", "", "Model files (*.safetensors);;All files (*)"
+        )
+        if path:
+            self.set_base(Path(path))
+
+    def set_base(self, src) -> bool:
+        """Choose the base model: a pretrained name (str) or a file (:class:`~pathlib.Path`)."""
+        from napari_resolve import bundle
+
+        try:
+            path = bundle.resolve(src)
+            bundle.read_meta(path)
+        except ResolveError as exc:
+            self._error(f"{exc}. Choose a napari-resolve .safetensors model file.")
+            return False
+        if path.parent == bundle.pretrained_dir():
+            choice, label = ("pretrained", path.stem), path.stem
+        else:
+            choice, label = ("file", str(path)), f"{path.name} (file)"
+        index = self.model_combo.findData(choice)
+        if index < 0:
+            self.model_combo.addItem(label, choice)
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
+        self._on_model_changed()
+        return True
+
+    def _base_source(self):
+        choice = self.model_combo.currentData()
+        if choice is None:
+            raise InputError("No base model: choose a bundled model or load a .safetensors file")
+        kind, value = choice
+        return value if kind == "pretrained" else Path(value)
+
+    def _base_meta(self) -> dict | None:
+        from napari_resolve import bundle
+
+        try:
+            return bundle.read_meta(self._base_source())
+        except ResolveError:
+            return None
+
+    def _on_model_changed(self, *_) -> None:
+        from napari_resolve.train import recipes as R
+        from napari_resolve.train.finetuning import self_supervised_degradation
+
+        meta = self._base_meta()
+        if meta is None:
+            self.model_card.setText("<i>Choose the model to fine-tune.</i>")
+            return
+        arch, s = meta.get("architecture"), int(meta.get("scale", 1))
+        rec = R.finetune_recipe(R.default_for(str(arch)))
+        self.patch_spin.setValue(int(rec.patch_size or 0))
+        self.batch_spin.setValue(int(rec.batch_size))
+        self.lr_spin.setValue(float(rec.lr))
+        deg = self_supervised_degradation(meta)
+        deg_text = ", ".join(f"{k} {v}" for k, v in deg.items() if k != "kind")
+        training = meta.get("training") or {}
+        data = training.get("data") if isinstance(training, dict) else None
+        parsing = "predicts a parsing map" if meta.get("labels") else "no parsing map"
+        self.model_card.setText(
+            f"<b>{arch}</b> ×{s}, {meta.get('color_mode', 'grey')}, {parsing}"
+            + (f"; trained on {data}" if data else "")
+            + f"<br>HR-only data are degraded with <b>{deg['kind']}</b> ({deg_text})"
+            + f"<br>recipe: {rec.description}"
+        )
+        self._suggest_output(meta)
+
+    def _suggest_output(self, meta=None) -> None:
+        try:
+            src = self._base_source()
+        except InputError:
+            return
+        stem = Path(str(src)).stem if isinstance(src, Path) else str(src)
+        folder = (Path(self.output_edit.text()).parent if self.output_edit.text()
+                  else Path.home() / "napari-resolve")
+        self.output_edit.setText(str(_free_path(folder / f"{stem}-finetuned.safetensors")))
+
+    def _ask_output(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the fine-tuned model", self.output_edit.text(),
+            "Model files (*.safetensors)"
+        )
+        if path:
+            self.output_edit.setText(path if path.endswith(".safetensors") else path + ".safetensors")
+
+    # ------------------------------------------------------------------ data rows
+
+    def _form(self) -> str:
+        return self.form_combo.currentData() or "hr"
+
+    def _on_form_changed(self, *_) -> None:
+        form = self._form()
+        self.table.setColumnHidden(1, form == "hr")
+        self.table.setHorizontalHeaderLabels(
+            ["HR image", "LR image" if form == "pairs" else "parsing labels"]
+        )
+        self._refresh_layer_choices()
+        self._on_val_changed()
+
+    def _on_val_changed(self, *_) -> None:
+        held = self.val_combo.currentText() in ("", HOLD_OUT)
+        self.val_fraction_spin.setVisible(held)
+        self.val_fraction_label.setVisible(held)
+        pairs = self._form() == "pairs" and not held
+        self.val_partner_combo.setVisible(pairs)
+        self.val_partner_label.setVisible(pairs)
+
+    def _layer_names(self, kind) -> list[str]:
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
+
+    def _add_row(self, hr_name: str | None = None, partner_name: str | None = None) -> None:
+        row = self.table.rowCount()
+        self.table.insertRow(row)
+        hr_combo, partner_combo = QComboBox(), QComboBox()
+        self.table.setCellWidget(row, 0, hr_combo)
+        self.table.setCellWidget(row, 1, partner_combo)
+        self._fill_row(row)
+        active = self.viewer.layers.selection.active
+        if hr_name is None and isinstance(active, Image) and row == 0:
+            hr_name = active.name
+        if hr_name is not None:
+            hr_combo.setCurrentText(hr_name)
+        if partner_name is not None:
+            partner_combo.setCurrentText(partner_name)
+
+    def _remove_row(self) -> None:
+        if self.table.rowCount() > 0:
+            self.table.removeRow(self.table.rowCount() - 1)
+
+    def _fill_combo(self, combo: QComboBox, names: list[str], extra=()) -> None:
+        current = combo.currentText()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(list(extra) + names)
+        if current in list(extra) + names:
+            combo.setCurrentText(current)
+        combo.blockSignals(False)
+
+    def _fill_row(self, row: int) -> None:
+        images = self._layer_names(Image)
+        partner_kind = Labels if self._form() == "labels" else Image
+        self._fill_combo(self.table.cellWidget(row, 0), images)
+        self._fill_combo(self.table.cellWidget(row, 1), self._layer_names(partner_kind), [NONE])
+
+    def _on_layers_changed(self, event=None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self._refresh_layer_choices)
+        self._refresh_layer_choices()
+
+    def _refresh_layer_choices(self, *_) -> None:
+        for row in range(self.table.rowCount()):
+            self._fill_row(row)
+        images = self._layer_names(Image)
+        self._fill_combo(self.val_combo, images, [HOLD_OUT])
+        self._fill_combo(self.val_partner_combo, images, [NONE])
+        self._on_val_changed()
+
+    def _layer(self, name: str | None):
+        if name and name not in (NONE, HOLD_OUT) and name in self.viewer.layers:
+            return self.viewer.layers[name]
+        return None
+
+    def set_data(self, form: str, rows, val=None, val_partner=None, val_fraction=None) -> None:
+        """Choose the training layers: ``rows`` of HR layer (or (HR, partner)) names or layers.
+
+        ``form``: ``"hr"``, ``"pairs"`` or ``"labels"``; ``val``: a validation
+        layer (None: hold back ``val_fraction`` of the training data).
+        """
+        def name(layer):
+            return layer if isinstance(layer, str) or layer is None else layer.name
+
+        self.form_combo.setCurrentIndex(self.form_combo.findData(form))
+        while self.table.rowCount():
+            self.table.removeRow(0)
+        for row in rows:
+            hr, partner = (row, None) if not isinstance(row, (tuple, list)) else row
+            self._add_row(name(hr), name(partner) or NONE)
+        self._refresh_layer_choices()
+        self.val_combo.setCurrentText(name(val) or HOLD_OUT)
+        self.val_partner_combo.setCurrentText(name(val_partner) or NONE)
+        if val_fraction is not None:
+            self.val_fraction_spin.setValue(float(val_fraction))
+        self._on_val_changed()
+
+    # ------------------------------------------------------------------ running
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _error(self, message: str) -> None:
+        self.status.setText(f"<span style='color:#e05050'>{message}</span>")
+        show_error(message)
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.pause_button.setEnabled(running)
+        self.stop_button.setEnabled(running)
+        for w in (self.model_combo, self.load_file_button, self.form_combo, self.table,
+                  self.add_row_button, self.remove_row_button):
+            w.setEnabled(not running)
+        if not running:
+            self.pause_button.setText("Pause")
+
+    def _collect(self) -> dict:
+        """Everything a run needs, read (and the layers copied) in the GUI thread."""
+        from napari_resolve import bundle
+        from napari_resolve.train.finetuning import check_images
+
+        source = self._base_source()
+        meta = bundle.read_meta(source)
+        form = self._form()
+        rows = []
+        for row in range(self.table.rowCount()):
+            hr = self._layer(self.table.cellWidget(row, 0).currentText())
+            partner = self._layer(self.table.cellWidget(row, 1).currentText())
+            rows.append((hr, partner))
+        if not rows:
+            raise InputError("No training layer: add a row in '2 · Training data'")
+        images = []
+        for hr, partner in rows:
+            images += layer_images(hr, partner, form)
+        s, channels = int(meta["scale"]), int(meta.get("in_channels", 1))
+        parsing = bool(meta.get("labels"))
+        images, warnings = check_images(images, scale=s, in_channels=channels,
+                                        predicts_parsing=parsing)
+        val_images = None
+        val_layer = self._layer(self.val_combo.currentText())
+        if val_layer is not None:
+            partner = self._layer(self.val_partner_combo.currentText())
+            val_form = "pairs" if form == "pairs" else "hr"
+            if val_form == "pairs" and partner is None:
+                raise InputError(f"choose the LR image of the validation layer '{val_layer.name}'")
+            val_images = layer_images(val_layer, partner, val_form)
+            val_images, w2 = check_images(val_images, scale=s, in_channels=channels,
+                                          what="validation")
+            warnings += w2
+        output = self.output_edit.text().strip()
+        if not output:
+            raise InputError("No output file: choose where to save the fine-tuned model")
+        output = Path(output).expanduser()
+        if output.suffix.lower() != ".safetensors":
+            raise InputError(f"the output must be a .safetensors file, got {output.name}")
+        free = _free_path(output)
+        if free != output:
+            warnings.append(f"{output.name} exists: saving to {free.name} instead")
+        minutes = self.minutes_spin.value() or None
+        epochs = self.epochs_spin.value() or None
+        return {
+            "source": source, "meta": meta, "images": images, "val_images": val_images,
+            "warnings": warnings, "output": free, "minutes": minutes, "epochs": epochs,
+            "patch_size": self.patch_spin.value() or None, "batch_size": self.batch_spin.value(),
+            "learning_rate": self.lr_spin.value(), "device": self.device_combo.currentData(),
+            "val_fraction": self.val_fraction_spin.value(), "form": form,
+            "layers": {r[0].name: r[0] for r in rows if r[0] is not None},
+            "val_layer": val_layer,
+        }
+
+    def start(self, max_steps: int | None = None):
+        """Start fine-tuning (button *Start*); returns the worker, or None after a notification.
+
+        ``max_steps`` bounds the run in optimiser steps (scripts and tests).
+        """
+        from napari.qt.threading import thread_worker
+
+        from napari_resolve.train.finetuning import finetune_measured_iter
+
+        if self._worker is not None:
+            show_info("Fine-tuning is already running: wait for it or click Stop")
+            return None
+        try:
+            run = self._collect()
+            run["output"].parent.mkdir(parents=True, exist_ok=True)
+        except ResolveError as exc:
+            self._error(str(exc))
+            return None
+        except OSError as exc:
+            self._error(f"cannot create the output folder: {exc}")
+            return None
+        for message in run["warnings"]:
+            show_warning(message)
+        self._run = run
+        self._stop_event = threading.Event()
+        self._pause_event = threading.Event()
+        self._history = {"step": [], "loss": [], "val_step": [], "psnr": []}
+        self.report = None
+        self.use_button.setEnabled(False)
+        self._draw_plot()
+        worker = thread_worker(finetune_measured_iter, start_thread=False)(
+            run["source"], run["images"], val_images=run["val_images"],
+            val_fraction=run["val_fraction"], epochs=run["epochs"], minutes=run["minutes"],
+            max_steps=max_steps, learning_rate=run["learning_rate"],
+            patch_size=run["patch_size"], batch_size=run["batch_size"], output=run["output"],
+            device=run["device"], stop=self._stop_event, pause=self._pause_event,
+            note="fine-tuned in the napari-resolve Fine-tune widget",
+        )
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._on_report)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.progress_bar.setRange(0, 0)  # busy until the first estimate
+        self.progress_bar.setFormat("starting…")
+        self.status.setText(f"Fine-tuning {run['source']} → {run['output'].name}…")
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Stop after the current step (button *Stop*); the best weights so far are kept."""
+        if self._worker is not None:
+            self._stop_event.set()
+            self._pause_event.clear()
+            self.status.setText("Stopping after this step…")
+
+    def pause(self) -> None:
+        """Hold training between two steps (paused time does not count against the minutes)."""
+        if self._worker is not None and not self._pause_event.is_set():
+            self._pause_event.set()
+            self.pause_button.setText("Resume")
+            self.status.setText("Paused (after the current step)")
+
+    def resume(self) -> None:
+        if self._pause_event.is_set():
+            self._pause_event.clear()
+            self.pause_button.setText("Pause")
+            self.status.setText("Resumed")
+
+    def _toggle_pause(self) -> None:
+        self.resume() if self._pause_event.is_set() else self.pause()
+
+    def _on_event(self, ev) -> None:
+        self.progressed.emit(ev)
+        if ev.kind == "step":
+            self._history["step"].append(ev.step)
+            self._history["loss"].append(ev.losses.get("total", math.nan))
+        elif ev.kind == "epoch" and ev.val:
+            self._history["val_step"].append(ev.step)
+            self._history["psnr"].append(ev.val.get("psnr", math.nan))
+        if not self._plot_timer.isActive():
+            self._plot_timer.start()
+        self._update_progress(ev)
+
+    def _update_progress(self, ev) -> None:
+        run = self._run
+        fraction = None
+        if ev.total_steps:
+            fraction = ev.step / ev.total_steps
+        elif run.get("minutes") and ev.eta_s is not None:
+            fraction = 1.0 - ev.eta_s / (60.0 * run["minutes"])
+        if fraction is not None and ev.kind in ("step", "epoch"):
+            self.progress_bar.setRange(0, 1000)
+            self.progress_bar.setValue(int(1000 * min(max(fraction, 0.0), 1.0)))
+            left = f" · {_hms(ev.eta_s)} left" if ev.eta_s is not None else ""
+            self.progress_bar.setFormat(f"%p%{left}")
+        if self._stop_event.is_set() or self._pause_event.is_set():
+            return
+        if ev.kind == "step":
+            loss = ev.losses.get("total")
+            psnr = self._history["psnr"][-1] if self._history["psnr"] else None
+            self.status.setText(
+                f"step {ev.step}, epoch {ev.epoch}"
+                + (f" · loss {loss:.4g}" if loss is not None else "")
+                + (f" · val PSNR {psnr:.2f} dB" if psnr is not None else "")
+            )
+        elif ev.message:
+            self.status.setText(ev.message)
+
+    def _draw_plot(self) -> None:
+        h = self._history
+        self.loss_ax.clear()
+        self.psnr_ax.clear()
+        if h["step"]:
+            self.loss_ax.plot(h["step"], h["loss"], lw=1, color="tab:blue")
+            if all(v > 0 for v in h["loss"] if math.isfinite(v)):
+                self.loss_ax.set_yscale("log")
+        if h["val_step"]:
+            self.psnr_ax.plot(h["val_step"], h["psnr"], "o-", ms=3, color="tab:orange")
+            self.psnr_ax.axhline(h["psnr"][0], ls="--", lw=0.8, color="grey")
+        self.loss_ax.set_title("training loss", fontsize="small")
+        self.psnr_ax.set_title("validation PSNR (dB)", fontsize="small")
+        for ax in (self.loss_ax, self.psnr_ax):
+            ax.set_xlabel("step", fontsize="small")
+            ax.tick_params(labelsize="x-small")
+        self.canvas.draw_idle()
+
+    def _on_report(self, report) -> None:
+        self.report = report
+        self.bundle_path = Path(report.bundle) if report.bundle is not None else None
+        self._draw_plot()
+        if report.error:
+            if report.traceback:
+                import sys
+
+                print(report.traceback, file=sys.stderr)
+            self._error(report.error)
+        if report.before is not None and report.after is not None:
+            self.results_label.setText(self._results_html(report))
+            try:
+                self._show_before_after(report)
+            except ResolveError as exc:  # layers removed meanwhile, or too small to measure
+                show_warning(f"before/after layers: {exc}")
+        if self.bundle_path is not None and self.bundle_path.exists():
+            self.use_button.setEnabled(True)
+            if not report.error:
+                how = {None: "finished", "user": "stopped", "time": "time budget spent",
+                       "steps": "step limit reached"}.get(report.stopped, report.stopped)
+                self.status.setText(f"Done ({how}): saved {self.bundle_path}")
+        self.finished.emit(report)
+
+    def _on_errored(self, exc: Exception) -> None:
+        # only a bug outside the training loop gets here (napari shows the traceback)
+        self._error(f"Fine-tuning failed: {type(exc).__name__}: {exc}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+        if self.progress_bar.maximum() == 0:
+            self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setFormat("%p%")
+        if self._run.get("output") is not None:  # the next run does not overwrite this one
+            self.output_edit.setText(str(_free_path(Path(self._run["output"]))))
+
+    # ------------------------------------------------------------------ results
+
+    @staticmethod
+    def _results_html(report) -> str:
+        b, a = report.before, report.after
+        unit = b.unit
+
+        def res(value):
+            return "no peak" if value is None else f"{value:.4g} {unit}"
+
+        rows = [
+            "<tr><th></th><th>val PSNR</th><th>SSIM</th><th>resolution</th></tr>",
+            (f"<tr><td>base</td><td align='right'>{b.psnr:.2f} dB</td>"
+             f"<td align='right'>{b.ssim:.3f}</td><td align='right'>{res(b.resolution)}</td></tr>"),
+            (f"<tr><td><b>fine-tuned</b></td><td align='right'><b>{a.psnr:.2f} dB</b></td>"
+             f"<td align='right'>{a.ssim:.3f}</td>"
+             f"<td align='right'><b>{res(a.resolution)}</b></td></tr>"),
+        ]
+        text = "<table>" + "".join(rows) + "</table>"
+        if report.psnr_gain is not None:
+            text += f"PSNR gain <b>{report.psnr_gain:+.2f} dB</b>"
+        refs = report.references or {}
+        hr = [r for r in refs.get("hr", []) if r is not None]
+        lr = [r for r in refs.get("lr", []) if r is not None]
+        if hr or lr:
+            text += "<br><i>for reference: "
+            parts = []
+            if lr:
+                parts.append(f"LR input {np.mean(lr):.4g} {unit}")
+            if hr:
+                parts.append(f"HR target {np.mean(hr):.4g} {unit}")
+            text += ", ".join(parts) + "</i>"
+        if unit == "px":
+            text += "<br><i>no physical pixel size on the layers: resolution in SR pixels</i>"
+        return text
+
+    def _show_before_after(self, report) -> None:
+        """Two layers over the (first) validation crop, measured by the embedded widget."""
+        run = self._run
+        val, (y0, x0, _, _) = report.val[0], report.val_crops[0]
+        src = self.viewer.layers[val.source] if val.source in self.viewer.layers else None  # noqa: SIM401
+        if src is None and run.get("val_layer") is not None:
+            src = run["val_layer"]
+        scale = tuple(src.scale[-2:]) if src is not None else (1.0, 1.0)
+        translate = tuple(src.translate[-2:]) if src is not None else (0.0, 0.0)
+        oy, ox = val.origin[0] + y0, val.origin[1] + x0
+        translate = (translate[0] + oy * scale[0], translate[1] + ox * scale[1])
+        units = tuple(src.units[-2:]) if src is not None else None
+        arch = str(run["meta"].get("architecture"))
+        added = []
+        for label, m in (("base", report.before), ("fine-tuned", report.after)):
+            name = f"{val.name} ×{run['meta']['scale']} {label} ({arch})"
+            image = m.images[0]
+            layer = self.viewer.add_image(
+                image, name=name, scale=scale, translate=translate, units=units,
+                colormap=src.colormap if src is not None and not src.rgb else "gray",
+                metadata={META_KEY: {"kind": "finetune-" + label.replace("-", ""),
+                                     "bundle": str(report.bundle), "source_layer": val.source}},
+            )
+            added.append(layer)
+        self.resolution.setVisible(True)
+        self.resolution.set_layers(added[0], added[1])
+        self.resolution.compute()
+        self.viewer.layers.selection.active = added[1]
+
+    def use_in_super_resolve(self) -> bool:
+        """Load the fine-tuned bundle into the Super-resolve panel (opened if needed)."""
+        if self.bundle_path is None or not self.bundle_path.exists():
+            self._error("No fine-tuned model yet: run fine-tuning first")
+            return False
+        _, sr_widget = self.viewer.window.add_plugin_dock_widget("napari-resolve", "Super-resolve")
+        return bool(sr_widget.load_model_file(self.bundle_path))
+
+    def closeEvent(self, event) -> None:  # Qt: a closed panel stops its run
+        self._stop_event.set()
+        self._pause_event.clear()
+        super().closeEvent(event)

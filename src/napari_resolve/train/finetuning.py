@@ -1,0 +1,724 @@
+"""Fine-tuning on the user's own images, measured before and after (issue 8).
+
+The piece shared by the napari *Fine-tune* widget, ``napari-resolve
+finetune`` and ``benchmarks/finetune.py``; Qt-free. It wraps
+:func:`napari_resolve.train.finetune_iter` (the engine and the paper's
+fine-tuning recipe, :func:`~napari_resolve.train.recipes.finetune_recipe`)
+with what a fine-tuning *session* needs:
+
+* the user's data as :class:`TrainingImage` (arrays), in three forms:
+  HR images only (self-supervised: the LR input is made with the bundle's
+  degradation, :func:`self_supervised_degradation`), registered LR/HR pairs,
+  or HR images with a parsing map (labels 0/1/2; paper 000 §2.3, for models
+  that predict one), checked by :func:`check_images` with one-line messages;
+* a validation set held back *without overlap* (:func:`hold_out`) or given;
+* the base model measured on that validation set before training and the
+  fine-tuned model after it (:func:`measure`): validation PSNR / SSIM as the
+  engine computes them, and the decorrelation resolution (Descloux 2019, the
+  estimate paper 003 §4.4 reports) of each super-resolved validation image;
+* a time budget that excludes pauses, and a pause that holds training
+  between two steps;
+* the best bundle re-written (atomically) with the before/after figures.
+
+Choices the papers leave open, made here:
+
+* A bundle trained on pairs (``degradation.kind == "paired"``, e.g. the
+  bundled ``mhtcun-lite-x2`` on simulated wide-field/SIM pairs) records no
+  way of making LR images. For a grey model with a known pixel size the
+  self-supervised LR is made with the wide-field camera model of
+  :func:`napari_resolve.data.datasets.degrade` (Gaussian PSF of λ 520 nm,
+  NA 1.3 thinned by the target's 2× resolution gain, ``scale``-fold binning,
+  Poisson + Gaussian noise: the physics of the fluorescence simulator) at the
+  bundle's HR pixel size; otherwise MATLAB bicubic (papers 000 §3.1, 004 §4).
+* One training image: the validation part is a band at the end of its
+  longer axis (``val_fraction`` of it, at least 64 HR px, at most half);
+  several images: the last ``val_fraction`` of them (at least one).
+* Validation crops: whole validation images when each is at most 256² HR px,
+  else the engine's 256-px centre crop (validation runs after every epoch).
+* The patch side is the recipe's, shrunk to the smallest training image.
+* ``minutes`` counts training time only (not pauses, not the before/after
+  measurement). With only ``minutes`` the epochs are unbounded; with neither
+  ``minutes`` nor ``epochs`` the recipe's epochs run.
+* The fine-tuned bundle's ``pixel_size`` is the user's LR pixel size when the
+  data are calibrated, else the parent's.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from napari_resolve.errors import InputError, ResolveError
+
+__all__ = [
+    "FORMS",
+    "FinetuneReport",
+    "Measurement",
+    "TrainingImage",
+    "check_images",
+    "finetune_measured",
+    "finetune_measured_iter",
+    "hold_out",
+    "measure",
+    "measure_references",
+    "self_supervised_degradation",
+    "validation_dataset",
+]
+
+#: the three forms of training data: HR only (self-supervised), LR/HR pairs, HR + parsing map
+FORMS = ("hr", "pairs", "labels")
+#: smallest validation band cut from a single image (HR px; decorrelation needs 32)
+MIN_VAL_SIDE = 64
+#: validation images up to this area are validated whole
+WHOLE_VAL_AREA = 256 * 256
+
+
+@dataclass
+class TrainingImage:
+    """One image of the user's data (a 2-D plane, grey (H, W) or RGB (H, W, 3)).
+
+    ``lr`` (for pairs) is the registered low-resolution image, ``labels`` a
+    parsing map on the HR grid (0 background, 1 cytoplasm, 2 nucleus).
+    ``pixel_size_nm`` is the HR pixel size (None: uncalibrated); ``origin``
+    (HR px) is where this image sits in ``source`` (a layer or file name), so
+    results made from a held-out part can be placed back over it.
+    """
+
+    name: str
+    hr: np.ndarray
+    lr: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    pixel_size_nm: float | None = None
+    source: str = ""
+    origin: tuple = (0, 0)
+
+    @property
+    def form(self) -> str:
+        return "pairs" if self.lr is not None else "labels" if self.labels is not None else "hr"
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "shape": list(self.hr.shape)}
+        if self.lr is not None:
+            out["lr_shape"] = list(self.lr.shape)
+        if self.labels is not None:
+            out["labels"] = True
+        if self.source and self.source != self.name:
+            out["from"] = self.source
+            out["origin"] = [int(v) for v in self.origin]
+        out["pixel_size_nm"] = self.pixel_size_nm
+        return out
+
+
+# --------------------------------------------------------------------------- checks
+def _plane(arr, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(arr)
+    except Exception as exc:  # a dask graph that cannot compute, ragged lists
+        raise InputError(f"{what} cannot be read as an image: {exc}") from None
+    if arr.size == 0:
+        raise InputError(f"{what} is empty (shape {arr.shape})")
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+        raise InputError(f"{what} must be one 2-D plane (grey or RGB), got shape {arr.shape}")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise InputError(f"{what} is not a real-valued image (dtype {arr.dtype})")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InputError(f"{what} contains NaN or infinite values")
+    return arr
+
+
+def check_images(images, *, scale: int, in_channels: int = 1, predicts_parsing: bool = False,
+                 what: str = "training") -> tuple[list[TrainingImage], list[str]]:
+    """Validate the user's images for a ×``scale`` model; returns (images, warnings).
+
+    Every image must have the same form (:data:`FORMS`). Problems raise an
+    :class:`~napari_resolve.errors.InputError` naming the image: an empty or
+    constant image, NaNs, an RGB model given grey data, a pair whose HR is
+    not ``scale`` × LR beyond what cropping fixes, labels that are not on the
+    HR grid or hold values other than 0, 1, 2, or labels for a model that
+    predicts no parsing map. A pair off by less than ``scale`` HR px (an HR
+    side that is not a multiple of the scale) is cropped with a warning.
+    """
+    images = list(images or [])
+    if not images:
+        raise InputError(f"no {what} images given")
+    forms = {im.form for im in images}
+    if len(forms) > 1:
+        raise InputError(
+            f"{what} images mix forms ({', '.join(sorted(forms))}): give all as HR only, "
+            "all as LR/HR pairs, or all with parsing labels"
+        )
+    s = int(scale)
+    out, warnings = [], []
+    for im in images:
+        name = im.name
+        hr = _plane(im.hr, f"'{name}'")
+        if float(np.ptp(hr)) == 0.0:
+            raise InputError(f"'{name}' is empty: every pixel is {hr.flat[0]}")
+        if in_channels == 3 and hr.ndim == 2:
+            raise InputError(f"'{name}' is grey but the model works on RGB images")
+        H, W = hr.shape[:2]
+        lr, labels = im.lr, im.labels
+        if lr is not None:
+            lr = _plane(lr, f"LR '{name}'")
+            if (lr.ndim == 3) != (hr.ndim == 3):
+                raise InputError(f"LR and HR of '{name}' differ in colour (one RGB, one grey)")
+            if float(np.ptp(lr)) == 0.0:
+                raise InputError(f"LR of '{name}' is empty: every pixel is {lr.flat[0]}")
+            h, w = lr.shape[:2]
+            if (H, W) != (s * h, s * w):
+                # usable when cropping fixes it: HR up to s-1 px too big, or LR 1 px too big
+                if not (0 <= h - H // s <= 1 and 0 <= w - W // s <= 1):
+                    raise InputError(
+                        f"pair '{name}': HR is {H}×{W} but ×{s} of LR {h}×{w} is {s * h}×{s * w}: "
+                        f"for a ×{s} model the HR image must be {s}× the LR image"
+                    )
+                hh, ww = min(h, H // s), min(w, W // s)
+                warnings.append(
+                    f"pair '{name}': HR {H}×{W} is not ×{s} of LR {h}×{w}; using the "
+                    f"common {s * hh}×{s * ww} / {hh}×{ww} corner"
+                )
+                hr, lr = hr[: s * hh, : s * ww], lr[:hh, :ww]
+                H, W = hr.shape[:2]
+        if labels is not None:
+            if not predicts_parsing:
+                raise InputError(
+                    "the model predicts no parsing map: parsing labels need a geometry-prior "
+                    "(gp) model; fine-tune this one on HR images or LR/HR pairs"
+                )
+            from napari_resolve.data.labels import check_labels
+
+            lab = np.asarray(labels)
+            if lab.shape[:2] != (H, W) or lab.ndim != 2:
+                raise InputError(
+                    f"labels of '{name}' are {'×'.join(map(str, lab.shape))} px but the image is "
+                    f"{H}×{W}: paint the parsing map on the HR image's grid"
+                )
+            if lab.size and np.issubdtype(lab.dtype, np.number) and not np.iscomplexobj(lab):
+                found = np.unique(lab)
+                unknown = [v for v in found.tolist() if v not in (0, 1, 2)]
+                if unknown:
+                    shown = ", ".join(f"{v:g}" for v in unknown[:5])
+                    raise InputError(
+                        f"labels of '{name}' hold unknown values {shown}: use 0 background, "
+                        "1 cytoplasm, 2 nucleus"
+                    )
+                if found.size == 1 and found[0] == 0:
+                    raise InputError(
+                        f"labels of '{name}' are empty (all background): paint 1 cytoplasm and "
+                        "2 nucleus"
+                    )
+            try:
+                labels = check_labels(lab, ndim=2)
+            except InputError as exc:
+                raise InputError(f"labels of '{name}': {exc}") from None
+        if H < 4 * s or W < 4 * s:
+            raise InputError(f"'{name}' is {H}×{W} px: too small for ×{s} (at least {4 * s} px)")
+        out.append(replace(im, hr=hr, lr=lr, labels=labels))
+    return out, warnings
+
+
+# --------------------------------------------------------------------------- validation split
+def _cut(im: TrainingImage, axis: int, start: int, stop: int, s: int, suffix: str):
+    sl = [slice(None), slice(None)]
+    sl[axis] = slice(start, stop)
+    lr = None
+    if im.lr is not None:
+        lsl = [slice(None), slice(None)]
+        lsl[axis] = slice(start // s, stop // s)
+        lr = im.lr[tuple(lsl)]
+    labels = None if im.labels is None else im.labels[tuple(sl)]
+    origin = list(im.origin)
+    origin[axis] += start
+    return replace(im, name=f"{im.name} {suffix}", hr=im.hr[tuple(sl)], lr=lr, labels=labels,
+                   source=im.source or im.name, origin=tuple(origin))
+
+
+def hold_out(images, val_fraction: float, scale: int):
+    """(train, validation) without overlap; see the module docstring for the rule."""
+    images = list(images)
+    f = float(val_fraction)
+    if not 0.0 < f < 1.0:
+        raise InputError(f"validation fraction must be between 0 and 1, got {val_fraction}")
+    s = int(scale)
+    if len(images) >= 2:
+        k = min(len(images) - 1, max(1, round(len(images) * f)))
+        return images[:-k], images[-k:]
+    (im,) = images
+    H, W = im.hr.shape[:2]
+    axis = 0 if H >= W else 1
+    length = (H, W)[axis] // s * s
+    band = max(math.ceil(f * length), MIN_VAL_SIDE)
+    band = min(band, length // 2) // s * s
+    if band < 4 * s:
+        raise InputError(
+            f"'{im.name}' ({H}×{W} px) is too small to hold back a validation part: "
+            "choose a validation layer"
+        )
+    cut = length - band
+    part = "rows" if axis == 0 else "columns"
+    train = _cut(im, axis, 0, cut, s, f"({part} 0-{cut - 1})")
+    val = _cut(im, axis, cut, length, s, f"({part} {cut}-{length - 1}, held out)")
+    return [train], [val]
+
+
+# --------------------------------------------------------------------------- degradation
+def _lr_pixel_nm(meta: dict) -> float | None:
+    px = meta.get("pixel_size")
+    if isinstance(px, dict) and px.get("value"):
+        from napari_resolve.io import to_micrometre
+
+        um = to_micrometre(float(px["value"]), px.get("unit") or "µm")
+        return None if um is None else 1000.0 * um
+    if isinstance(px, (int, float)) and px > 0:
+        return 1000.0 * float(px)  # a bare number is µm, as io's metadata
+    return None
+
+
+def self_supervised_degradation(meta: dict) -> dict:
+    """How HR-only images become LR inputs for a fine-tuning of the bundle ``meta``.
+
+    The bundle's own ``degradation`` when it has one; for a bundle trained on
+    pairs see the module docstring (wide-field camera model for grey models
+    with a pixel size, else MATLAB bicubic).
+    """
+    s = int(meta.get("scale", 1))
+    deg = meta.get("degradation") or {}
+    if isinstance(deg, dict) and deg.get("kind") not in (None, "paired"):
+        return {**deg, "scale": s}
+    lr_nm = _lr_pixel_nm(meta)
+    if meta.get("color_mode", "grey") == "grey" and lr_nm:
+        return {"kind": "widefield", "scale": s, "pixel_size": lr_nm / s}
+    return {"kind": "matlab-bicubic", "scale": s}
+
+
+# --------------------------------------------------------------------------- measuring
+@dataclass
+class Measurement:
+    """A model on the validation set: mean PSNR / SSIM and decorrelation resolutions.
+
+    ``resolutions``: one per validation image, in ``unit`` (nm when the data
+    are calibrated, else SR pixels), None where no peak was found or the
+    image is under 32 px. ``resolution``: their mean over the images with a
+    peak. ``images``: the SR outputs (normalised [0, 1], channel 0) for display.
+    """
+
+    psnr: float
+    ssim: float
+    resolutions: list
+    unit: str
+    images: list = field(default_factory=list, repr=False)
+    psnrs: list = field(default_factory=list)
+
+    @property
+    def resolution(self) -> float | None:
+        found = [r for r in self.resolutions if r is not None]
+        return float(np.mean(found)) if found else None
+
+    def to_dict(self) -> dict:
+        def num(v):
+            return None if v is None or not math.isfinite(v) else round(float(v), 4)
+
+        return {"val_psnr": num(self.psnr), "val_ssim": num(self.ssim),
+                "val_psnrs": [num(p) for p in self.psnrs], "resolution": num(self.resolution),
+                "resolutions": [num(r) for r in self.resolutions], "unit": self.unit}
+
+
+def _resolution(image: np.ndarray, pixel_nm: float | None):
+    from napari_resolve.metrics.resolution import MIN_SIZE, decorrelation
+
+    if min(image.shape) < MIN_SIZE:
+        return None
+    res = decorrelation(image, pixel_size=pixel_nm, unit="nm" if pixel_nm else None)
+    return float(res.resolution) if res.found else None
+
+
+def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu") -> Measurement:
+    """``model`` on every sample of the validation dataset ``val_ds`` (see :class:`Measurement`).
+
+    PSNR / SSIM as the training engine validates (Y / grey channel, ``scale``
+    px border cropped, outputs clipped); resolution of each SR image at the HR
+    pixel size ``pixel_size_nm`` (None: in SR pixels).
+    """
+    import torch
+
+    from napari_resolve.train.engine import _quality
+
+    dev = torch.device(device)
+    was = model.training
+    model.eval()
+    model.to(dev)
+    psnrs, ssims, resolutions, images = [], [], [], []
+    with torch.no_grad():
+        for i in range(len(val_ds)):
+            smp = val_ds[i]
+            sr = model(smp["lr"][None].to(dev))["sr"][0].float().cpu()
+            p, q = _quality(sr, smp["hr"], model.scale)
+            psnrs.append(p)
+            ssims.append(q)
+            img = np.clip(sr[0].numpy(), 0.0, None)
+            images.append(img)
+            resolutions.append(_resolution(img, pixel_size_nm))
+    model.train(was)
+    finite = [p for p in psnrs if math.isfinite(p)]
+    return Measurement(
+        float(np.mean(finite)) if finite else math.nan,
+        float(np.mean(ssims)) if ssims else math.nan,
+        resolutions, "nm" if pixel_size_nm else "px", images, psnrs,
+    )
+
+
+def measure_references(val_ds, pixel_size_nm: float | None = None) -> dict:
+    """Decorrelation resolution of the validation inputs and targets, for context.
+
+    ``{"lr": [...], "hr": [...], "unit": ...}``: the LR input at its own pixel
+    size (``scale`` × the HR one) and the HR target; None where no peak.
+    """
+    s = int(val_ds.scale)
+    lr_res, hr_res = [], []
+    for i in range(len(val_ds)):
+        smp = val_ds[i]
+        lr_px = None if pixel_size_nm is None else pixel_size_nm * s
+        lr = _resolution(smp["lr"][0].numpy(), lr_px)
+        # uncalibrated: the LR resolution in HR (= SR) pixels, comparable with the SR results
+        lr_res.append(lr if (lr is None or pixel_size_nm) else lr * s)
+        hr_res.append(_resolution(smp["hr"][0].numpy(), pixel_size_nm))
+    return {"lr": lr_res, "hr": hr_res, "unit": "nm" if pixel_size_nm else "px"}
+
+
+# --------------------------------------------------------------------------- the session
+@dataclass
+class FinetuneReport:
+    """What a session gave.
+
+    ``result``: the engine's :class:`~napari_resolve.train.TrainResult` (None
+    when it failed before training); ``before`` / ``after``: the base and the
+    fine-tuned model on the validation set; ``bundle``: the best model file
+    (None when none was written); ``error``: a one-line message when the run
+    failed (``traceback`` holds the details of a crash); ``val``: the
+    validation images (their HR arrays, names and origins);
+    ``val_crops``: (y0, x0, h, w) HR px of each validated crop within its image.
+    """
+
+    result: object = None
+    before: Measurement | None = None
+    after: Measurement | None = None
+    bundle: object = None
+    error: str | None = None
+    traceback: str = ""
+    warnings: list = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+    val: list = field(default_factory=list, repr=False)
+    val_crops: list = field(default_factory=list)
+    degradation: dict | None = None
+    stopped: str | None = None
+    references: dict = field(default_factory=dict)
+
+    @property
+    def psnr_gain(self) -> float | None:
+        if self.before is None or self.after is None:
+            return None
+        gain = self.after.psnr - self.before.psnr
+        return gain if math.isfinite(gain) else None
+
+    def table(self) -> str:
+        """Before / after as a small text table (CLI, logs)."""
+        if self.before is None:
+            return ""
+        rows = [("model", "val PSNR (dB)", "val SSIM", f"resolution ({self.before.unit})")]
+        for label, m in (("base", self.before), ("fine-tuned", self.after)):
+            if m is None:
+                continue
+            res = m.resolution
+            rows.append((label, f"{m.psnr:.2f}", f"{m.ssim:.4f}",
+                         "no peak" if res is None else f"{res:.4g}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                           enumerate(zip(r, widths))) for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        if self.psnr_gain is not None:
+            lines.append(f"PSNR gain {self.psnr_gain:+.2f} dB")
+        return "\n".join(lines)
+
+
+def _val_crop(shape, s: int, val_patch):
+    """(y0, x0, h, w) HR px that ``SRDataset`` validates (its centre-crop rule)."""
+    H, W = shape[0] // s * s, shape[1] // s * s
+    if not val_patch:
+        return (0, 0, H, W)
+    ps = min(int(val_patch) // s * s, H, W) // s * s
+    return ((H - ps) // 2 // s * s, (W - ps) // 2 // s * s, ps, ps)
+
+
+def _dataset(images, scale, in_channels, normalization, degradation, seed, patch_size=None):
+    from napari_resolve.data.datasets import make_dataset
+
+    data = {
+        "hr": [im.hr for im in images],
+        "lr": [im.lr for im in images] if images[0].lr is not None else None,
+        "labels": [im.labels for im in images] if images[0].labels is not None else None,
+    }
+    ds = make_dataset(data, scale=scale, in_channels=in_channels, normalization=normalization,
+                      degradation=degradation, patch_size=patch_size, seed=seed)
+    ds.description = ", ".join(im.name for im in images)[:300]
+    return ds
+
+
+def validation_dataset(images, meta: dict, degradation: dict | None = None, seed: int = 0,
+                       val_patch=None):
+    """The validation samples a session measures on (for a caller's own comparisons).
+
+    ``images``: :class:`TrainingImage` s; ``meta``: the base bundle's metadata
+    (scale, channels, normalisation); ``degradation``: for HR-only images
+    (default :func:`self_supervised_degradation`). The LR inputs (and their
+    noise) are the ones :func:`finetune_measured_iter` validates with for the same seed.
+    """
+    deg = degradation or self_supervised_degradation(meta)
+    ds = _dataset(list(images), int(meta["scale"]), int(meta.get("in_channels", 1)),
+                  meta.get("normalization") or {"mode": "dtype"}, deg, seed)
+    return ds.as_validation(val_patch)
+
+
+def finetune_measured_iter(
+    source,
+    images,
+    *,
+    val_images=None,
+    val_fraction: float = 0.2,
+    epochs=None,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    learning_rate: float | None = None,
+    patch_size="recipe",
+    batch_size: int | None = None,
+    degradation: dict | None = None,
+    output=None,
+    device="auto",
+    seed: int = 0,
+    stop=None,
+    pause=None,
+    val_patch="auto",
+    note: str = "",
+):
+    """Fine-tune bundle ``source`` on ``images``; a generator of ``TrainEvent``, returns a report.
+
+    ``images`` / ``val_images``: :class:`TrainingImage` lists (without
+    ``val_images``, :func:`hold_out` with ``val_fraction``). ``stop`` /
+    ``pause``: ``threading.Event`` (pause holds training between two steps).
+    ``degradation``: overrides :func:`self_supervised_degradation` for HR-only
+    data. The other arguments are those of :func:`napari_resolve.train.train_iter`.
+    Events: ``"info"`` messages, an ``"epoch"`` event at step 0 with the base
+    model's validation metrics, then the engine's events (``eta_s`` from the
+    time budget when one is given). User problems (and crashes) come back as
+    :attr:`FinetuneReport.error`; the best bundle written so far stays.
+    """
+    from napari_resolve import bundle
+    from napari_resolve.train import TrainEvent
+    from napari_resolve.train.engine import _device, finetune_iter
+
+    report = FinetuneReport()
+    step_box = [0]
+    try:
+        path = bundle.resolve(source)
+        parent = path.stem if path.parent == bundle.pretrained_dir() else str(source)
+        meta = bundle.read_meta(path)
+        s, channels = int(meta["scale"]), int(meta.get("in_channels", 1))
+        parsing = bool(meta.get("labels"))  # bundles of parsing models name their labels
+        images, warnings = check_images(images, scale=s, in_channels=channels,
+                                        predicts_parsing=parsing)
+        if val_images:
+            val_images, w2 = check_images(val_images, scale=s, in_channels=channels,
+                                          predicts_parsing=parsing, what="validation")
+            if (val_images[0].form == "pairs") != (images[0].form == "pairs"):
+                raise InputError("validation and training data must both be LR/HR pairs or not")
+            val_images = [replace(v, labels=None) for v in val_images]
+            warnings += w2
+            val_kind = "given"
+        else:
+            images, val_images = hold_out(images, val_fraction, s)
+            val_kind = f"held out ({val_fraction:g})"
+        report.warnings = warnings
+        for w in warnings:
+            yield TrainEvent(0, 0, None, "", {}, None, None, w, "info")
+        form = images[0].form
+        deg = degradation or self_supervised_degradation(meta)
+        report.degradation = deg if form != "pairs" else None
+        norm = meta.get("normalization") or {"mode": "dtype"}
+        # the recipe's patch, shrunk to the smallest training image
+        from napari_resolve.train import recipes as R
+
+        rec = R.finetune_recipe(R.default_for(str(meta["architecture"])), learning_rate)
+        ps = rec.patch_size if patch_size == "recipe" else patch_size
+        smallest = min(min(im.hr.shape[:2]) for im in images) // s * s
+        if ps is not None and int(ps) > smallest:
+            yield TrainEvent(0, 0, None, "", {}, None, None,
+                             f"patch size {ps} px is larger than the smallest training image; "
+                             f"using {smallest} px", "info")
+            ps = smallest
+        if val_patch == "auto":
+            val_patch = None if all(v.hr.shape[0] * v.hr.shape[1] <= WHOLE_VAL_AREA
+                                    for v in val_images) else 256
+        report.val = val_images
+        report.val_crops = [_val_crop(v.hr.shape, s, val_patch) for v in val_images]
+        px_nm = images[0].pixel_size_nm
+        val_px = val_images[0].pixel_size_nm
+        data_info = {
+            "form": {"hr": "HR only (self-supervised)", "pairs": "LR/HR pairs",
+                     "labels": "HR + parsing labels"}[form],
+            "images": [im.describe() for im in images],
+            "validation": {"kind": val_kind, "images": [v.describe() for v in val_images],
+                           "crops": [list(c) for c in report.val_crops]},
+            "degradation": report.degradation,
+        }
+        if note:
+            data_info["note"] = note
+        report.data = data_info
+        val_ds = _dataset(val_images, s, channels, norm, deg, seed)
+        dev = str(_device(device))
+
+        # ---- before
+        yield TrainEvent(0, 0, None, "", {}, None, None,
+                         "measuring the base model on the validation images", "info")
+        base, _ = bundle.load(path)
+        report.before = measure(base, val_ds.as_validation(val_patch), val_px, dev)
+        del base
+        report.references = measure_references(val_ds.as_validation(val_patch), val_px)
+        yield TrainEvent(0, 0, None, "base", {},
+                         {"psnr": report.before.psnr, "ssim": report.before.ssim}, None,
+                         "base model", "epoch")
+
+        # ---- train (own time budget: pauses do not count)
+        paused_s = [0.0]
+        t0 = [time.monotonic()]
+        budget_hit = [False]
+
+        def active_s():
+            return time.monotonic() - t0[0] - paused_s[0]
+
+        def should_stop():
+            if pause is not None and pause.is_set():
+                p0 = time.monotonic()
+                while pause.is_set() and not (stop is not None and _is_set(stop)):
+                    time.sleep(0.05)
+                paused_s[0] += time.monotonic() - p0
+            if stop is not None and _is_set(stop):
+                return True
+            if minutes is not None and active_s() >= 60.0 * float(minutes):
+                budget_hit[0] = True
+                return True
+            return False
+
+        if minutes is not None and not float(minutes) > 0:
+            raise InputError(f"minutes must be positive, got {minutes}")
+        run_epochs = epochs if (epochs is not None or minutes is None) else 10**6
+        lr_px = None
+        if px_nm:
+            lr_px = {"value": round(px_nm * s / 1000.0, 6), "unit": "µm"}
+        train_ds = _dataset(images, s, channels, norm, deg, seed, ps)
+        gen = finetune_iter(
+            path, train_ds, val_data=val_ds, output=output, epochs=run_epochs,
+            max_steps=max_steps, learning_rate=learning_rate, patch_size=ps,
+            batch_size=batch_size, device=device, seed=seed, stop=should_stop,
+            val_patch=val_patch, parent=parent, meta={"finetune": data_info},
+            **({"degradation": deg} if form != "pairs" else {}),
+            **({"pixel_size": lr_px} if lr_px else {}),
+        )
+        t0[0] = time.monotonic()
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as done:
+                result = done.value
+                break
+            step_box[0] = ev.step
+            if minutes is not None:
+                left = max(0.0, 60.0 * float(minutes) - active_s())
+                eta = left if (ev.eta_s is None or epochs is None) else min(left, ev.eta_s)
+                ev = replace(ev, eta_s=eta, total_steps=ev.total_steps if epochs else None)
+            yield ev
+        if budget_hit[0] and result.stopped == "user":
+            result.stopped, result.message = "time", f"time budget of {float(minutes):g} min spent"
+        report.result, report.stopped = result, result.stopped
+        report.bundle = result.bundle
+        if result.stopped == "nan":
+            report.error = result.message
+
+        # ---- after
+        yield TrainEvent(0, step_box[0], None, "", {}, None, 0.0,
+                         "measuring the fine-tuned model on the validation images", "info")
+        report.after = measure(result.model, val_ds.as_validation(val_patch), val_px, "cpu")
+        if result.bundle is not None:
+            _write_figures(result, report)
+        return report
+    except ResolveError as exc:
+        report.error = str(exc)
+    except (MemoryError, RuntimeError) as exc:
+        report.error = _crash_message(exc, step_box[0], output)
+        report.traceback = traceback.format_exc()
+    except Exception as exc:  # a bug: keep the message and the traceback for the user
+        report.error = _crash_message(exc, step_box[0], output)
+        report.traceback = traceback.format_exc()
+    from pathlib import Path
+
+    if output is not None and Path(output).exists():
+        report.bundle = Path(output)
+    return report
+
+
+def _is_set(stop) -> bool:
+    return stop.is_set() if isinstance(stop, threading.Event) else bool(stop())
+
+
+def _crash_message(exc: BaseException, step: int, output) -> str:
+    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    msg = f"fine-tuning failed after {step} steps: {type(exc).__name__}: {text}"
+    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        msg += " (choose a smaller patch size or batch size)"
+    from pathlib import Path
+
+    if output is not None and Path(output).exists():
+        msg += f"; the best model so far is kept in {Path(output).name}"
+    return msg
+
+
+def _write_figures(result, report: FinetuneReport) -> None:
+    """Add the before/after figures to the best bundle (atomic rewrite, same weights)."""
+    from napari_resolve import bundle
+
+    meta = bundle.read_meta(result.bundle)
+    ft = dict(meta.get("finetune") or {})
+    ft["before"] = report.before.to_dict()
+    ft["after"] = report.after.to_dict()
+    ft["references"] = report.references
+    meta["finetune"] = ft
+    metrics = dict(meta.get("metrics") or {})
+    metrics["base_val_psnr"] = ft["before"]["val_psnr"]
+    if report.psnr_gain is not None:
+        metrics["psnr_gain_db"] = round(report.psnr_gain, 4)
+    unit = report.after.unit
+    for key, m in (("base", report.before), ("finetuned", report.after)):
+        if m.resolution is not None:
+            metrics[f"resolution_{key}_{unit}"] = round(m.resolution, 3)
+    meta["metrics"] = metrics
+    training = dict(meta.get("training") or {})
+    training["stopped"] = result.stopped
+    meta["training"] = training
+    bundle.save(result.bundle, result.model, meta)
+
+
+def finetune_measured(*args, callback=None, **kwargs) -> FinetuneReport:
+    """Run :func:`finetune_measured_iter` to the end; ``callback(event)`` sees every event."""
+    gen = finetune_measured_iter(*args, **kwargs)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            callback(event)
