@@ -241,6 +241,8 @@ def pretrained() -> list[dict]:
     if not folder.is_dir():
         return out
     for path in sorted(folder.glob(f"*{SUFFIX}")):
+        if path.name.endswith(f".state{SUFFIX}"):
+            continue  # a training run's resume state, not a model
         try:
             meta = read_meta(path)
         except BundleError as exc:

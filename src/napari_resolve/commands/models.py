@@ -40,7 +40,7 @@ def run(args) -> int:
         print(json.dumps({"architectures": arch, "pretrained": pre}, indent=2))
         return 0
     width = max([len(a["name"]) for a in arch] + [12])
-    print("Architectures (napari-resolve train --model NAME; weight-free ones run as they are)")
+    print("Architectures (napari-resolve train --arch NAME; weight-free ones run as they are)")
     print(f"  {'name':<{width}}  {'parameters':>11}  paper")
     for a in arch:
         print(f"  {a['name']:<{width}}  {a['parameters']:>11,}  {a['paper']}")
