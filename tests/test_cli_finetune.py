@@ -92,7 +92,7 @@ def test_cli_finetune_hr_only_with_before_after(tmp_path, capsys, bpae):
     assert "val PSNR (dB)" in printed.out and "fine-tuned" in printed.out
     assert "PSNR gain" in printed.out and "resolution (nm)" in printed.out
     assert f"wrote {out}" in printed.err
-    model, meta = bundle.load(out)
+    _, meta = bundle.load(out)
     assert meta["parent"] == "mhtcun-lite-x2" and meta["architecture"] == "mhtcun-lite"
     ft = meta["finetune"]
     assert ft["images"][0]["pixel_size_nm"] == pytest.approx(31.3)

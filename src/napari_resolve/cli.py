@@ -24,6 +24,7 @@ COMMANDS = (
     "train",
     "finetune",
     "register",
+    "slide",
     "models",
     "demo",
 )

@@ -70,14 +70,15 @@ from napari_resolve.predict import Progress
 __all__ = [
     "LEVELS",
     "SlideResult",
-    "super_resolve_slide_iter",
-    "super_resolve_slide",
     "open_levels",
+    "super_resolve_slide",
+    "super_resolve_slide_iter",
 ]
 
 LEVELS = ("mr", "sr")  # PathSRGAN's medium resolution (x2) and the final HR (x scale)
 DEFAULT_CHUNK = 512  # LR px per region side
 MAX_ZARR_CHUNK = 1024  # output chunk side written to the store (viewers like <= 1024)
+MIN_REGION = 16  # LR px: thinner last regions are merged into their neighbour
 
 
 @dataclass
@@ -166,6 +167,15 @@ def _zarr_chunk(side: int) -> int:
     return side
 
 
+def _bounds(n: int, chunk: int) -> list[tuple[int, int]]:
+    """Region (start, stop) along an axis: ``chunk`` px each; a last piece thinner
+    than MIN_REGION px joins the one before (it would be too thin for a network)."""
+    starts = list(range(0, n, chunk))
+    if len(starts) > 1 and n - starts[-1] < MIN_REGION:
+        starts.pop()
+    return [(a, b) for a, b in zip(starts, starts[1:] + [n])]
+
+
 def _out_dtype(dtype, in_dtype) -> np.dtype:
     if dtype is None:
         in_dtype = np.dtype(in_dtype)
@@ -173,7 +183,9 @@ def _out_dtype(dtype, in_dtype) -> np.dtype:
     try:
         out = np.dtype(dtype)
     except TypeError:
-        raise InputError(f"dtype must be a NumPy dtype name such as 'uint8' or 'float32', got {dtype!r}") from None
+        raise InputError(
+            f"dtype must be a NumPy dtype name such as 'uint8' or 'float32', got {dtype!r}"
+        ) from None
     if not (np.issubdtype(out, np.integer) or out == np.float32):
         raise InputError(f"output dtype must be an integer type or float32, got {out}")
     return out
@@ -286,9 +298,8 @@ def super_resolve_slide_iter(
     # one fit for the whole slide (a strided subsample for percentiles), never per region
     norm = Normalizer.from_meta(meta.get("normalization")).fit(arr)
 
-    ys = list(range(0, h, chunk))
-    xs = list(range(0, w, chunk))
-    regions = [(y0, x0) for y0 in ys for x0 in xs]
+    ys, xs = _bounds(h, chunk), _bounds(w, chunk)
+    regions = [(y, x) for y in ys for x in xs]
     halo = overlap if len(regions) > 1 else 0
     order = sorted(levels, key=lambda n: -factors[n])  # finest first: NGFF dataset order
     info = {}
@@ -353,8 +364,7 @@ def super_resolve_slide_iter(
             for name in order
         }
         root.attrs["multiscales"] = multiscales
-        for k, (y0, x0) in enumerate(regions):
-            y1, x1 = min(y0 + chunk, h), min(x0 + chunk, w)
+        for k, ((y0, y1), (x0, x1)) in enumerate(regions):
             ry0, rx0 = max(y0 - halo, 0), max(x0 - halo, 0)
             ry1, rx1 = min(y1 + halo, h), min(x1 + halo, w)
             block = arr[ry0:ry1, rx0:rx1]
@@ -427,6 +437,6 @@ def open_levels(path) -> dict:
     try:
         root = zarr.open_group(str(path), mode="r")
         levels = dict(root.attrs["napari_resolve"]["levels"])
-    except Exception:
+    except (OSError, ValueError, KeyError, TypeError):  # zarr's not-found errors are OSErrors
         raise InputError(f"{path} is not a slide written by napari-resolve") from None
     return {name: da.from_zarr(root[lv["path"]]) for name, lv in levels.items()}

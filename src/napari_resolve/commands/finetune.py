@@ -151,6 +151,8 @@ def run(args) -> int:
     print(_train.metrics_table(report.result))
     print()
     print(report.table())
+    if report.psnr_gain is not None and report.psnr_gain <= 0:
+        print(f"note: {report.warnings[-1]}", file=sys.stderr)
     if report.error:
         if report.traceback:
             print(report.traceback, file=sys.stderr)

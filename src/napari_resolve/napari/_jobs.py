@@ -140,6 +140,8 @@ class Outcome:
     labels: np.ndarray | None = None
     error: str | None = None
     meta: dict = field(default_factory=dict)
+    mr: np.ndarray | None = None  # PathSRGAN's medium-resolution image (paper 002 §III-C)
+    mr_factor: int | None = None  # its scale factor (2)
 
 
 @dataclass
@@ -198,6 +200,9 @@ def run_sr(job: SRJob) -> Iterator[Step]:
     calls = _calls(job)
     n = len(calls)
     images, labels, meta = [], [], {}
+    # PathSRGAN also gives its G1 image ("mr", x2): ask for it and show it as a layer too
+    mr_factor = getattr(job.model, "mr_scale", None)
+    mrs = []
     try:
         for k, (idx, prior) in enumerate(calls):
             # the layer's data (maybe dask) is read here, in the worker thread
@@ -210,6 +215,7 @@ def run_sr(job: SRJob) -> Iterator[Step]:
                 device=job.device,
                 prior=prior,
                 channel_axis=-1 if job.rgb else None,
+                extras=bool(mr_factor),
             )
             while True:
                 try:
@@ -222,6 +228,7 @@ def run_sr(job: SRJob) -> Iterator[Step]:
                 yield Step(k * total + int(ev.done), n * total, label)
             images.append(result.image)
             labels.append(result.labels)
+            mrs.append(result.extras.get("mr") if mr_factor else None)
             meta = dict(result.meta or {})
     except ResolveError as exc:
         return Outcome(error=str(exc))
@@ -239,4 +246,6 @@ def run_sr(job: SRJob) -> Iterator[Step]:
         plane_shape = arr.shape[1:] if job.plane is not None or not lead else arr.shape[2:]
         return arr.reshape(lead_out + tuple(plane_shape))
 
-    return Outcome(image=assemble(images), labels=assemble(labels), meta=meta)
+    mr = assemble(mrs)
+    return Outcome(image=assemble(images), labels=assemble(labels), meta=meta, mr=mr,
+                   mr_factor=int(mr_factor) if mr is not None else None)

@@ -620,8 +620,9 @@ class ResolveWidget(QWidget):
 
     # ------------------------------------------------------------------ results
 
-    def _geometry(self, info: dict):
-        scale, translate = _jobs.sr_geometry(info["scale_in"], info["translate_in"], info["factor"])
+    def _geometry(self, info: dict, factor: int | None = None):
+        factor = info["factor"] if factor is None else factor
+        scale, translate = _jobs.sr_geometry(info["scale_in"], info["translate_in"], factor)
         if info["plane"] is not None and info["lead"]:
             # a single plane of a stack: put it where that plane is
             translate = list(translate)
@@ -644,6 +645,23 @@ class ResolveWidget(QWidget):
         suffix = f" ×{info['factor']} ({info['arch']}" + (", edited prior)" if info["prior"] else ")")
         common = {"scale": scale, "translate": translate, "units": src.units,
                   "axis_labels": src.axis_labels, "affine": src.affine.affine_matrix}
+        added = []
+        if outcome.mr is not None:  # PathSRGAN's ×2 image: its own layer on its own grid,
+            # added first so that the finer ×4 layer lies on top of it
+            mf = int(outcome.mr_factor)
+            mr_scale, mr_translate = self._geometry(info, mf)
+            mr_layer = self.viewer.add_image(
+                outcome.mr,
+                name=f"{info['name']} ×{mf} MR ({info['arch']})",
+                rgb=src.rgb,
+                colormap=None if src.rgb else src.colormap,
+                contrast_limits=src.contrast_limits,
+                gamma=src.gamma,
+                blending=src.blending,
+                metadata={META_KEY: {**provenance, "kind": "mr", "scale_factor": mf}},
+                **{**common, "scale": mr_scale, "translate": mr_translate},
+            )
+            added.append(mr_layer.name)
         image_layer = self.viewer.add_image(
             outcome.image,
             name=f"{info['name']}{suffix}",
@@ -655,7 +673,7 @@ class ResolveWidget(QWidget):
             metadata={META_KEY: {**provenance, "kind": "sr"}},
             **common,
         )
-        added = [image_layer.name]
+        added.append(image_layer.name)
         # An edited prior was given: the user's layer stays the map; no new one is added.
         if outcome.labels is not None and info["prior"] is None:
             labels_layer = self.viewer.add_labels(

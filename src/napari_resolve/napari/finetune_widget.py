@@ -51,12 +51,14 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QTableWidget,
@@ -193,7 +195,14 @@ class FinetuneWidget(QWidget):
         self._plot_timer.setInterval(400)
         self._plot_timer.timeout.connect(self._draw_plot)
 
-        layout = QVBoxLayout(self)
+        # the panel is tall (plot, resolution curves): it scrolls inside its dock
+        self.scroll = scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        content = QWidget()
+        scroll.setWidget(content)
+        QVBoxLayout(self).addWidget(scroll)
+        layout = QVBoxLayout(content)
         layout.addWidget(self._build_model_section())
         layout.addWidget(self._build_data_section())
         layout.addWidget(self._build_schedule_section())
@@ -250,7 +259,8 @@ class FinetuneWidget(QWidget):
         self.table.setHorizontalHeaderLabels(["HR image", "LR image"])
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(90)
+        self.table.setMinimumHeight(60)
+        self.table.setMaximumHeight(120)
         outer.addWidget(self.table)
         buttons = QHBoxLayout()
         self.add_row_button = QPushButton("+ image")
@@ -411,13 +421,14 @@ class FinetuneWidget(QWidget):
         for entry in entries:
             if entry["name"].endswith(".state"):
                 continue
-            self.model_combo.addItem(entry["name"], ("pretrained", entry["name"]))
+            self.model_combo.addItem(entry["name"], f"pretrained:{entry['name']}")
         self.model_combo.blockSignals(False)
         try:  # the issue's default: the bundled MHTCUN-lite
             default = bundle.resolve("mhtcun-lite").stem
         except ResolveError:
             default = None
-        index = self.model_combo.findData(("pretrained", default)) if default else -1
+        # item data are strings: Qt's findData cannot compare Python tuples
+        index = self.model_combo.findData(f"pretrained:{default}") if default else -1
         self.model_combo.setCurrentIndex(max(index, 0))
         self._on_model_changed()
 
@@ -439,9 +450,9 @@ class FinetuneWidget(QWidget):
             self._error(f"{exc}. Choose a napari-resolve .safetensors model file.")
             return False
         if path.parent == bundle.pretrained_dir():
-            choice, label = ("pretrained", path.stem), path.stem
+            choice, label = f"pretrained:{path.stem}", path.stem
         else:
-            choice, label = ("file", str(path)), f"{path.name} (file)"
+            choice, label = f"file:{path}", f"{path.name} (file)"
         index = self.model_combo.findData(choice)
         if index < 0:
             self.model_combo.addItem(label, choice)
@@ -454,7 +465,7 @@ class FinetuneWidget(QWidget):
         choice = self.model_combo.currentData()
         if choice is None:
             raise InputError("No base model: choose a bundled model or load a .safetensors file")
-        kind, value = choice
+        kind, _, value = str(choice).partition(":")
         return value if kind == "pretrained" else Path(value)
 
     def _base_meta(self) -> dict | None:
@@ -544,29 +555,35 @@ class FinetuneWidget(QWidget):
         active = self.viewer.layers.selection.active
         if hr_name is None and isinstance(active, Image) and row == 0:
             hr_name = active.name
+        # a name that is not a layer leaves the cell empty (never another layer)
         if hr_name is not None:
-            hr_combo.setCurrentText(hr_name)
+            hr_combo.setCurrentIndex(hr_combo.findText(hr_name))
         if partner_name is not None:
-            partner_combo.setCurrentText(partner_name)
+            partner_combo.setCurrentIndex(partner_combo.findText(partner_name))
 
     def _remove_row(self) -> None:
         if self.table.rowCount() > 0:
             self.table.removeRow(self.table.rowCount() - 1)
 
-    def _fill_combo(self, combo: QComboBox, names: list[str], extra=()) -> None:
-        current = combo.currentText()
+    def _fill_combo(self, combo: QComboBox, names: list[str], extra=(), keep_empty=False) -> None:
+        """Refill with the current layer names, keeping the choice; a removed choice falls
+        back to the first entry, or (``keep_empty``, training rows) to no choice at all."""
+        current, filled = combo.currentText(), combo.count() > 0
         combo.blockSignals(True)
         combo.clear()
         combo.addItems(list(extra) + names)
         if current in list(extra) + names:
             combo.setCurrentText(current)
+        elif keep_empty and filled:
+            combo.setCurrentIndex(-1)
         combo.blockSignals(False)
 
     def _fill_row(self, row: int) -> None:
         images = self._layer_names(Image)
         partner_kind = Labels if self._form() == "labels" else Image
-        self._fill_combo(self.table.cellWidget(row, 0), images)
-        self._fill_combo(self.table.cellWidget(row, 1), self._layer_names(partner_kind), [NONE])
+        self._fill_combo(self.table.cellWidget(row, 0), images, keep_empty=True)
+        self._fill_combo(self.table.cellWidget(row, 1), self._layer_names(partner_kind), [NONE],
+                         keep_empty=True)
 
     def _on_layers_changed(self, event=None) -> None:
         layer = getattr(event, "value", None)
@@ -799,8 +816,9 @@ class FinetuneWidget(QWidget):
         self.psnr_ax.clear()
         if h["step"]:
             self.loss_ax.plot(h["step"], h["loss"], lw=1, color="tab:blue")
-            if all(v > 0 for v in h["loss"] if math.isfinite(v)):
-                self.loss_ax.set_yscale("log")
+            finite = [v for v in h["loss"] if math.isfinite(v)]
+            if finite and min(finite) > 0 and max(finite) > 20 * min(finite):
+                self.loss_ax.set_yscale("log")  # only when the loss spans decades
         if h["val_step"]:
             self.psnr_ax.plot(h["val_step"], h["psnr"], "o-", ms=3, color="tab:orange")
             self.psnr_ax.axhline(h["psnr"][0], ls="--", lw=0.8, color="grey")
@@ -822,7 +840,11 @@ class FinetuneWidget(QWidget):
                 print(report.traceback, file=sys.stderr)
             self._error(report.error)
         if report.before is not None and report.after is not None:
-            self.results_label.setText(self._results_html(report))
+            html = self._results_html(report)
+            if report.psnr_gain is not None and report.psnr_gain <= 0:
+                html += f"<br><span style='color:#e0a030'>{report.warnings[-1]}</span>"
+                show_warning(report.warnings[-1])
+            self.results_label.setText(html)
             try:
                 self._show_before_after(report)
             except ResolveError as exc:  # layers removed meanwhile, or too small to measure
@@ -859,10 +881,12 @@ class FinetuneWidget(QWidget):
             return "no peak" if value is None else f"{value:.4g} {unit}"
 
         rows = [
-            "<tr><th></th><th>val PSNR</th><th>SSIM</th><th>resolution</th></tr>",
+            "<tr><th></th><th>val PSNR</th><th>fitted*</th><th>SSIM</th><th>resolution</th></tr>",
             (f"<tr><td>base</td><td align='right'>{b.psnr:.2f} dB</td>"
+             f"<td align='right'>{b.psnr_affine:.2f} dB</td>"
              f"<td align='right'>{b.ssim:.3f}</td><td align='right'>{res(b.resolution)}</td></tr>"),
             (f"<tr><td><b>fine-tuned</b></td><td align='right'><b>{a.psnr:.2f} dB</b></td>"
+             f"<td align='right'>{a.psnr_affine:.2f} dB</td>"
              f"<td align='right'>{a.ssim:.3f}</td>"
              f"<td align='right'><b>{res(a.resolution)}</b></td></tr>"),
         ]
@@ -880,6 +904,7 @@ class FinetuneWidget(QWidget):
             if hr:
                 parts.append(f"HR target {np.mean(hr):.4g} {unit}")
             text += ", ".join(parts) + "</i>"
+        text += "<br><i>* PSNR after the best intensity fit a·SR + b (detail, not brightness)</i>"
         if unit == "px":
             text += "<br><i>no physical pixel size on the layers: resolution in SR pixels</i>"
         return text

@@ -176,13 +176,17 @@ def _unwrap(m: nn.Module) -> nn.Module:
     )
 
 
-def _make_discriminator(kind: str, channels: int, patch: int) -> nn.Module:
+def _make_discriminator(
+    kind: str, channels: int, patch: int, width: int | None = None
+) -> nn.Module:
     if kind == "patchgan":
         from napari_resolve.models.pathsrgan import PatchDiscriminator
 
         # paper 002: 8×8 patch responses; pools = log2(size / 8), at least 1
         pools = max(1, int(math.floor(math.log2(max(patch, 16) / 8))))
-        return PatchDiscriminator(in_channels=channels, pools=pools)
+        # width: recipe option "discriminator_channels" (first level; default 64)
+        extra = {"base_channels": int(width)} if width else {}
+        return PatchDiscriminator(in_channels=channels, pools=pools, **extra)
     if kind == "srgan":
         from napari_resolve.models.srseg import SRGANDiscriminator
 
@@ -802,7 +806,8 @@ def train_iter(
                     if key != "sr":  # PathSRGAN's MR output
                         size = size * int(getattr(base, "mr_scale", 2)) // base.scale
                     d = _make_discriminator(
-                        rec.discriminator or "patchgan", base.in_channels, size
+                        rec.discriminator or "patchgan", base.in_channels, size,
+                        rec.options.get("discriminator_channels"),
                     ).to(dev)
                     if key in pending_discs:  # trained before the run was resumed
                         d.load_state_dict(pending_discs.pop(key))

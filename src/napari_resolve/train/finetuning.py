@@ -307,6 +307,10 @@ class Measurement:
     are calibrated, else SR pixels), None where no peak was found or the
     image is under 32 px. ``resolution``: their mean over the images with a
     peak. ``images``: the SR outputs (normalised [0, 1], channel 0) for display.
+    ``psnr_affine``: mean PSNR after the least-squares intensity fit ``a·SR + b``
+    to the target (as CARE, Weigert et al. 2018, compares fluorescence
+    images whose absolute intensities are arbitrary): what the model gets
+    right apart from a global intensity mapping.
     """
 
     psnr: float
@@ -315,6 +319,7 @@ class Measurement:
     unit: str
     images: list = field(default_factory=list, repr=False)
     psnrs: list = field(default_factory=list)
+    psnr_affine: float = math.nan
 
     @property
     def resolution(self) -> float | None:
@@ -326,6 +331,7 @@ class Measurement:
             return None if v is None or not math.isfinite(v) else round(float(v), 4)
 
         return {"val_psnr": num(self.psnr), "val_ssim": num(self.ssim),
+                "val_psnr_intensity_fit": num(self.psnr_affine),
                 "val_psnrs": [num(p) for p in self.psnrs], "resolution": num(self.resolution),
                 "resolutions": [num(r) for r in self.resolutions], "unit": self.unit}
 
@@ -337,6 +343,24 @@ def _resolution(image: np.ndarray, pixel_nm: float | None):
         return None
     res = decorrelation(image, pixel_size=pixel_nm, unit="nm" if pixel_nm else None)
     return float(res.resolution) if res.found else None
+
+
+def _psnr_affine(sr: np.ndarray, hr: np.ndarray, crop: int) -> float:
+    """PSNR (range 1) of the least-squares fit ``a·sr + b`` to ``hr`` (2-D, border cropped)."""
+    if crop and min(sr.shape) > 2 * crop + 1:
+        sr, hr = sr[crop:-crop, crop:-crop], hr[crop:-crop, crop:-crop]
+    design = np.stack([sr.ravel(), np.ones(sr.size)], axis=1).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, hr.ravel().astype(np.float64), rcond=None)
+    mse = float(np.mean((design @ coef - hr.ravel()) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def _grey(chw: np.ndarray) -> np.ndarray:
+    if chw.shape[0] == 1:
+        return chw[0]
+    from napari_resolve.data.color import rgb_to_y
+
+    return rgb_to_y(np.clip(np.moveaxis(chw, 0, -1), 0.0, 1.0))
 
 
 def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu") -> Measurement:
@@ -354,7 +378,7 @@ def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu") -> 
     was = model.training
     model.eval()
     model.to(dev)
-    psnrs, ssims, resolutions, images = [], [], [], []
+    psnrs, ssims, resolutions, images, fitted = [], [], [], [], []
     with torch.no_grad():
         for i in range(len(val_ds)):
             smp = val_ds[i]
@@ -362,6 +386,7 @@ def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu") -> 
             p, q = _quality(sr, smp["hr"], model.scale)
             psnrs.append(p)
             ssims.append(q)
+            fitted.append(_psnr_affine(_grey(sr.numpy()), _grey(smp["hr"].numpy()), model.scale))
             img = np.clip(sr[0].numpy(), 0.0, None)
             images.append(img)
             resolutions.append(_resolution(img, pixel_size_nm))
@@ -371,6 +396,7 @@ def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu") -> 
         float(np.mean(finite)) if finite else math.nan,
         float(np.mean(ssims)) if ssims else math.nan,
         resolutions, "nm" if pixel_size_nm else "px", images, psnrs,
+        float(np.mean([f for f in fitted if math.isfinite(f)] or [math.nan])),
     )
 
 
@@ -431,14 +457,15 @@ class FinetuneReport:
         """Before / after as a small text table (CLI, logs)."""
         if self.before is None:
             return ""
-        rows = [("model", "val PSNR (dB)", "val SSIM", f"resolution ({self.before.unit})")]
+        rows = [("model", "val PSNR (dB)", "after intensity fit", "val SSIM",
+                 f"resolution ({self.before.unit})")]
         for label, m in (("base", self.before), ("fine-tuned", self.after)):
             if m is None:
                 continue
             res = m.resolution
-            rows.append((label, f"{m.psnr:.2f}", f"{m.ssim:.4f}",
+            rows.append((label, f"{m.psnr:.2f}", f"{m.psnr_affine:.2f}", f"{m.ssim:.4f}",
                          "no peak" if res is None else f"{res:.4g}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                            enumerate(zip(r, widths))) for r in rows]
         lines.insert(1, "-" * len(lines[0]))
@@ -525,6 +552,8 @@ def finetune_measured_iter(
     report = FinetuneReport()
     step_box = [0]
     try:
+        if minutes is not None and not float(minutes) > 0:
+            raise InputError(f"minutes must be positive, got {minutes}")
         path = bundle.resolve(source)
         parent = path.stem if path.parent == bundle.pretrained_dir() else str(source)
         meta = bundle.read_meta(path)
@@ -614,8 +643,6 @@ def finetune_measured_iter(
                 return True
             return False
 
-        if minutes is not None and not float(minutes) > 0:
-            raise InputError(f"minutes must be positive, got {minutes}")
         run_epochs = epochs if (epochs is not None or minutes is None) else 10**6
         lr_px = None
         if px_nm:
@@ -637,6 +664,8 @@ def finetune_measured_iter(
                 result = done.value
                 break
             step_box[0] = ev.step
+            if budget_hit[0] and ev.message == "stopped by the user":
+                ev = replace(ev, message=f"time budget of {float(minutes):g} min spent")
             if minutes is not None:
                 left = max(0.0, 60.0 * float(minutes) - active_s())
                 eta = left if (ev.eta_s is None or epochs is None) else min(left, ev.eta_s)
@@ -653,15 +682,19 @@ def finetune_measured_iter(
         yield TrainEvent(0, step_box[0], None, "", {}, None, 0.0,
                          "measuring the fine-tuned model on the validation images", "info")
         report.after = measure(result.model, val_ds.as_validation(val_patch), val_px, "cpu")
+        if report.psnr_gain is not None and report.psnr_gain <= 0:
+            # the engine keeps the best *fine-tuned* weights, which may still trail the base
+            note_ = (f"the fine-tuned model does not beat the base model on the validation "
+                     f"images ({report.psnr_gain:+.2f} dB): train longer, with a lower learning "
+                     "rate or more images, or keep the base model")
+            report.warnings.append(note_)
+            yield TrainEvent(0, step_box[0], None, "", {}, None, 0.0, note_, "info")
         if result.bundle is not None:
             _write_figures(result, report)
         return report
     except ResolveError as exc:
         report.error = str(exc)
-    except (MemoryError, RuntimeError) as exc:
-        report.error = _crash_message(exc, step_box[0], output)
-        report.traceback = traceback.format_exc()
-    except Exception as exc:  # a bug: keep the message and the traceback for the user
+    except Exception as exc:  # a crash (a bug, out of memory): the message and the traceback
         report.error = _crash_message(exc, step_box[0], output)
         report.traceback = traceback.format_exc()
     from pathlib import Path

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 
 from napari_resolve.errors import InputError
 
-__all__ = ["Phase", "Recipe", "RECIPES", "get", "default_for", "finetune_recipe", "plan"]
+__all__ = ["Phase", "Recipe", "RECIPES", "get", "default_for", "finetune_recipe", "with_task", "plan"]
 
 
 @dataclass(frozen=True)
@@ -298,6 +298,40 @@ def finetune_recipe(base: Recipe, lr: float | None = None) -> Recipe:
         lr=float(lr or min(base.lr, 1e-4)),
         schedule="constant",
         description=f"fine-tuning with the loss of {base.name}'s last phase",
+    )
+
+
+def with_task(base: Recipe, weight: float = 1e-3, output: str = "sr") -> Recipe:
+    """``base`` plus a task loss through a frozen task model (paper 002 §IV-E).
+
+    The paper adjusts G1 with a lesion classifier on the 10× output (eq. 7,
+    "L_Ctask only optimizes G1") and G2 with a nucleus segmenter on the 20×
+    output (eq. 8, "only optimizes G2"). ``output="mr"`` adds ``task@mr`` to
+    the phases that train ``g1`` alone, ``output="sr"`` adds ``task`` to those
+    that train ``g2`` alone, so only that generator learns from it (recipes
+    without such phases get it in every phase). Train with ``task_model=``
+    (logits from the image) and label images; without them the term is left
+    out with a message. The paper gives no weight: 1e-3 (as the adversarial
+    term) by default, since a fixed task model pulls against image quality
+    ("a compromise", §IV-E).
+    """
+    if output not in ("sr", "mr"):
+        raise InputError(f"task output must be 'sr' or 'mr', got {output!r}")
+    if not (float(weight) > 0):
+        raise InputError(f"task loss weight must be positive, got {weight}")
+    key, part = ("task@mr", "g1") if output == "mr" else ("task", "g2")
+    targets = [i for i, p in enumerate(base.phases) if tuple(p.train) == (part,)]
+    if not targets:
+        targets = list(range(len(base.phases)))
+    phases = tuple(
+        replace(p, losses={**p.losses, key: float(weight)}) if i in targets else p
+        for i, p in enumerate(base.phases)
+    )
+    return replace(
+        base,
+        name=f"{base.name}+task",
+        phases=phases,
+        description=f"{base.description}; + {weight:g}·task loss on {output!r}",
     )
 
 
