@@ -221,7 +221,8 @@ def main(argv=None) -> int:
                     help="folder for the simulated pairs")
     ap.add_argument("--slides", type=int, default=6, help="training smear slides (default 6)")
     ap.add_argument("--epoch-steps", type=int, default=None,
-                    help="batches per epoch (default: from a timing of the first steps)")
+                    help="batches per epoch (default: from a timing of a few steps, which a "
+                    "busy machine skews; the bundled model used 400)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--output", type=Path, default=OUT)
     ap.add_argument("--json", type=Path, default=None, help="also write the metrics here")
@@ -284,6 +285,9 @@ def main(argv=None) -> int:
                        "magnifications": [4, 10, 20], "numerical_apertures": [0.1, 0.25, 0.75],
                        "pixel_size_um": HR_PIXEL_UM, "photons": PHOTONS,
                        "registration": {"patch_size": PATCH, "stride": STRIDE}},
+        "training_run": {"script": "scripts/train_pathsrgan.py", "minutes": args.minutes,
+                         "epoch_steps": epoch_steps, "batch": batch, "patch_hr": PATCH_HR,
+                         "lr": args.lr, "discriminator_channels": DISC_CHANNELS},
     }
     recipe = replace(R.get("pathsrgan"), options={"discriminator_channels": DISC_CHANNELS})
     res = T.train(

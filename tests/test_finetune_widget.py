@@ -223,6 +223,7 @@ def test_stop_pause_and_a_responsive_viewer(make_napari_viewer, qtbot, errors, t
     assert widget.output_edit.text().endswith("mine-2.safetensors")
 
 
+@pytest.mark.slow  # ~5 s: one epoch of training before the simulated crash
 def test_crash_keeps_the_best_bundle_and_wrong_inputs_notify(make_napari_viewer, qtbot, errors,
                                                              tmp_path, monkeypatch, mhtcun_file,
                                                              bpae):

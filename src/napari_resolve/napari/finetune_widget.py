@@ -696,7 +696,6 @@ class FinetuneWidget(QWidget):
             "patch_size": self.patch_spin.value() or None, "batch_size": self.batch_spin.value(),
             "learning_rate": self.lr_spin.value(), "device": self.device_combo.currentData(),
             "val_fraction": self.val_fraction_spin.value(), "form": form,
-            "layers": {r[0].name: r[0] for r in rows if r[0] is not None},
             "val_layer": val_layer,
         }
 
