@@ -32,7 +32,9 @@ from dataclasses import dataclass, field, replace
 
 from napari_resolve.errors import InputError
 
-__all__ = ["Phase", "Recipe", "RECIPES", "get", "default_for", "finetune_recipe", "with_task", "plan"]
+__all__ = [
+    "Phase", "Recipe", "RECIPES", "get", "default_for", "finetune_recipe", "with_task", "plan",
+]
 
 
 @dataclass(frozen=True)
@@ -311,7 +313,10 @@ def with_task(base: Recipe, weight: float = 1e-3, output: str = "sr") -> Recipe:
     that train ``g2`` alone, so only that generator learns from it (recipes
     without such phases get it in every phase). Train with ``task_model=``
     (logits from the image) and label images; without them the term is left
-    out with a message. The paper gives no weight: 1e-3 (as the adversarial
+    out with a message. The labels are the dataset's label images (HR size),
+    so a task model on ``"mr"`` must give logits of that size (or of the
+    labels' shape it is trained for); per-image classes are not read from
+    datasets yet. The paper gives no weight: 1e-3 (as the adversarial
     term) by default, since a fixed task model pulls against image quality
     ("a compromise", §IV-E).
     """
