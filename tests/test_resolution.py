@@ -199,6 +199,91 @@ def test_bad_parameters_raise_clear_errors(rng):
         decorrelation(np.stack([image, np.zeros_like(image)]))
 
 
+# --------------------------------------------------------------------------- ImageJ variant
+
+
+def test_imagej_variant_tracks_the_cutoff_and_reads_it_low(rng):
+    # The plugin's refined pass often finds no peak and then reports the lower
+    # edge of its window (first-pass kc - 0.05): NanoPyx gives the same 0.236,
+    # 0.440, 0.644 on the benchmark's 0.3 / 0.5 / 0.7 images (docs/resolution.md).
+    cutoffs = [0.3, 0.5, 0.7]
+    kcs = [decorrelation(band_limited_noise(rng, (256, 256), k)[1], variant="imagej").kc
+           for k in cutoffs]
+    assert all(b > a for a, b in zip(kcs, kcs[1:])), kcs
+    for k, kc in zip(cutoffs, kcs):
+        assert -0.08 <= kc - k <= 0.03, (k, kc)
+
+
+def _direct_curve_imagej(padded, r_lo, r_hi, n_r, sigma=None):
+    """The plugin's d(r) from its definition: complex spectrum, explicit nearest-radius bins."""
+    img = padded if sigma is None else padded - gaussian_filter(padded, sigma)
+    spec = np.fft.fft2(img.astype(np.float64))
+    if sigma is None:
+        spec[0, 0] = 0
+    n = padded.shape[0]
+    f = np.fft.fftfreq(n)
+    dist = 2 * np.hypot(f[:, None], f[None, :])
+    with np.errstate(all="ignore"):
+        phase = np.where(np.abs(spec) > 0, spec / np.abs(spec), 0)
+    norm = np.sqrt((np.abs(spec[dist <= 1]) ** 2).sum())
+    bins = np.floor((np.maximum(dist - r_lo, 0) / (r_hi - r_lo)) * (n_r - 1) + 0.5)
+    out = []
+    for i in range(n_r):
+        m = (bins <= i) & (dist <= r_hi)
+        with np.errstate(all="ignore"):
+            d = (spec[m] * phase[m].conj()).real.sum() / (norm * np.sqrt((np.abs(phase[m]) ** 2).sum()))
+        out.append(d if np.isfinite(d) else 0.0)
+    return np.array(out)
+
+
+def test_imagej_curves_equal_the_direct_definition(rng):
+    from napari_resolve.metrics import _decorrelation_imagej as ij
+
+    image = gaussian_filter(rng.random((60, 50)), 1.0) + 0.05 * rng.random((60, 50))
+    result = decorrelation(image, variant="imagej")
+    padded = ij.pad_pow2(ij.apodise(image))
+    assert padded.shape == (64, 64)
+    assert np.abs(result.d0 - _direct_curve_imagej(padded, 0, 1, 50)).max() < 1e-5
+    sigma = result.sigmas[4]
+    assert np.abs(result.curves[4] - _direct_curve_imagej(padded, 0, 1, 50, sigma)).max() < 1e-5
+    lo, hi = result.refined_radii[0], result.refined_radii[-1]
+    sigma = result.refined_sigmas[-1]
+    assert np.abs(result.refined_curves[-1]
+                  - _direct_curve_imagej(padded, lo, hi, 50, sigma)).max() < 1e-5
+    assert result.variant == "imagej"
+    assert result.kc == result.peaks[result.chosen, 0] > 0
+
+
+def test_imagej_apodisation_reaches_the_edge_mean_at_the_border(rng):
+    from napari_resolve.metrics._decorrelation_imagej import apodise
+
+    image = rng.random((80, 80)) + 5
+    out = apodise(image)
+    assert out[0, 0] == pytest.approx(out[0, 40]) == pytest.approx(out[40, 0])
+    assert np.array_equal(out[25:55, 25:55], image[25:55, 25:55].astype(np.float32))
+
+
+def test_imagej_peak_rules():
+    from napari_resolve.metrics._decorrelation_imagej import _peak
+
+    # an interior maximum is taken at once, however small its drop
+    assert _peak(np.array([0.1, 0.5, 0.4999, 0.3])) == (1, 0.5)
+    # a maximum on the last sample is cut; the next must stand 1e-3 above the
+    # minimum of its tail, the last remaining sample left out (so 0.3 here)
+    assert _peak(np.array([0.1, 0.5, 0.3, 0.2, 0.6]))[0] == 1
+    assert _peak(np.array([0.1, 0.5, 0.3, 0.6]))[0] == 0
+    assert _peak(np.array([0.1, 0.2, 0.3, 0.4]))[0] == 0  # rising to the end: no peak
+
+
+def test_imagej_variant_scales_with_pixel_size_and_rejects_unknown_variants(mt_widefield):
+    image = mt_widefield[0]
+    a = decorrelation(image, variant="imagej")
+    b = decorrelation(image, variant="imagej", pixel_size=0.0626, unit="um")
+    assert b.kc == a.kc and b.resolution == pytest.approx(a.resolution * 0.0626)
+    with pytest.raises(InputError, match="variant"):
+        decorrelation(image, variant="matlab")
+
+
 # --------------------------------------------------------------------------- FRC
 
 
@@ -255,6 +340,12 @@ def test_cli_prints_resolution_and_saves_plot_and_json(sample_dir, tmp_path, cap
     assert f"kc = {entry['kc']:.4f}" in printed
     assert f"{entry['resolution'] * 1000:.1f} nm" in printed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --variant imagej: the plugin's algorithm, as NanoPyx gives for this image (kc 0.428)
+    rc = main(["resolution", str(mrc), "--mean", "--variant", "imagej", "--json", str(out_json)])
+    assert rc == 0
+    report = json.loads(out_json.read_text())
+    assert report["variant"] == "imagej"
+    assert report["results"][0]["kc"] == pytest.approx(0.428, abs=0.001) != entry["kc"]
 
 
 def test_cli_frc_of_two_files(tmp_path, rng, capsys):

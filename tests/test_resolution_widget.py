@@ -59,6 +59,16 @@ def test_widget_shows_resolution_in_nm_and_the_gain(make_napari_viewer, qtbot, m
         marked = [line for line in ax.get_lines() if list(line.get_xdata()) == [entry.result.kc]]
         assert marked, "chosen peak not marked"
 
+    # the ImageJ-plugin algorithm (paper 003's numbers) from the same panel
+    widget.variant_combo.setCurrentIndex(widget.variant_combo.findData("imagej"))
+    with qtbot.waitSignal(widget.computed, timeout=30000) as signal:
+        widget.compute()
+    _wait(qtbot, widget)
+    imagej = signal.args[0].entries[1].result
+    expected_ij = decorrelation(image, pixel_size=pixel_um * 1000, unit="nm", variant="imagej")
+    assert imagej.variant == "imagej" and imagej.kc == expected_ij.kc != expected.kc
+    assert f"{expected_ij.resolution:.4g} nm" in widget.results_label.text()
+
 
 def test_uncalibrated_layer_gives_pixels_and_sr_pixels_count_as_fractions(
     make_napari_viewer, qtbot, sample_dir

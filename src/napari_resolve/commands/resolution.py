@@ -45,6 +45,9 @@ def add_arguments(parser) -> None:
                         help="radii sampled per decorrelation curve (default: 50)")
     parser.add_argument("--n-g", type=int, default=10, metavar="N",
                         help="high-pass filters per pass (default: 10)")
+    parser.add_argument("--variant", choices=("reference", "imagej"), default="reference",
+                        help="decorrelation algorithm: the published reference (default) or the "
+                             "ImageJ plugin's, as paper 003 and NanoPyx use")
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
                         help="save the decorrelation (or FRC) curves to this image file")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
@@ -105,7 +108,8 @@ def _save_plot(path: Path, draw, n_axes: int) -> None:
 def _decorrelation(args, image, pixel_size, unit) -> dict:
     from napari_resolve.metrics.resolution import decorrelation, plot_decorrelation
 
-    out = decorrelation(image, pixel_size=pixel_size, unit=unit, n_r=args.n_r, n_g=args.n_g)
+    out = decorrelation(image, pixel_size=pixel_size, unit=unit, n_r=args.n_r, n_g=args.n_g,
+                       variant=args.variant)
     results = out if isinstance(out, list) else [out]
     for r in results:
         where = f"plane {r.plane}: " if r.plane else ""
@@ -123,6 +127,7 @@ def _decorrelation(args, image, pixel_size, unit) -> dict:
             shown[i], ax, title=f"{args.image.name} {shown[i].plane or ''}".strip()), len(shown))
     return {
         "method": "decorrelation",
+        "variant": args.variant,
         "results": [
             {"plane": list(r.plane), "resolution": r.resolution if r.found else None,
              "unit": r.unit, "kc": r.kc, "amplitude": r.amplitude, "amplitude0": r.amplitude0}

@@ -37,6 +37,7 @@ __all__ = [
     "plot_decorrelation",
     "plot_frc",
     "MIN_SIZE",
+    "VARIANTS",
 ]
 
 #: Smallest side (pixels) accepted: below it the 20 px edge taper and 50 radii
@@ -50,6 +51,8 @@ PEAK_SIGNIFICANCE = 5e-4
 MIN_AMPLITUDE = 0.05
 #: Strongest high-pass filter of the first pass (reference value).
 G_MIN = 0.15
+#: Algorithms of :func:`decorrelation`: the MATLAB reference (default) and the ImageJ plugin.
+VARIANTS = ("reference", "imagej")
 #: FRC fixed threshold (Rosenthal & Henderson 2003).
 ONE_SEVENTH = 1.0 / 7.0
 
@@ -74,6 +77,9 @@ class DecorrelationResult:
     order d0, first pass, refined pass (zeros where rejected); ``chosen`` is
     the row of ``peaks`` that gave ``kc``. ``plane`` is the index of this
     plane in the leading axes of a stack (``()`` for a 2D image).
+    ``variant`` is the algorithm (``"reference"`` or ``"imagej"``, see
+    :func:`decorrelation`); in the ImageJ variant ``sigmas`` are real-space
+    blur widths in pixels.
     """
 
     resolution: float
@@ -93,6 +99,7 @@ class DecorrelationResult:
     chosen: int
     shape: tuple
     plane: tuple = ()
+    variant: str = "reference"
 
     @property
     def found(self) -> bool:
@@ -378,7 +385,17 @@ class _Spectrum:
         return np.floor(d * 1000.0) / 1000.0
 
 
-def _decorrelation_plane(plane, n_r, n_g, taper, pixel_size, unit, index):
+def _decorrelation_plane(plane, n_r, n_g, taper, pixel_size, unit, index, variant="reference"):
+    if variant == "imagej":
+        from napari_resolve.metrics import _decorrelation_imagej
+
+        fields = _decorrelation_imagej.measure(plane, n_r, n_g)
+        kc = fields["kc"]
+        return DecorrelationResult(
+            resolution=2.0 * pixel_size / kc if kc > 0 else math.inf,
+            unit=unit, pixel_size=pixel_size, shape=tuple(plane.shape), plane=index,
+            variant="imagej", **fields,
+        )
     # float32 halves the memory traffic of the FFT; every sum is taken in float64.
     apodised = edge_taper(plane, taper, dtype=np.float32)
     h, w = apodised.shape
@@ -456,6 +473,7 @@ def decorrelation(
     n_r: int = 50,
     n_g: int = 10,
     taper: float = TAPER_WIDTH,
+    variant: str = "reference",
 ):
     """Resolution of an image by decorrelation analysis (Descloux et al. 2019).
 
@@ -500,6 +518,13 @@ def decorrelation(
     unit : unit of ``pixel_size`` (default ``"um"`` with a pixel size, ``"px"`` without).
     n_r, n_g : radii sampled per curve and high-pass filters per pass.
     taper : apodisation width in pixels (0 disables it).
+    variant : ``"reference"`` (default: the steps above, the MATLAB reference
+        implementation) or ``"imagej"``: the algorithm of the ImageJ plugin
+        that paper 003 used and NanoPyx ports (real-space Gaussian high-pass,
+        power-of-two padding, nearest-radius bins, result from the refined
+        pass only; every difference is listed in
+        :mod:`napari_resolve.metrics._decorrelation_imagej`). ``taper`` is
+        fixed at 20 px there.
 
     Returns
     -------
@@ -525,11 +550,14 @@ def decorrelation(
         raise InputError(f"taper must be a number of pixels, got {taper!r}") from None
     if not math.isfinite(taper) or taper < 0:
         raise InputError(f"taper must be >= 0 pixels, got {taper!r}")
+    if variant not in VARIANTS:
+        raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     planes, lead = _as_planes(image)
     results = [
         _decorrelation_plane(
             p, int(n_r), int(n_g), taper, pixel_size, unit,
             tuple(int(i) for i in np.unravel_index(k, lead)) if lead else (),
+            variant,
         )
         for k, p in enumerate(planes)
     ]

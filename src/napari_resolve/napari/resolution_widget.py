@@ -180,8 +180,12 @@ def prepare_jobs(input_layer, result_layer=None, viewer=None) -> tuple[list[_Job
     return jobs, unit, note
 
 
-def run_jobs(jobs: list[_Job], unit: str, note: str = "") -> ResolutionReport:
-    """Measure the prepared planes (safe in a worker thread). Bad input -> ``errors``."""
+def run_jobs(jobs: list[_Job], unit: str, note: str = "", variant: str = "reference") -> ResolutionReport:
+    """Measure the prepared planes (safe in a worker thread). Bad input -> ``errors``.
+
+    ``variant`` picks the decorrelation algorithm (see
+    :func:`napari_resolve.metrics.resolution.decorrelation`).
+    """
     from napari_resolve.metrics.resolution import decorrelation
 
     entries, errors = [], []
@@ -194,7 +198,7 @@ def run_jobs(jobs: list[_Job], unit: str, note: str = "") -> ResolutionReport:
                 data = rgb_to_y(data[..., :3])
             if data.ndim != 2:
                 raise InputError(f"expected a 2D plane, got shape {data.shape}")
-            result = decorrelation(data, pixel_size=job.pixel_size, unit=unit)
+            result = decorrelation(data, pixel_size=job.pixel_size, unit=unit, variant=variant)
         except ResolveError as exc:
             errors.append(f"'{job.name}': {exc}")
             continue
@@ -205,13 +209,19 @@ def run_jobs(jobs: list[_Job], unit: str, note: str = "") -> ResolutionReport:
     return ResolutionReport(entries, unit, note, gain, errors)
 
 
-def measure_layers(input_layer, result_layer=None, viewer=None) -> ResolutionReport:
+def measure_layers(input_layer, result_layer=None, viewer=None, *, variant: str = "reference") -> ResolutionReport:
     """:func:`prepare_jobs` + :func:`run_jobs` in one call (blocking)."""
     jobs, unit, note = prepare_jobs(input_layer, result_layer, viewer)
-    return run_jobs(jobs, unit, note)
+    return run_jobs(jobs, unit, note, variant)
 
 
 # ----------------------------------------------------------------------------- widget
+
+#: (label, ``decorrelation(variant=...)``) offered by the widget
+VARIANT_LABELS = (
+    ("Descloux 2019 reference", "reference"),
+    ("ImageJ plugin (as paper 003)", "imagej"),
+)
 
 
 class ResolutionWidget(QWidget):
@@ -233,9 +243,17 @@ class ResolutionWidget(QWidget):
         self.result_combo = QComboBox()
         self.input_combo.setToolTip("Image layer to measure (its current plane)")
         self.result_combo.setToolTip("Optional: its super-resolved result, to show the gain")
+        self.variant_combo = QComboBox()
+        for label, variant in VARIANT_LABELS:
+            self.variant_combo.addItem(label, variant)
+        self.variant_combo.setToolTip(
+            "Decorrelation algorithm: the published reference (MATLAB ImDecorr), or the ImageJ "
+            "plugin's variant that paper 003 (MHTCUN) reports with"
+        )
         form = QFormLayout()
         form.addRow("input", self.input_combo)
         form.addRow("SR result", self.result_combo)
+        form.addRow("algorithm", self.variant_combo)
 
         self.compute_button = QPushButton("Compute resolution")
         self.compute_button.clicked.connect(self.compute)
@@ -319,7 +337,8 @@ class ResolutionWidget(QWidget):
         except ResolveError as exc:
             self._error(str(exc))
             return None
-        worker = thread_worker(run_jobs, start_thread=False)(jobs, unit, note)
+        worker = thread_worker(run_jobs, start_thread=False)(jobs, unit, note,
+                                                             self.variant_combo.currentData())
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
