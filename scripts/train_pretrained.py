@@ -70,12 +70,15 @@ def run_job(name: str, minutes: float, data_root: Path, device: str) -> dict:
                       learning_rate=2e-4,
                       meta={"training_data": "WBC (Zheng 2018) data sets 1+2, sample_data cells held out"})
     else:
+        from napari_resolve.data.fluorescence import pairs_degradation
+
         data, val = fluorescence_split()
         # MHTCUN works at the SR size through three U-Nets: ~25 s per batch of
         # 4 x 96-px patches on this CPU, so 64-px patches keep the step rate usable
         kwargs = dict(batch_size=4, patch_size=64, val_patch=None,
                       pixel_size={"value": 0.0626, "unit": "µm"},
-                      meta={"training_data": "simulated fluorescence (microtubules, vesicles, ER)"})
+                      meta={"training_data": "simulated fluorescence (microtubules, vesicles, ER)",
+                            "degradation": pairs_degradation(len(data), scale)})
     t0 = time.monotonic()
     last = [0.0]
 

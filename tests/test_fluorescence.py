@@ -128,3 +128,30 @@ def test_simulate_is_fast_and_checks_input():
         fl.simulate((64, 64), na=0)
     with pytest.raises(InputError, match="too small"):
         fl.simulate((8, 8), scale=4)
+
+
+def test_recorded_degradation_makes_lr_like_the_simulator():
+    """``pairs_degradation``'s HR-only spec reproduces the simulator's LR (what fine-tuning relies on)."""
+    from napari_resolve.data.datasets import degrade
+
+    spec = fl.pairs_degradation(1, 2)["for_hr_only"]
+    for seed in range(2):
+        s = fl.simulate((256, 256), 2, photons=200, seed=seed)
+        simulated = (s.lr - 10.0) / 200.0  # the camera's counts in degrade()'s units
+        made = degrade(s.hr, spec, np.random.default_rng(seed))
+        bicubic = degrade(s.hr, {"kind": "matlab-bicubic", "scale": 2})
+        assert made.shape == simulated.shape
+        assert made.mean() == pytest.approx(simulated.mean(), rel=0.05)
+        corr = np.corrcoef(made.ravel(), simulated.ravel())[0, 1]
+        assert corr > 0.9 and corr > np.corrcoef(bicubic.ravel(), simulated.ravel())[0, 1]
+
+
+def test_bundled_fluorescence_model_records_how_to_degrade_hr_only_images():
+    from napari_resolve import bundle
+    from napari_resolve.train.finetuning import self_supervised_degradation
+
+    meta = bundle.read_meta(bundle.resolve("mhtcun-lite-x2"))
+    assert meta["degradation"]["kind"] == "paired"
+    spec = self_supervised_degradation(meta)
+    assert spec == {**meta["degradation"]["for_hr_only"], "scale": 2}
+    assert spec["kind"] == "widefield" and spec["pixel_size"] == pytest.approx(31.3)

@@ -42,6 +42,7 @@ from scipy import ndimage, special
 from napari_resolve.errors import InputError
 
 __all__ = [
+    "pairs_degradation",
     "FluorescenceSample",
     "airy_psf",
     "gaussian_psf",
@@ -388,3 +389,34 @@ def simulate_pairs(n: int, shape=(256, 256), scale: int = 2, seed=0, **kwargs):
         photons = base * (2.0 ** rng.uniform(-1, 1)) if vary else base
         out.append(simulate(shape, scale, photons=photons, seed=rng, **kwargs))
     return out
+
+
+def pairs_degradation(n: int, scale: int = 2, *, pixel_size: float = 31.3, wavelength: float = 520.0,
+                      na: float = 1.3, photons: float = 200.0, background: float = 10.0,
+                      read_noise: float = 2.0, hr_gain: float = 2.0, psf_kind: str = "airy") -> dict:
+    """Bundle ``degradation`` metadata for a model trained on :func:`simulate_pairs`.
+
+    ``kind`` stays ``"paired"`` (the model saw simulated LR/HR pairs), with the
+    simulator's parameters, and ``for_hr_only``: the
+    :func:`napari_resolve.data.datasets.degrade` spec that makes matching LR
+    inputs from HR-only images when the model is fine-tuned (the same optics,
+    binning and noise; the PSF approximated by the Gaussian of the same σ, and
+    the photon count fixed at the middle of the simulated range).
+    """
+    scale = int(scale)
+    return {
+        "kind": "paired",
+        "scale": scale,
+        "data": f"{int(n)} simulated fluorescence pairs (napari_resolve.data.fluorescence)",
+        "simulator": {
+            "pixel_size_nm": pixel_size, "wavelength_nm": wavelength, "na": na,
+            "psf": psf_kind, "hr_gain": hr_gain, "photons": f"{photons:g} x 2^U(-1, 1)",
+            "background": background, "read_noise": read_noise,
+        },
+        "for_hr_only": {
+            "kind": "widefield", "scale": scale, "pixel_size": pixel_size,
+            "wavelength": wavelength, "na": na, "hr_gain": hr_gain, "photons": photons,
+            "background": background, "read_noise": read_noise,
+        },
+    }
+

@@ -1099,6 +1099,8 @@ def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwarg
     deg = meta.get("degradation")
     if isinstance(deg, dict) and deg.get("kind") not in (None, "paired"):
         kwargs.setdefault("degradation", deg)
+    elif isinstance(deg, dict) and isinstance(deg.get("for_hr_only"), dict):
+        kwargs.setdefault("degradation", {**deg["for_hr_only"], "scale": meta.get("scale")})
     kwargs.setdefault("pixel_size", meta.get("pixel_size"))
     kwargs.setdefault("parent", str(source))
     rec = R.finetune_recipe(R.default_for(model.arch), learning_rate) if recipe is None else recipe

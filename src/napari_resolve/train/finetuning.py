@@ -22,9 +22,10 @@ with what a fine-tuning *session* needs:
 
 Choices the papers leave open, made here:
 
-* A bundle trained on pairs (``degradation.kind == "paired"``, e.g. the
-  bundled ``mhtcun-lite-x2`` on simulated wide-field/SIM pairs) records no
-  way of making LR images. For a grey model with a known pixel size the
+* A bundle trained on pairs (``degradation.kind == "paired"``) makes LR
+  images from HR-only data with the ``for_hr_only`` spec it records (the
+  bundled ``mhtcun-lite-x2`` records its simulator's camera model). When it
+  records none, for a grey model with a known pixel size the
   self-supervised LR is made with the wide-field camera model of
   :func:`napari_resolve.data.datasets.degrade` (Gaussian PSF of λ 520 nm,
   NA 1.3 thinned by the target's 2× resolution gain, ``scale``-fold binning,
@@ -285,13 +286,17 @@ def self_supervised_degradation(meta: dict) -> dict:
     """How HR-only images become LR inputs for a fine-tuning of the bundle ``meta``.
 
     The bundle's own ``degradation`` when it has one; for a bundle trained on
-    pairs see the module docstring (wide-field camera model for grey models
-    with a pixel size, else MATLAB bicubic).
+    pairs the ``for_hr_only`` spec it records (the bundled ``mhtcun-lite-x2``
+    does, :func:`napari_resolve.data.fluorescence.pairs_degradation`), else see
+    the module docstring (wide-field camera model for grey models with a pixel
+    size, else MATLAB bicubic).
     """
     s = int(meta.get("scale", 1))
     deg = meta.get("degradation") or {}
     if isinstance(deg, dict) and deg.get("kind") not in (None, "paired"):
         return {**deg, "scale": s}
+    if isinstance(deg, dict) and isinstance(deg.get("for_hr_only"), dict):
+        return {**deg["for_hr_only"], "scale": s}  # recorded by the trainer (pairs_degradation)
     lr_nm = _lr_pixel_nm(meta)
     if meta.get("color_mode", "grey") == "grey" and lr_nm:
         return {"kind": "widefield", "scale": s, "pixel_size": lr_nm / s}
