@@ -390,12 +390,18 @@ def _decorrelation_plane(plane, n_r, n_g, taper, pixel_size, unit, index, varian
         from napari_resolve.metrics import _decorrelation_imagej
 
         fields = _decorrelation_imagej.measure(plane, n_r, n_g)
-        kc = fields["kc"]
-        return DecorrelationResult(
-            resolution=2.0 * pixel_size / kc if kc > 0 else math.inf,
-            unit=unit, pixel_size=pixel_size, shape=tuple(plane.shape), plane=index,
-            variant="imagej", **fields,
-        )
+    else:
+        fields = _measure_reference(plane, n_r, n_g, taper)
+    kc = fields["kc"]
+    return DecorrelationResult(
+        resolution=2.0 * pixel_size / kc if kc > 0 else math.inf,
+        unit=unit, pixel_size=pixel_size, shape=tuple(plane.shape), plane=index,
+        variant=variant, **fields,
+    )
+
+
+def _measure_reference(plane, n_r, n_g, taper) -> dict:
+    """The reference algorithm on one plane: the fields of a DecorrelationResult (see decorrelation)."""
     # float32 halves the memory traffic of the FFT; every sum is taken in float64.
     apodised = edge_taper(plane, taper, dtype=np.float32)
     h, w = apodised.shape
@@ -442,15 +448,10 @@ def _decorrelation_plane(plane, n_r, n_g, taper, pixel_size, unit, index, varian
     peaks = np.array(peaks, dtype=np.float64)
     peaks[peaks[:, 1] < MIN_AMPLITUDE] = 0.0  # unphysical peaks (Methods)
     chosen = int(np.argmax(peaks[:, 0]))
-    kc, amp = float(peaks[chosen, 0]), float(peaks[chosen, 1])
-    resolution = 2.0 * pixel_size / kc if kc > 0 else math.inf
-    return DecorrelationResult(
-        resolution=resolution,
-        kc=kc,
-        amplitude=amp,
+    return dict(
+        kc=float(peaks[chosen, 0]),
+        amplitude=float(peaks[chosen, 1]),
         amplitude0=float(a0),
-        unit=unit,
-        pixel_size=pixel_size,
         radii=radii,
         d0=d0,
         sigmas=sigmas,
@@ -460,8 +461,6 @@ def _decorrelation_plane(plane, n_r, n_g, taper, pixel_size, unit, index, varian
         refined_curves=refined_curves,
         peaks=peaks,
         chosen=chosen,
-        shape=tuple(plane.shape),
-        plane=index,
     )
 
 
