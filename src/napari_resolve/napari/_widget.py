@@ -33,7 +33,6 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -46,6 +45,13 @@ from qtpy.QtWidgets import (
 
 from napari_resolve.errors import InputError, ResolveError
 from napari_resolve.napari import _jobs
+from napari_resolve.napari._common import (
+    layer_names,
+    model_row,
+    pretrained_entries,
+    refill_combo,
+    watch_layers,
+)
 from napari_resolve.napari._style import parsing_style
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,13 +161,8 @@ class ResolveWidget(QWidget):
         layout.addWidget(self._build_parsing_section())
         layout.addStretch(1)
 
-        layers = self.viewer.layers
-        layers.events.inserted.connect(self._on_layers_changed)
-        layers.events.removed.connect(self._refresh_layer_choices)
-        layers.events.moved.connect(self._refresh_layer_choices)
-        layers.selection.events.active.connect(self._on_active_layer)
-        for layer in layers:
-            layer.events.name.connect(self._refresh_layer_choices)
+        watch_layers(self.viewer, self._refresh_layer_choices)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.viewer.dims.events.ndisplay.connect(self._update_planes_row)
 
         self._fill_model_choices()
@@ -175,19 +176,11 @@ class ResolveWidget(QWidget):
     def _build_model_section(self) -> QGroupBox:
         box = QGroupBox("1 · Model")
         form = QVBoxLayout(box)
-        row = QHBoxLayout()
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("A model shipped with napari-resolve, or a file you loaded")
+        row, self.model_combo, self.load_file_button, self.card = model_row(
+            self, "A model shipped with napari-resolve, or a file you loaded", self.load_model_file
+        )
         self.model_combo.activated.connect(self._on_model_chosen)
-        self.load_file_button = QPushButton("Load file…")
-        self.load_file_button.setToolTip("Open a .safetensors model file (pickled .pt/.pth files are refused)")
-        self.load_file_button.clicked.connect(self._ask_model_file)
-        row.addWidget(self.model_combo, 1)
-        row.addWidget(self.load_file_button)
         form.addLayout(row)
-        self.card = QLabel()
-        self.card.setTextFormat(Qt.TextFormat.RichText)
-        self.card.setWordWrap(True)
         self.card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         form.addWidget(self.card)
         return box
@@ -277,16 +270,9 @@ class ResolveWidget(QWidget):
     # ------------------------------------------------------------------ model
 
     def _fill_model_choices(self) -> None:
-        from napari_resolve import bundle
-
         self.model_combo.clear()
         self.model_combo.addItem("— choose a model —", None)
-        try:
-            entries = bundle.pretrained()
-        except ResolveError as exc:  # a broken install: still usable with files
-            show_error(f"cannot list the bundled models: {exc}")
-            entries = []
-        for entry in entries:
+        for entry in pretrained_entries():
             self.model_combo.addItem(f"{entry['name']} — {entry['summary']}", ("pretrained", entry["name"]))
         for scale in (4, 8):
             self.model_combo.addItem(_baseline_label(scale), ("baseline", scale))
@@ -311,13 +297,6 @@ class ResolveWidget(QWidget):
         meta = bundle.default_meta(model)
         meta["color_mode"] = "y"  # colour images: Y bicubic, Cb/Cr bicubic = plain bicubic
         self._set(model, meta, f"bicubic ×{scale} baseline", ("baseline", scale), _baseline_label(scale))
-
-    def _ask_model_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open a model file", "", "Model files (*.safetensors);;All files (*)"
-        )
-        if path:
-            self.load_model_file(path)
 
     def load_model_file(self, path) -> bool:
         """Load a ``.safetensors`` model file; False (and a notification) if it is refused."""
@@ -406,22 +385,9 @@ class ResolveWidget(QWidget):
 
     # ------------------------------------------------------------------ layers
 
-    def _on_layers_changed(self, event=None) -> None:
-        layer = getattr(event, "value", None)
-        if layer is not None:
-            layer.events.name.connect(self._refresh_layer_choices)
-        self._refresh_layer_choices()
-
     def _refresh_layer_choices(self, *_) -> None:
         for combo, kind in ((self.image_combo, Image), (self.parsing_combo, Labels)):
-            current = combo.currentText()
-            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+            refill_combo(combo, layer_names(self.viewer, kind))
         self._update_planes_row()
 
     def _on_active_layer(self, *_) -> None:

@@ -67,6 +67,13 @@ from qtpy.QtWidgets import (
 )
 
 from napari_resolve.errors import InputError, ResolveError
+from napari_resolve.napari._common import (
+    layer_names,
+    model_row,
+    pretrained_entries,
+    refill_combo,
+    watch_layers,
+)
 from napari_resolve.napari._widget import META_KEY, available_devices
 
 __all__ = ["FinetuneWidget", "layer_images"]
@@ -209,12 +216,7 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self._build_run_section())
         layout.addWidget(self._build_results_section(), stretch=1)
 
-        events = self.viewer.layers.events
-        events.inserted.connect(self._on_layers_changed)
-        events.removed.connect(self._refresh_layer_choices)
-        events.reordered.connect(self._refresh_layer_choices)
-        for layer in self.viewer.layers:
-            layer.events.name.connect(self._refresh_layer_choices)
+        watch_layers(self.viewer, self._refresh_layer_choices)
         self._fill_models()
         self._add_row()
         self._on_form_changed()
@@ -225,18 +227,12 @@ class FinetuneWidget(QWidget):
     def _build_model_section(self) -> QGroupBox:
         box = QGroupBox("1 · Base model")
         outer = QVBoxLayout(box)
-        row = QHBoxLayout()
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("The model to start from: a bundled one or a .safetensors file")
+        row, self.model_combo, self.load_file_button, self.model_card = model_row(
+            self, "The model to start from: a bundled one or a .safetensors file",
+            lambda path: self.set_base(Path(path)),
+        )
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
-        self.load_file_button = QPushButton("Load file…")
-        self.load_file_button.clicked.connect(self._ask_model_file)
-        row.addWidget(self.model_combo, 1)
-        row.addWidget(self.load_file_button)
         outer.addLayout(row)
-        self.model_card = QLabel()
-        self.model_card.setWordWrap(True)
-        self.model_card.setTextFormat(Qt.TextFormat.RichText)
         outer.addWidget(self.model_card)
         return box
 
@@ -413,14 +409,7 @@ class FinetuneWidget(QWidget):
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         self.model_combo.addItem("— choose a model —", None)
-        try:
-            entries = bundle.pretrained()
-        except ResolveError as exc:
-            show_error(f"cannot list the bundled models: {exc}")
-            entries = []
-        for entry in entries:
-            if entry["name"].endswith(".state"):
-                continue
+        for entry in pretrained_entries():
             self.model_combo.addItem(entry["name"], f"pretrained:{entry['name']}")
         self.model_combo.blockSignals(False)
         try:  # the issue's default: the bundled MHTCUN-lite
@@ -431,13 +420,6 @@ class FinetuneWidget(QWidget):
         index = self.model_combo.findData(f"pretrained:{default}") if default else -1
         self.model_combo.setCurrentIndex(max(index, 0))
         self._on_model_changed()
-
-    def _ask_model_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open a model file", "", "Model files (*.safetensors);;All files (*)"
-        )
-        if path:
-            self.set_base(Path(path))
 
     def set_base(self, src) -> bool:
         """Choose the base model: a pretrained name (str) or a file (:class:`~pathlib.Path`)."""
@@ -542,9 +524,6 @@ class FinetuneWidget(QWidget):
         self.val_partner_combo.setVisible(pairs)
         self.val_partner_label.setVisible(pairs)
 
-    def _layer_names(self, kind) -> list[str]:
-        return [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
-
     def _add_row(self, hr_name: str | None = None, partner_name: str | None = None) -> None:
         row = self.table.rowCount()
         self.table.insertRow(row)
@@ -565,38 +544,19 @@ class FinetuneWidget(QWidget):
         if self.table.rowCount() > 0:
             self.table.removeRow(self.table.rowCount() - 1)
 
-    def _fill_combo(self, combo: QComboBox, names: list[str], extra=(), keep_empty=False) -> None:
-        """Refill with the current layer names, keeping the choice; a removed choice falls
-        back to the first entry, or (``keep_empty``, training rows) to no choice at all."""
-        current, filled = combo.currentText(), combo.count() > 0
-        combo.blockSignals(True)
-        combo.clear()
-        combo.addItems(list(extra) + names)
-        if current in list(extra) + names:
-            combo.setCurrentText(current)
-        elif keep_empty and filled:
-            combo.setCurrentIndex(-1)
-        combo.blockSignals(False)
-
     def _fill_row(self, row: int) -> None:
-        images = self._layer_names(Image)
+        images = layer_names(self.viewer, Image)
         partner_kind = Labels if self._form() == "labels" else Image
-        self._fill_combo(self.table.cellWidget(row, 0), images, keep_empty=True)
-        self._fill_combo(self.table.cellWidget(row, 1), self._layer_names(partner_kind), [NONE],
+        refill_combo(self.table.cellWidget(row, 0), images, keep_empty=True)
+        refill_combo(self.table.cellWidget(row, 1), layer_names(self.viewer, partner_kind), [NONE],
                          keep_empty=True)
-
-    def _on_layers_changed(self, event=None) -> None:
-        layer = getattr(event, "value", None)
-        if layer is not None:
-            layer.events.name.connect(self._refresh_layer_choices)
-        self._refresh_layer_choices()
 
     def _refresh_layer_choices(self, *_) -> None:
         for row in range(self.table.rowCount()):
             self._fill_row(row)
-        images = self._layer_names(Image)
-        self._fill_combo(self.val_combo, images, [HOLD_OUT])
-        self._fill_combo(self.val_partner_combo, images, [NONE])
+        images = layer_names(self.viewer, Image)
+        refill_combo(self.val_combo, images, [HOLD_OUT])
+        refill_combo(self.val_partner_combo, images, [NONE])
         self._on_val_changed()
 
     def _layer(self, name: str | None):

@@ -42,6 +42,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_resolve.errors import InputError, ResolveError
+from napari_resolve.napari._common import layer_names, refill_combo, watch_layers
 
 __all__ = [
     "ResolutionWidget",
@@ -271,32 +272,15 @@ class ResolutionWidget(QWidget):
         layout.addWidget(self.results_label)
         layout.addWidget(self.canvas, stretch=1)
 
-        layers_events = self.viewer.layers.events
-        layers_events.inserted.connect(self._on_layers_changed)
-        layers_events.removed.connect(self._refresh_layer_choices)
-        layers_events.reordered.connect(self._refresh_layer_choices)
-        for layer in self.viewer.layers:
-            layer.events.name.connect(self._refresh_layer_choices)
+        watch_layers(self.viewer, self._refresh_layer_choices)
         self._refresh_layer_choices()
 
     # ------------------------------------------------------------------ layers
 
-    def _on_layers_changed(self, event=None) -> None:
-        layer = getattr(event, "value", None)
-        if layer is not None:
-            layer.events.name.connect(self._refresh_layer_choices)
-        self._refresh_layer_choices()
-
     def _refresh_layer_choices(self, *_) -> None:
-        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-        for combo, extra in ((self.input_combo, []), (self.result_combo, [NO_LAYER])):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(extra + names)
-            if current in extra + names:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+        names = layer_names(self.viewer, Image)
+        refill_combo(self.input_combo, names)
+        refill_combo(self.result_combo, names, [NO_LAYER])
 
     def _layer(self, combo: QComboBox):
         name = combo.currentText()

@@ -1,0 +1,95 @@
+"""Qt pieces the dock widgets share: layer-list watching, layer pickers, the model row.
+
+Written once here so that the Super-resolve, Fine-tune and Resolution panels
+behave the same way: a picker keeps its choice when layers come and go, a
+renamed layer is renamed in every picker, and models are chosen from the same
+list (bundled models, or a ``.safetensors`` file; pickles are refused by
+:mod:`napari_resolve.bundle`).
+"""
+
+from __future__ import annotations
+
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton
+
+from napari_resolve.errors import ResolveError
+
+MODEL_FILE_FILTER = "Model files (*.safetensors);;All files (*)"
+
+
+def watch_layers(viewer, refresh) -> None:
+    """Call ``refresh()`` whenever the layer list changes or a layer is renamed."""
+    events = viewer.layers.events
+
+    def on_inserted(event=None):
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(refresh)
+        refresh()
+
+    events.inserted.connect(on_inserted)
+    events.removed.connect(refresh)
+    events.reordered.connect(refresh)
+    for layer in viewer.layers:
+        layer.events.name.connect(refresh)
+
+
+def layer_names(viewer, kind) -> list[str]:
+    """Names of the layers of type ``kind`` (e.g. :class:`napari.layers.Image`), in list order."""
+    return [layer.name for layer in viewer.layers if isinstance(layer, kind)]
+
+
+def refill_combo(combo: QComboBox, names, extra=(), *, keep_empty: bool = False) -> None:
+    """Refill ``combo`` with ``extra + names`` keeping its choice, without emitting signals.
+
+    A choice that is gone falls back to the first entry, or with ``keep_empty``
+    (once the combo was filled) to no choice at all, so a removed layer is
+    never silently replaced by another.
+    """
+    items = list(extra) + list(names)
+    current, filled = combo.currentText(), combo.count() > 0
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(items)
+    if current in items:
+        combo.setCurrentText(current)
+    elif keep_empty and filled:
+        combo.setCurrentIndex(-1)
+    combo.blockSignals(False)
+
+
+def model_row(parent, tooltip: str, on_file) -> tuple[QHBoxLayout, QComboBox, QPushButton, QLabel]:
+    """The model picker: a combo, a *Load file…* button that asks for a file, and a card label.
+
+    ``on_file(path: str)`` is called with the file the user picked.
+    """
+    combo = QComboBox()
+    combo.setToolTip(tooltip)
+    button = QPushButton("Load file…")
+    button.setToolTip("Open a .safetensors model file (pickled .pt/.pth files are refused)")
+
+    def ask():
+        path, _ = QFileDialog.getOpenFileName(parent, "Open a model file", "", MODEL_FILE_FILTER)
+        if path:
+            on_file(path)
+
+    button.clicked.connect(ask)
+    row = QHBoxLayout()
+    row.addWidget(combo, 1)
+    row.addWidget(button)
+    card = QLabel()
+    card.setTextFormat(Qt.TextFormat.RichText)
+    card.setWordWrap(True)
+    return row, combo, button, card
+
+
+def pretrained_entries() -> list[dict]:
+    """The bundled models (:func:`napari_resolve.bundle.pretrained`); a notification if unreadable."""
+    from napari_resolve import bundle
+
+    try:
+        return bundle.pretrained()
+    except ResolveError as exc:  # a broken install: still usable with files
+        show_error(f"cannot list the bundled models: {exc}")
+        return []
