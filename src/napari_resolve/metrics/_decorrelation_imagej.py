@@ -97,9 +97,10 @@ def _geometry(n: int):
 def _curve(mag: np.ndarray, n: int, r_lo: float, r_hi: float, n_r: int) -> np.ndarray:
     """d on ``n_r`` radii linspace(r_lo, r_hi) with nearest-radius binning, from |FFT| ``mag``."""
     rows, cols, weight, rr = _geometry(n)
-    m = mag[rows, cols] * weight
-    norm = math.sqrt(float(np.dot(m, mag[rows, cols])))  # sum of w·|I|² over the disk
-    nonzero = weight * (mag[rows, cols] > 0)
+    g = mag[rows, cols]
+    m = g * weight
+    norm = math.sqrt(float(np.dot(m, g)))  # sum of w·|I|² over the disk
+    nonzero = weight * (g > 0)
     step = (r_hi - r_lo) / (n_r - 1)
     # nearest-bin assignment: bin <= i  <=>  r < r_lo + (i + 1/2)·step; the last bin ends at r_hi
     stops = np.searchsorted(rr, r_lo + (np.arange(n_r) + 0.5) * step, side="left")
@@ -134,14 +135,15 @@ def _peak(curve: np.ndarray) -> tuple[int, float]:
 
 
 def _high_passed_magnitude(padded: np.ndarray, sigma: float) -> np.ndarray:
-    return np.abs(scipy.fft.rfft2(padded - gaussian_filter(padded, sigma)))
+    high = padded - gaussian_filter(padded, sigma)
+    return np.abs(scipy.fft.rfft2(high, workers=-1))
 
 
 def measure(plane: np.ndarray, n_r: int, n_g: int) -> dict:
     """Run the plugin variant on one 2D plane; returns the fields of a DecorrelationResult."""
     padded = pad_pow2(apodise(plane))
     n = padded.shape[0]
-    mag0 = np.abs(scipy.fft.rfft2(padded))
+    mag0 = np.abs(scipy.fft.rfft2(padded, workers=-1))
     mag0[0, 0] = 0.0  # the zero frequency is removed before d0
     radii = np.linspace(0.0, 1.0, n_r)
     d0 = _curve(mag0, n, 0.0, 1.0, n_r)
