@@ -97,6 +97,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_resolve._generators import run_to_end
 from napari_resolve.errors import BundleError, InputError, ResolveError
 
 __all__ = [
@@ -839,14 +840,7 @@ def predict_iter(
 
 def predict(model_or_bundle, image, *, progress=None, **kwargs) -> PredictResult:
     """Run :func:`predict_iter` to the end; ``progress(Progress)`` is called on each event."""
-    gen = predict_iter(model_or_bundle, image, **kwargs)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return run_to_end(predict_iter(model_or_bundle, image, **kwargs), progress)
 
 
 # ----------------------------------------------------------------------------- dask
@@ -926,13 +920,7 @@ def _sr_block(block, *, ref, norm, spatial, depth, scale, lay_kw, opts_kw, block
     if param is not None and param.device != opts.device:
         with _WORKER_LOCK:
             model.to(opts.device)
-    gen = _engine(model, planes, None, opts, False)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            outputs, _ = stop.value
-            break
+    outputs, _ = run_to_end(_engine(model, planes, None, opts, False))
     image, _, _ = _finish(model, outputs, lay, pad, chroma, norm, block.dtype, False)
     index = [slice(None)] * image.ndim
     for ax in spatial:

@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_resolve._generators import run_to_end
 from napari_resolve.errors import InputError
 from napari_resolve.predict import Progress
 
@@ -414,14 +415,7 @@ def super_resolve_slide_iter(
 
 def super_resolve_slide(src, dst, model, *, progress=None, **kwargs) -> SlideResult:
     """Run :func:`super_resolve_slide_iter` to the end; ``progress(Progress)`` on each event."""
-    gen = super_resolve_slide_iter(src, dst, model, **kwargs)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return run_to_end(super_resolve_slide_iter(src, dst, model, **kwargs), progress)
 
 
 def open_levels(path) -> dict:

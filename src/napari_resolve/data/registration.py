@@ -78,6 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_resolve._generators import run_to_end
 from napari_resolve.errors import InputError
 
 __all__ = [
@@ -615,19 +616,9 @@ def _report(matches, coarse, ratios, p, lr_mag, factor, mags, lr_shape, params) 
     }
 
 
-def _drain(gen, progress: Callable | None):
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
-
-
 def register(low, mid=None, high=None, *, progress: Callable | None = None, **kwargs):
     """Run :func:`register_iter` to the end; ``progress(event)`` is called for each event."""
-    return _drain(register_iter(low, mid, high, **kwargs), progress)
+    return run_to_end(register_iter(low, mid, high, **kwargs), progress)
 
 
 # ------------------------------------------------------------------ write
@@ -712,7 +703,7 @@ def write_pairs_iter(result: RegistrationResult, out, *, overwrite: bool = False
 def write_pairs(result: RegistrationResult, out, *, overwrite: bool = False,
                 pixel_size: float | None = None, progress=None) -> Path:
     """Run :func:`write_pairs_iter` to the end."""
-    return _drain(write_pairs_iter(result, out, overwrite=overwrite, pixel_size=pixel_size), progress)
+    return run_to_end(write_pairs_iter(result, out, overwrite=overwrite, pixel_size=pixel_size), progress)
 
 
 def build_dataset_iter(low, mid, high, out, *, overwrite: bool = False,
@@ -732,4 +723,4 @@ def build_dataset(low, mid, high, out, *, overwrite: bool = False, pixel_size=No
                   progress=None, **kwargs):
     """Run :func:`build_dataset_iter` to the end; returns (result, path)."""
     gen = build_dataset_iter(low, mid, high, out, overwrite=overwrite, pixel_size=pixel_size, **kwargs)
-    return _drain(gen, progress)
+    return run_to_end(gen, progress)

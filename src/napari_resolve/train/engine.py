@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from napari_resolve import losses as L
+from napari_resolve._generators import run_to_end
 from napari_resolve.errors import InputError
 from napari_resolve.train import checkpoint as ckpt
 from napari_resolve.train import recipes as R
@@ -1074,14 +1075,7 @@ def _source_spec(data):
 
 def train(*args, callback=None, **kwargs) -> TrainResult:
     """Run :func:`train_iter` to the end; ``callback(event)`` sees every event."""
-    gen = train_iter(*args, **kwargs)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            return done.value
-        if callback is not None:
-            callback(event)
+    return run_to_end(train_iter(*args, **kwargs), callback)
 
 
 def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwargs):
@@ -1117,11 +1111,4 @@ def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwarg
 
 def finetune(source, data=None, *, callback=None, **kwargs) -> TrainResult:
     """Run :func:`finetune_iter` to the end; ``callback(event)`` sees every event."""
-    gen = finetune_iter(source, data, **kwargs)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            return done.value
-        if callback is not None:
-            callback(event)
+    return run_to_end(finetune_iter(source, data, **kwargs), callback)

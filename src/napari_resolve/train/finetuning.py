@@ -54,6 +54,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from napari_resolve._generators import run_to_end
 from napari_resolve.errors import InputError, ResolveError
 
 __all__ = [
@@ -752,11 +753,4 @@ def _write_figures(result, report: FinetuneReport) -> None:
 
 def finetune_measured(*args, callback=None, **kwargs) -> FinetuneReport:
     """Run :func:`finetune_measured_iter` to the end; ``callback(event)`` sees every event."""
-    gen = finetune_measured_iter(*args, **kwargs)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            return done.value
-        if callback is not None:
-            callback(event)
+    return run_to_end(finetune_measured_iter(*args, **kwargs), callback)
