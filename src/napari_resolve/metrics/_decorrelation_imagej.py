@@ -41,6 +41,8 @@ import numpy as np
 import scipy.fft
 from scipy.ndimage import gaussian_filter
 
+from napari_resolve.metrics.resolution import result_fields
+
 TAPER_WIDTH = 20
 G_MIN = 0.14
 PEAK_SIGNIFICANCE = 1e-3
@@ -177,17 +179,5 @@ def measure(plane: np.ndarray, n_r: int, n_g: int) -> dict:
     refined = [(float(refined_radii[i]), a) for i, a in (_peak(c) for c in refined_curves)]
     peaks = np.array([(k0, a0)] + first[:-1] + refined, dtype=np.float64)
     chosen = 1 + n_g + int(np.argmax([p[0] for p in refined]))
-    return dict(
-        kc=float(peaks[chosen, 0]),
-        amplitude=float(peaks[chosen, 1]),
-        amplitude0=float(a0),
-        radii=radii,
-        d0=d0,
-        sigmas=sigmas,
-        curves=curves,
-        refined_radii=refined_radii,
-        refined_sigmas=refined_sigmas,
-        refined_curves=refined_curves,
-        peaks=peaks,
-        chosen=chosen,
-    )
+    return result_fields(peaks, chosen, a0, radii, d0, sigmas, curves,
+                         refined_radii, refined_sigmas, refined_curves)

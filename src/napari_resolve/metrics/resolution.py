@@ -400,6 +400,16 @@ def _decorrelation_plane(plane, n_r, n_g, taper, pixel_size, unit, index, varian
     )
 
 
+def result_fields(peaks, chosen, a0, radii, d0, sigmas, curves,
+                  refined_radii, refined_sigmas, refined_curves) -> dict:
+    """The per-plane fields of a :class:`DecorrelationResult`, from either variant's curves."""
+    return dict(
+        kc=float(peaks[chosen, 0]), amplitude=float(peaks[chosen, 1]), amplitude0=float(a0),
+        radii=radii, d0=d0, sigmas=sigmas, curves=curves, refined_radii=refined_radii,
+        refined_sigmas=refined_sigmas, refined_curves=refined_curves, peaks=peaks, chosen=chosen,
+    )
+
+
 def _measure_reference(plane, n_r, n_g, taper) -> dict:
     """The reference algorithm on one plane: the fields of a DecorrelationResult (see decorrelation)."""
     # float32 halves the memory traffic of the FFT; every sum is taken in float64.
@@ -448,20 +458,8 @@ def _measure_reference(plane, n_r, n_g, taper) -> dict:
     peaks = np.array(peaks, dtype=np.float64)
     peaks[peaks[:, 1] < MIN_AMPLITUDE] = 0.0  # unphysical peaks (Methods)
     chosen = int(np.argmax(peaks[:, 0]))
-    return dict(
-        kc=float(peaks[chosen, 0]),
-        amplitude=float(peaks[chosen, 1]),
-        amplitude0=float(a0),
-        radii=radii,
-        d0=d0,
-        sigmas=sigmas,
-        curves=curves,
-        refined_radii=refined_radii,
-        refined_sigmas=refined_sigmas,
-        refined_curves=refined_curves,
-        peaks=peaks,
-        chosen=chosen,
-    )
+    return result_fields(peaks, chosen, a0, radii, d0, sigmas, curves,
+                         refined_radii, refined_sigmas, refined_curves)
 
 
 def decorrelation(
