@@ -61,6 +61,17 @@ def psnr(a, b, peak=255.0):
     return 10 * np.log10(peak**2 / np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2))
 
 
+def test_panels_stay_narrow_with_long_model_summaries(viewer_widget):
+    """The bundled models' one-line summaries must not widen the dock over the canvas."""
+    from napari_resolve.napari.finetune_widget import FinetuneWidget
+
+    viewer, widget = viewer_widget
+    longest = max(len(widget.model_combo.itemText(i)) for i in range(widget.model_combo.count()))
+    assert longest > 60  # the entries are long: the check below means something
+    assert widget.sizeHint().width() < 500
+    assert FinetuneWidget(viewer).model_combo.sizeHint().width() < 400
+
+
 def test_super_resolve_sample_overlays_the_input(viewer_widget, qtbot, errors):
     viewer, widget = viewer_widget
     viewer.open_sample("napari-resolve", "leukocyte")

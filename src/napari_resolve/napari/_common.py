@@ -66,6 +66,9 @@ def model_row(parent, tooltip: str, on_file) -> tuple[QHBoxLayout, QComboBox, QP
     """
     combo = QComboBox()
     combo.setToolTip(tooltip)
+    # entries carry long summaries: without this the combo would widen the dock past the canvas
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(16)
     button = QPushButton("Load file…")
     button.setToolTip("Open a .safetensors model file (pickled .pt/.pth files are refused)")
 
