@@ -100,8 +100,11 @@ def test_cli_finetune_hr_only_with_before_after(tmp_path, capsys, bpae):
     assert ft["before"]["unit"] == "nm" and ft["after"]["val_psnr"] is not None
     assert meta["metrics"]["psnr_gain_db"] == pytest.approx(
         ft["after"]["val_psnr"] - ft["before"]["val_psnr"], abs=1e-3)
-    # the bundled model trained on simulated pairs: HR-only data get its wide-field physics
-    assert meta["degradation"] == {"kind": "widefield", "scale": 2, "pixel_size": pytest.approx(31.3)}
+    # the bundled model trained on simulated pairs: HR-only data get the camera model it records
+    recorded = bundle.read_meta(bundle.resolve("mhtcun-lite-x2"))["degradation"]["for_hr_only"]
+    assert meta["degradation"] == {**recorded, "scale": 2}
+    assert meta["degradation"]["kind"] == "widefield"
+    assert meta["degradation"]["pixel_size"] == pytest.approx(31.3)
     assert meta["training"]["steps"] == 2 and meta["training"]["stopped"] == "steps"
     # an existing output is not replaced
     assert cli.main(argv) == 2 and "exists" in capsys.readouterr().err

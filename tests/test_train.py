@@ -684,3 +684,21 @@ def test_ddp_with_two_gloo_processes_matches_single_process_gradients(tmp_path):
         assert g.abs().max() > 0
         torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0)  # in sync
         torch.testing.assert_close(w0[key] - ranks[0][key], g, rtol=1e-4, atol=1e-7)
+
+
+def test_measure_survives_a_model_with_constant_output():
+    """A barely trained model can output a constant image: no resolution for it, no crash."""
+    from napari_resolve.data.samples import mt_widefield
+    from napari_resolve.train.finetuning import TrainingImage, measure, validation_dataset
+
+    image, _ = mt_widefield()
+    hr = image[:128, :128].astype(np.float32)
+    model = models.build("srcnn", scale=2, in_channels=1)
+    with torch.no_grad():
+        model.body[-1].weight.zero_()
+        model.body[-1].bias.fill_(-1.0)  # every output pixel -1 -> clipped to a constant 0
+    meta = bundle.default_meta(model)
+    val = validation_dataset([TrainingImage("mt", hr)], meta)
+    m = measure(model, val, pixel_size_nm=31.3)
+    assert m.resolutions == [None] and m.resolution is None
+    assert np.isfinite(m.psnr)

@@ -345,8 +345,8 @@ class Measurement:
 def _resolution(image: np.ndarray, pixel_nm: float | None):
     from napari_resolve.metrics.resolution import MIN_SIZE, decorrelation
 
-    if min(image.shape) < MIN_SIZE:
-        return None
+    if min(image.shape) < MIN_SIZE or image.min() == image.max():
+        return None  # too small, or a constant output (e.g. a barely trained model): no estimate
     res = decorrelation(image, pixel_size=pixel_nm, unit="nm" if pixel_nm else None)
     return float(res.resolution) if res.found else None
 
