@@ -26,6 +26,10 @@ hours on two CPU cores. Models:
   without it (the same recipe with the segmentation weight set to 0): paper
   004's ablation.
 
+The GAN recipes (SRSEG) are evaluated with their *final* weights, not the
+best-PSNR checkpoint: their later phases (segmentation, then perceptual +
+adversarial) trade PSNR for other goals, so a PSNR-chosen checkpoint falls in
+the shared MSE phase and would make the ablation's two runs identical.
 For the recipes with an adversarial term the table adds a no-reference
 sharpness figure beside PSNR (the papers warn that PSNR favours blur): the
 mean gradient magnitude of the SR Y channel relative to that of the HR
@@ -209,6 +213,18 @@ def main(argv=None) -> int:
         _, arch, recipe, _ = next(m for m in MODELS if m[0] == label)
         return args.save_dir / f"{recipe}-{arch}-x{scale}.safetensors"
 
+    def model_for_table(scale, label):
+        """The best-PSNR checkpoint; for the GAN recipes the final weights (see the docstring)."""
+        from napari_resolve import bundle
+        from napari_resolve.train import checkpoint
+
+        path = saved_model(scale, label)
+        model, meta = bundle.load(path)
+        if "srseg" in label.lower():
+            _, parts = checkpoint.load_state(path)
+            model.load_state_dict(parts["model"])
+        return model, meta
+
     if args.prior_study is not None:
         from napari_resolve import bundle
 
@@ -231,7 +247,7 @@ def main(argv=None) -> int:
             if row["model"] == "bicubic":
                 continue
             # the bundle's own metadata: Y-channel models must be run on Y (color_mode "y")
-            p, s, sh = evaluate(bundle.load(saved_model(row["scale"], row["model"])), val, row["scale"])
+            p, s, sh = evaluate(model_for_table(row["scale"], row["model"]), val, row["scale"])
             row.update(psnr=p, ssim=s, sharp=sh)
             print(f"x{row['scale']} {row['model']}: {p:.3f} dB {s:.4f} sharpness {sh:.3f}", flush=True)
         save_json()
@@ -260,9 +276,7 @@ def main(argv=None) -> int:
                           meta={"training_data": "WBC (Zheng 2018) data sets 1+2, sample_data "
                                                  "cells held out (benchmarks/leukocyte.py)"})
             # the bundle's metadata, not default_meta: it knows a 1-channel model runs on Y
-            from napari_resolve.bundle import read_meta
-
-            p, s, sh = evaluate((res.model, read_meta(res.bundle)), val, scale)
+            p, s, sh = evaluate(model_for_table(scale, label), val, scale)
             steps = res.history[-1]["step"] if res.history else 0
             record(dict(scale=scale, model=label, psnr=p, ssim=s, sharp=sh, steps=steps,
                         gan="srseg" in recipe, epochs=epochs,
