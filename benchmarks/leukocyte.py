@@ -113,7 +113,8 @@ def _write_table(results, args, threads) -> str:
         f"training cells, batches of 8. Same engine, seed and data for every model, on "
         f"{platform.machine()} CPU ({threads} threads). Training: both WBC data sets minus the "
         "12 data-set-2 cells of `sample_data/`; the checkpoint is chosen on 5 % of the training "
-        "cells (128-px crops), so the 12 evaluation cells are used for nothing but this table. "
+        "cells (128-px crops; the GAN recipes, SRSEG, are evaluated with their final weights), "
+        "so the 12 evaluation cells are used for nothing but this table. "
         "PSNR/SSIM on Y (BT.601), border crop = scale, whole cells. Sharpness = mean Sobel "
         "magnitude of SR / HR on Y (1 = as sharp as the reference).",
         "",
