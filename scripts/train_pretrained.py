@@ -44,7 +44,7 @@ JOBS = {
     "np-x4": ("np", 4, 10),
     "mhtcun-lite-x2": ("mhtcun-lite", 2, 20),
     "gp-x8": ("gp", 8, 10),
-    "np-x8": ("np", 8, 7),
+    "np-x8": ("np", 8, 12),
 }
 
 
