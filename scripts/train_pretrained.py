@@ -43,7 +43,7 @@ JOBS = {
     "gp-x4": ("gp", 4, 16),
     "np-x4": ("np", 4, 10),
     "mhtcun-lite-x2": ("mhtcun-lite", 2, 20),
-    "gp-x8": ("gp", 8, 10),
+    "gp-x8": ("gp", 8, 11),
     "np-x8": ("np", 8, 12),
 }
 
