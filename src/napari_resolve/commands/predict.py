@@ -190,10 +190,8 @@ class _Bar:
             self.bar.close()
 
 
-def run(args) -> int:
-    from napari_resolve.io import read_image, write_image
-    from napari_resolve.predict import predict, predict_to_zarr
-
+def _check_paths(args) -> tuple[Path, Path]:
+    """``(input, output)`` of a command that reads one image and writes another."""
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
         raise InputError(f"input not found: {src}")
@@ -201,6 +199,14 @@ def run(args) -> int:
         raise InputError(f"output {dst} exists; pass --overwrite to replace it")
     if src.resolve() == dst.resolve():
         raise InputError("output must differ from the input")
+    return src, dst
+
+
+def run(args) -> int:
+    from napari_resolve.io import read_image, write_image
+    from napari_resolve.predict import predict, predict_to_zarr
+
+    src, dst = _check_paths(args)
     if not _is_zarr(dst) and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"output must be a .tif (OME-TIFF) or a .zarr folder, got {dst.name}")
     model, meta = _load_model(args)

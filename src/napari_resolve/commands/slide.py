@@ -58,16 +58,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from napari_resolve.commands.predict import _Bar, _is_zarr, _layout_for_axes, _load_model
+    from napari_resolve.commands.predict import (
+        _Bar,
+        _check_paths,
+        _is_zarr,
+        _layout_for_axes,
+        _load_model,
+    )
     from napari_resolve.slide import super_resolve_slide
 
-    src, dst = Path(args.input), Path(args.output)
-    if not src.exists():
-        raise InputError(f"input not found: {src}")
-    if dst.exists() and not args.overwrite:
-        raise InputError(f"output {dst} exists; pass --overwrite to replace it")
-    if src.resolve() == dst.resolve():
-        raise InputError("output must differ from the input")
+    src, dst = _check_paths(args)
     if dst.suffix.lower() != ".zarr":
         raise InputError(f"output must be a .zarr folder, got {dst.name}")
     model, meta = _load_model(args)

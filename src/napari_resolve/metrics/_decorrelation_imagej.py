@@ -41,7 +41,7 @@ import numpy as np
 import scipy.fft
 from scipy.ndimage import gaussian_filter
 
-from napari_resolve.metrics.resolution import result_fields
+from napari_resolve.metrics.resolution import _prefix_sums, result_fields
 
 TAPER_WIDTH = 20
 G_MIN = 0.14
@@ -107,8 +107,7 @@ def _curve(mag: np.ndarray, n: int, r_lo: float, r_hi: float, n_r: int) -> np.nd
     # nearest-bin assignment: bin <= i  <=>  r < r_lo + (i + 1/2)·step; the last bin ends at r_hi
     stops = np.searchsorted(rr, r_lo + (np.arange(n_r) + 0.5) * step, side="left")
     stops[-1] = np.searchsorted(rr, r_hi, side="right")
-    num = np.concatenate([[0.0], np.cumsum(m)])[stops]
-    cnt = np.concatenate([[0.0], np.cumsum(nonzero)])[stops]
+    num, cnt = _prefix_sums(m, stops), _prefix_sums(nonzero, stops)
     with np.errstate(invalid="ignore", divide="ignore"):
         d = num / (norm * np.sqrt(cnt))
     d[~np.isfinite(d)] = 0.0

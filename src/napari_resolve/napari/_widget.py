@@ -611,6 +611,8 @@ class ResolveWidget(QWidget):
         suffix = f" ×{info['factor']} ({info['arch']}" + (", edited prior)" if info["prior"] else ")")
         common = {"scale": scale, "translate": translate, "units": src.units,
                   "axis_labels": src.axis_labels, "affine": src.affine.affine_matrix}
+        look = {"rgb": src.rgb, "colormap": None if src.rgb else src.colormap,  # the input's
+                "contrast_limits": src.contrast_limits, "gamma": src.gamma, "blending": src.blending}
         added = []
         if outcome.mr is not None:  # PathSRGAN's ×2 image: its own layer on its own grid,
             # added first so that the finer ×4 layer lies on top of it
@@ -619,24 +621,16 @@ class ResolveWidget(QWidget):
             mr_layer = self.viewer.add_image(
                 outcome.mr,
                 name=f"{info['name']} ×{mf} MR ({info['arch']})",
-                rgb=src.rgb,
-                colormap=None if src.rgb else src.colormap,
-                contrast_limits=src.contrast_limits,
-                gamma=src.gamma,
-                blending=src.blending,
                 metadata={META_KEY: {**provenance, "kind": "mr", "scale_factor": mf}},
+                **look,
                 **{**common, "scale": mr_scale, "translate": mr_translate},
             )
             added.append(mr_layer.name)
         image_layer = self.viewer.add_image(
             outcome.image,
             name=f"{info['name']}{suffix}",
-            rgb=src.rgb,
-            colormap=None if src.rgb else src.colormap,
-            contrast_limits=src.contrast_limits,
-            gamma=src.gamma,
-            blending=src.blending,
             metadata={META_KEY: {**provenance, "kind": "sr"}},
+            **look,
             **common,
         )
         added.append(image_layer.name)

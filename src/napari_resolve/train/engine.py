@@ -1078,6 +1078,23 @@ def train(*args, callback=None, **kwargs) -> TrainResult:
     return run_to_end(train_iter(*args, **kwargs), callback)
 
 
+def recorded_degradation(meta: dict) -> dict | None:
+    """The :func:`~napari_resolve.data.datasets.degrade` spec a bundle records for HR-only data.
+
+    Its ``degradation`` unless the model was trained on pairs; for pairs the
+    ``for_hr_only`` spec when the trainer recorded one (e.g. a simulator's
+    camera model), else None. ``scale`` is the bundle's.
+    """
+    deg = meta.get("degradation")
+    if not isinstance(deg, dict):
+        return None
+    if deg.get("kind") not in (None, "paired"):
+        return {**deg, "scale": int(meta.get("scale", deg.get("scale", 1)))}
+    if isinstance(deg.get("for_hr_only"), dict):
+        return {**deg["for_hr_only"], "scale": int(meta.get("scale", 1))}
+    return None
+
+
 def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwargs):
     """Fine-tune the bundle ``source`` (path or pretrained name); a generator as :func:`train_iter`.
 
@@ -1090,11 +1107,9 @@ def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwarg
 
     model, meta = bundle.load(source)
     kwargs.setdefault("normalization", meta.get("normalization"))
-    deg = meta.get("degradation")
-    if isinstance(deg, dict) and deg.get("kind") not in (None, "paired"):
+    deg = recorded_degradation(meta)
+    if deg is not None:
         kwargs.setdefault("degradation", deg)
-    elif isinstance(deg, dict) and isinstance(deg.get("for_hr_only"), dict):
-        kwargs.setdefault("degradation", {**deg["for_hr_only"], "scale": meta.get("scale")})
     kwargs.setdefault("pixel_size", meta.get("pixel_size"))
     kwargs.setdefault("parent", str(source))
     rec = R.finetune_recipe(R.default_for(model.arch), learning_rate) if recipe is None else recipe

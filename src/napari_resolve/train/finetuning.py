@@ -292,12 +292,12 @@ def self_supervised_degradation(meta: dict) -> dict:
     the module docstring (wide-field camera model for grey models with a pixel
     size, else MATLAB bicubic).
     """
+    from napari_resolve.train.engine import recorded_degradation
+
+    recorded = recorded_degradation(meta)
+    if recorded is not None:
+        return recorded
     s = int(meta.get("scale", 1))
-    deg = meta.get("degradation") or {}
-    if isinstance(deg, dict) and deg.get("kind") not in (None, "paired"):
-        return {**deg, "scale": s}
-    if isinstance(deg, dict) and isinstance(deg.get("for_hr_only"), dict):
-        return {**deg["for_hr_only"], "scale": s}  # recorded by the trainer (pairs_degradation)
     lr_nm = _lr_pixel_nm(meta)
     if meta.get("color_mode", "grey") == "grey" and lr_nm:
         return {"kind": "widefield", "scale": s, "pixel_size": lr_nm / s}
