@@ -25,8 +25,6 @@ import json
 import struct
 from pathlib import Path
 
-import torch
-
 from napari_resolve._atomic import atomic_path
 from napari_resolve.errors import BundleError, ResolveError
 
@@ -198,7 +196,8 @@ def _raw_metadata(path: Path) -> dict:
 
     _check_file(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
+        # "numpy": the metadata is the same, and listing models does not import torch
+        with safe_open(str(path), framework="numpy") as fh:
             return dict(fh.metadata() or {})
     except Exception as exc:  # SafetensorError and friends: corrupt/truncated file
         raise BundleError(
@@ -309,6 +308,8 @@ def _tensors_for_file(model) -> dict[str, torch.Tensor]:
     tensor is cloned, so tied weights are stored twice and tied again by
     ``load_state_dict`` (both keys load the same values).
     """
+    import torch  # here, not at the top: listing and reading metadata need no torch (issue 18)
+
     out = {}
     for key, value in model.state_dict().items():
         if torch.is_tensor(value):
@@ -337,6 +338,8 @@ def save(path, model, meta: dict | None = None) -> Path:
 
 
 def _compare(model, state: dict, name: str) -> None:
+    import torch
+
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

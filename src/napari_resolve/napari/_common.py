@@ -96,3 +96,94 @@ def pretrained_entries() -> list[dict]:
     except ResolveError as exc:  # a broken install: still usable with files
         show_error(f"cannot list the bundled models: {exc}")
         return []
+
+
+# ----------------------------------------------------------------------------- lazy imports
+#: what a run needs that is slow to import (torch alone takes 2-5 s on a 2-core PC):
+#: imported in a background thread once a panel is open, so that the panel appears at once
+WARM_MODULES = (
+    "torch",
+    "napari_resolve.models",
+    "napari_resolve.predict",
+    "napari_resolve.train.engine",
+    "napari_resolve.train.finetuning",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_qtagg",
+)
+_warm = {"worker": None, "callbacks": []}
+
+
+def is_warm() -> bool:
+    """True when every module of :data:`WARM_MODULES` is imported."""
+    import sys
+
+    return all(name in sys.modules for name in WARM_MODULES)
+
+
+def _import_all() -> None:
+    import importlib
+
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+
+
+def warm_up(callback=None) -> None:
+    """Import :data:`WARM_MODULES` in a background thread (once); then ``callback()`` in the GUI.
+
+    When they are imported already, ``callback`` runs at once. A callback of
+    a panel closed meanwhile is skipped (Qt raises RuntimeError for a deleted widget).
+    """
+    if is_warm():
+        if callback is not None:
+            callback()
+        return
+    if callback is not None:
+        _warm["callbacks"].append(callback)
+    if _warm["worker"] is not None:
+        return
+    from napari.qt.threading import thread_worker
+
+    def done():
+        callbacks, _warm["callbacks"] = _warm["callbacks"], []
+        _warm["worker"] = None
+        for cb in callbacks:
+            try:
+                cb()
+            except RuntimeError:  # the panel was closed meanwhile
+                pass
+
+    worker = thread_worker(_import_all, start_thread=False)()
+    worker.finished.connect(done)
+    _warm["worker"] = worker
+    worker.start()
+
+
+def ensure_warm() -> None:
+    """Import :data:`WARM_MODULES` now (blocking): for a run started before the warm-up ended."""
+    if not is_warm():
+        _import_all()
+
+
+def known_devices() -> list[str]:
+    """Devices torch can use, best first, without importing torch (CPU only until it is)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return ["cpu"]
+    from napari_resolve.napari._widget import available_devices
+
+    return available_devices()
+
+
+def fill_devices(combo) -> None:
+    """(Re)fill a device combo: 'auto (best)', then each device; keeps the choice."""
+    current = combo.currentData()
+    devices = known_devices()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItem(f"auto ({devices[0].upper()})", "auto")
+    for dev in devices:
+        combo.addItem(dev.upper(), dev)
+    index = combo.findData(current) if current is not None else 0
+    combo.setCurrentIndex(max(index, 0))
+    combo.blockSignals(False)
