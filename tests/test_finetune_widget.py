@@ -290,3 +290,51 @@ def test_crash_keeps_the_best_bundle_and_wrong_inputs_notify(make_napari_viewer,
     _, meta = bundle.load(out)
     assert meta["metrics"]["step"] == 8 and widget.use_button.isEnabled()
     assert len(viewer.layers) == n_layers  # nothing added, nothing lost
+
+
+def test_first_loss_point_comes_first_and_stop_acts_inside_a_step(make_napari_viewer, qtbot, errors,
+                                                                 tmp_path, mhtcun_file, bpae):
+    """Issue 18: the first step (and its loss point) before the base measurement; Stop mid-step."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    viewer, widget = _widget(make_napari_viewer)
+    avg, _ = bpae
+    viewer.add_image(avg[:128, :128], name="bpae")
+    _configure(widget, mhtcun_file, tmp_path / "quick.safetensors", minutes=2.0)
+    widget.set_data("hr", ["bpae"])
+    events = _record(widget)
+    started = []
+
+    def press_stop_in_step_3(module, args):
+        # a training forward of the whole model = a step starting; the user presses Stop
+        # while the third one runs (the worker thread sets the same event the button sets)
+        if module.training and hasattr(module, "arch"):
+            started.append(1)
+            if len(started) == 3:
+                widget._stop_event.set()
+
+    handle = register_module_forward_pre_hook(press_stop_in_step_3)
+    try:
+        widget.start()
+        qtbot.waitUntil(lambda: any(e.kind == "step" for e in events), timeout=RUN_TIMEOUT_MS)
+        kinds = [(e.kind, e.message) for e in events]
+        # today's code measured the base model first: a step is now the first thing a user sees
+        assert ("epoch", "base model") not in kinds[: kinds.index(("step", ""))]
+        # and its loss point is drawn within a bounded number of event-loop turns
+        for _ in range(40):
+            qtbot.wait(50)
+            lines = widget.loss_ax.get_lines() if widget.loss_ax is not None else []
+            if lines and len(lines[0].get_xdata()) >= 1:
+                break
+        line = widget.loss_ax.get_lines()[0]
+        assert line.get_xdata()[0] == 1 and line.get_marker() == "o"
+        _wait_done(qtbot, widget)
+    finally:
+        handle.remove()
+    steps = [e.step for e in events if e.kind == "step"]
+    # Stop inside step 3: steps 1 and 2 completed, step 3 never did (before: it ran to its end)
+    assert len(started) == 3 and steps == [1, 2], steps
+    assert errors() == [] and widget.report.stopped == "user"
+    base = next(i for i, e in enumerate(events) if e.kind == "epoch" and e.message == "base model")
+    assert base > [e.kind for e in events].index("step")
+    assert widget.report.before is not None and widget.report.after is not None

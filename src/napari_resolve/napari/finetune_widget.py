@@ -445,7 +445,7 @@ class FinetuneWidget(QWidget):
         self.use_button.clicked.connect(self.use_in_super_resolve)
         self.use_button.setEnabled(False)
         outer.addWidget(self.use_button)
-        self.resolution = ResolutionWidget(self.viewer)
+        self.resolution = ResolutionWidget(self.viewer, scrolling=False)
         self.resolution.setVisible(False)
         outer.addWidget(self.resolution, stretch=1)
         return box
