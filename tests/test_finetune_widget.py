@@ -136,11 +136,20 @@ def test_trains_from_layers_in_all_three_forms(make_napari_viewer, qtbot, errors
         widget.report.after.psnr, abs=1e-3)
     assert meta["pixel_size"] == {"value": pytest.approx(0.0626), "unit": "µm"}
     # before/after: two layers over the held-back part, measured by the embedded widget
-    base_layer = viewer.layers["bpae (columns 96-159, held out) ×2 base (mhtcun-lite)"]
-    tuned_layer = viewer.layers["bpae (columns 96-159, held out) ×2 fine-tuned (mhtcun-lite)"]
+    # names that differ in their first word (napari's layer list cuts long names)
+    base_layer = viewer.layers["base ×2 (mhtcun-lite): bpae (columns 96-159, held out)"]
+    tuned_layer = viewer.layers["fine-tuned ×2 (mhtcun-lite): bpae (columns 96-159, held out)"]
     assert base_layer.data.shape == (96, 64)
     assert np.allclose(tuned_layer.translate, (0.0, 96 * PX_UM))
-    assert np.allclose(tuned_layer.data, widget.report.after.images[0])
+    # on the input's intensity scale and type (uint16), not 0-1 floats over a uint16 image
+    from napari_resolve.data.normalize import Normalizer
+
+    held = avg[:96, 96:160]
+    expected = Normalizer("percentile", 1.0, 99.8).fit(held).inverse(widget.report.after.images[0])
+    assert tuned_layer.data.dtype == np.uint16 and base_layer.data.dtype == np.uint16
+    assert np.abs(tuned_layer.data.astype(float) - np.clip(expected, 0, 65535)).max() <= 0.51
+    assert abs(float(np.median(tuned_layer.data)) - float(np.median(held))) < 0.2 * np.ptp(held)
+    assert tuned_layer.contrast_limits == viewer.layers["bpae"].contrast_limits
     qtbot.waitUntil(lambda: widget.resolution.report is not None, timeout=30_000)
     measured = [e.result.resolution for e in widget.resolution.report.entries]
     expected = [widget.report.before.resolution, widget.report.after.resolution]

@@ -179,6 +179,25 @@ def worker_threads() -> int:
     return n
 
 
+def _on_input_scale(image, target, normalization) -> np.ndarray:
+    """A [0, 1] network output (grey) on the intensity scale and dtype family of ``target``.
+
+    The inverse of the bundle's normalisation fitted to the target (as
+    :mod:`napari_resolve.data.normalize` does for predictions), cast to the
+    target's integer type when it has one, so the layer sits on its input
+    without a brightness seam.
+    """
+    from napari_resolve.data.normalize import Normalizer, to_dtype
+
+    target = np.asarray(target)
+    if target.ndim == 3:  # colour: the model's grey / Y output against the luminance range
+        target = target[..., :3].mean(axis=-1).astype(target.dtype)
+    out = Normalizer.from_meta(normalization).fit(target).inverse(np.asarray(image))
+    if np.issubdtype(target.dtype, np.integer):
+        return to_dtype(out, target.dtype)
+    return np.asarray(out, dtype=np.float32)
+
+
 def _hms(seconds: float) -> str:
     s = int(max(0, round(seconds)))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
@@ -969,13 +988,18 @@ class FinetuneWidget(QWidget):
         translate = (translate[0] + oy * scale[0], translate[1] + ox * scale[1])
         units = tuple(src.units[-2:]) if src is not None else None
         arch = str(run["meta"].get("architecture"))
+        y0c, x0c, hc, wc = report.val_crops[0]
+        target = np.asarray(val.hr)[y0c:y0c + hc, x0c:x0c + wc]
         added = []
         for label, m in (("base", report.before), ("fine-tuned", report.after)):
-            name = f"{val.name} ×{run['meta']['scale']} {label} ({arch})"
-            image = m.images[0]
+            # the distinguishing word first: napari's layer list cuts long names
+            name = f"{label} ×{run['meta']['scale']} ({arch}): {val.name}"
+            image = _on_input_scale(m.images[0], target, run["meta"].get("normalization"))
             layer = self.viewer.add_image(
                 image, name=name, scale=scale, translate=translate, units=units,
                 colormap=src.colormap if src is not None and not src.rgb else "gray",
+                contrast_limits=(tuple(src.contrast_limits) if src is not None and not src.rgb
+                                 else None),
                 metadata={META_KEY: {"kind": "finetune-" + label.replace("-", ""),
                                      "bundle": str(report.bundle), "source_layer": val.source}},
             )
