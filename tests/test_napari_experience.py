@@ -245,3 +245,23 @@ def test_opening_the_panels_imports_neither_torch_nor_matplotlib(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
     assert lines["torch"] == "False" and lines["mpl"] == "False", out.stdout
+
+
+def test_panel_card_is_plain_and_warns_off_domain(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-resolve", "Super-resolve")
+    viewer.open_sample("napari-resolve", "leukocyte")
+    viewer.layers.selection.active = viewer.layers["leukocyte (LR)"]
+    assert widget.load_model("pathsrgan-x4")
+    card = widget.card.text()
+    assert "better than plain bicubic" in card and "val_psnr" not in card and "/tmp/" not in card
+    # a leukocyte crop is not a 4x slide scan: the panel says so (it still runs if asked)
+    assert widget.domain_label.isVisibleTo(widget) and "pathsrgan-x4" in widget.domain_label.text()
+    viewer.open_sample("napari-resolve", "blood_smear")
+    from napari_resolve.data.degrade import imresize
+
+    smear = viewer.layers["blood smear"].data
+    viewer.add_image(np.clip(imresize(smear, 0.25, channel_axis=-1), 0, 255).astype(np.uint8),
+                     name="smear scan", rgb=True)
+    widget.image_combo.setCurrentText("smear scan")
+    assert not widget.domain_label.isVisibleTo(widget)

@@ -41,6 +41,10 @@ PAPERS = {
 }
 COLOUR_WORDS = {"rgb": "colour (RGB) images", "y": "colour or grey images (sharpens brightness, "
                 "colour is enlarged smoothly)", "grey": "grey (single-channel) images"}
+MODALITY_WORDS = {"brightfield": "bright-field (stained, light background)",
+                  "fluorescence": "fluorescence (dark background)"}
+#: words of older metadata that mean something only to developers
+PLAIN_WORDS = {"sample_data": "the example", "val ": "validation "}
 #: mean shift (normalised units) and spread ratio beyond which the intensities look foreign
 MEAN_SHIFT, STD_RATIO, PIXEL_RATIO = 0.2, 2.0, 2.0
 
@@ -52,6 +56,8 @@ def _clean(text) -> str:
     text = str(text or "").strip()
     if not text or _DEV_WORDS.search(text):
         return ""
+    for dev, plain in PLAIN_WORDS.items():
+        text = text.replace(dev, plain)
     return text
 
 
@@ -80,9 +86,9 @@ def _quality_sentence(meta: dict) -> str:
             gain = model - float(bic)
             verdict = ("better than" if gain > 0.05 else "worse than" if gain < -0.05
                        else "about as good as")
+            measure = metric.replace("(dB)", "").strip()
             text = (f"On {data}, it is {verdict} plain bicubic enlargement: "
-                    f"{model:.2f} vs {float(bic):.2f} {metric.replace('(dB)', 'dB').strip()}"
-                    f" ({gain:+.2f} dB)")
+                    f"{model:.2f} vs {float(bic):.2f} dB {measure} ({gain:+.2f} dB)")
         else:
             text = f"On {data}: {model:.2f} {metric}"
         if held.get("ssim_model") is not None and held.get("ssim_bicubic") is not None:
@@ -119,7 +125,7 @@ def card_lines(meta: dict) -> list[tuple[str, str]]:
     lines.append(("For", summary))
     what = []
     if dom.get("modality"):
-        what.append(str(dom["modality"]))
+        what.append(MODALITY_WORDS.get(str(dom["modality"]), str(dom["modality"])))
     if _clean(dom.get("sample")):
         what.append(_clean(dom["sample"]))
     if _clean(dom.get("microscope")):
@@ -229,9 +235,10 @@ def domain_warning(meta: dict, image, *, rgb: bool | None = None,
             if rs and s_ and not (1 / STD_RATIO <= s_ / rs <= STD_RATIO):
                 far.append("contrast")
         if far:
-            what = " and ".join(sorted(set(far)))
-            problems.append(f"its {what} differ from the training images (e.g. another stain, "
-                            "magnification or microscope)")
+            kinds = sorted(set(far))
+            verb = "differ" if len(kinds) > 1 else "differs"
+            problems.append(f"its {' and '.join(kinds)} {verb} from the training images (e.g. "
+                            "another stain, magnification or microscope)")
     px = dom.get("pixel_size") if isinstance(dom.get("pixel_size"), dict) else None
     if pixel_size_nm and px and px.get("value"):
         unit = str(px.get("unit") or "nm")
