@@ -265,3 +265,23 @@ def test_panel_card_is_plain_and_warns_off_domain(make_napari_viewer):
                      name="smear scan", rgb=True)
     widget.image_combo.setCurrentText("smear scan")
     assert not widget.domain_label.isVisibleTo(widget)
+
+
+def test_progress_shows_the_time_left(make_napari_viewer, monkeypatch):
+    """The engine's estimate when its event has one (issue 17's ``eta_s``), else the rate."""
+    import time
+
+    from napari_resolve.napari import _jobs
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-resolve", "Super-resolve")
+    widget._finished_status = False
+    widget._on_step(_jobs.Step(0, 1, "tiles", fraction=0.1, eta_s=65.0))
+    assert "about 65 s left" in widget.status.text()
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    widget._rate = None
+    widget._on_step(_jobs.Step(1, 10, "tiles"))  # 10 % at t = 100 s
+    assert "left" not in widget.status.text()
+    widget._on_step(_jobs.Step(3, 10, "tiles"))  # 30 % at t = 110 s: 20 % per 10 s
+    assert "about 35 s left" in widget.status.text()
