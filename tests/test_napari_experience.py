@@ -224,12 +224,10 @@ def test_resolution_plot_follows_the_theme_keeps_the_peak_clear_and_warns_at_nyq
 
 @pytest.mark.slow  # a fresh Python with napari: ~10 s
 def test_opening_the_panels_imports_neither_torch_nor_matplotlib(tmp_path):
-    """The panels appear at once; torch and matplotlib load in the background afterwards."""
+    """The panels appear at once; torch and matplotlib load at the first action that needs them."""
     code = textwrap.dedent("""
         import sys, time
         import napari
-        from napari_resolve.napari import _common
-        _common.warm_up = lambda callback=None: None  # only what opening a panel does itself
         viewer = napari.Viewer(show=False)
         t0 = time.perf_counter()
         for name in ("Super-resolve", "Fine-tune", "Resolution (decorrelation)"):

@@ -99,8 +99,11 @@ def pretrained_entries() -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- lazy imports
-#: what a run needs that is slow to import (torch alone takes 2-5 s on a 2-core PC):
-#: imported in a background thread once a panel is open, so that the panel appears at once
+#: what a run needs that is slow to import (torch alone takes 2-5 s on a 2-core PC). Opening a
+#: panel imports none of it; the first action that needs it (loading a model, Start) does,
+#: after saying so. A background import was tried and rejected: torch's initialisation holds
+#: Python's GIL for seconds, so the window froze anyway, at a moment the user did not choose
+#: (benchmarks/ui_freeze.py, docs/benchmarks.md).
 WARM_MODULES = (
     "torch",
     "napari_resolve.models",
@@ -110,7 +113,7 @@ WARM_MODULES = (
     "matplotlib.figure",
     "matplotlib.backends.backend_qtagg",
 )
-_warm = {"worker": None, "callbacks": []}
+_when_warm: list = []
 
 
 def is_warm() -> bool:
@@ -120,48 +123,40 @@ def is_warm() -> bool:
     return all(name in sys.modules for name in WARM_MODULES)
 
 
-def _import_all() -> None:
-    import importlib
+def when_warm(callback) -> None:
+    """Call ``callback()`` once the heavy modules are imported (now, if they are).
 
-    for name in WARM_MODULES:
-        importlib.import_module(name)
-
-
-def warm_up(callback=None) -> None:
-    """Import :data:`WARM_MODULES` in a background thread (once); then ``callback()`` in the GUI.
-
-    When they are imported already, ``callback`` runs at once. A callback of
-    a panel closed meanwhile is skipped (Qt raises RuntimeError for a deleted widget).
+    Panels use it to fill what needs torch (devices, the degradation line of
+    a card) whichever panel triggered the import. A callback of a panel
+    closed meanwhile is skipped (Qt raises RuntimeError for a deleted widget).
     """
     if is_warm():
-        if callback is not None:
-            callback()
+        callback()
+    else:
+        _when_warm.append(callback)
+
+
+def ensure_warm(status_label=None) -> None:
+    """Import :data:`WARM_MODULES` now (the first action that needs them), saying so first."""
+    if is_warm():
         return
-    if callback is not None:
-        _warm["callbacks"].append(callback)
-    if _warm["worker"] is not None:
-        return
-    from napari.qt.threading import thread_worker
+    import importlib
 
-    def done():
-        callbacks, _warm["callbacks"] = _warm["callbacks"], []
-        _warm["worker"] = None
-        for cb in callbacks:
-            try:
-                cb()
-            except RuntimeError:  # the panel was closed meanwhile
-                pass
+    if status_label is not None:
+        from qtpy.QtWidgets import QApplication
 
-    worker = thread_worker(_import_all, start_thread=False)()
-    worker.finished.connect(done)
-    _warm["worker"] = worker
-    worker.start()
-
-
-def ensure_warm() -> None:
-    """Import :data:`WARM_MODULES` now (blocking): for a run started before the warm-up ended."""
-    if not is_warm():
-        _import_all()
+        status_label.setText("Loading PyTorch (first use only, a few seconds)…")
+        status_label.repaint()
+        QApplication.processEvents()
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    callbacks = list(_when_warm)
+    _when_warm.clear()
+    for cb in callbacks:
+        try:
+            cb()
+        except RuntimeError:  # the panel was closed meanwhile
+            pass
 
 
 def known_devices() -> list[str]:

@@ -54,7 +54,7 @@ from napari_resolve.napari._common import (
     model_row,
     pretrained_entries,
     refill_combo,
-    warm_up,
+    when_warm,
     watch_layers,
 )
 from napari_resolve.napari._style import parsing_style
@@ -164,7 +164,7 @@ class ResolveWidget(QWidget):
         self._on_active_layer()
         self._update_card()
         self._set_running(False)
-        warm_up(self._on_warm)  # torch loads in the background: the panel is usable now
+        when_warm(self._on_warm)  # torch loads at the first model (the panel opens at once)
 
     def _on_warm(self) -> None:
         fill_devices(self.device_combo)
@@ -296,7 +296,9 @@ class ResolveWidget(QWidget):
 
     def _use_baseline(self, scale: int) -> None:
         from napari_resolve import bundle, models
+        from napari_resolve.napari._common import ensure_warm
 
+        ensure_warm(self.status)
         model = models.build("bicubic", scale=scale, in_channels=1)
         meta = bundle.default_meta(model)
         meta["color_mode"] = "y"  # colour images: Y bicubic, Cb/Cr bicubic = plain bicubic
@@ -313,7 +315,9 @@ class ResolveWidget(QWidget):
         architecture gives a notification and keeps the current model.
         """
         from napari_resolve import bundle
+        from napari_resolve.napari._common import ensure_warm
 
+        ensure_warm(self.status)
         try:
             model, meta = bundle.load(src)
         except ResolveError as exc:

@@ -75,7 +75,7 @@ from napari_resolve.napari._common import (
     model_row,
     pretrained_entries,
     refill_combo,
-    warm_up,
+    when_warm,
     watch_layers,
 )
 from napari_resolve.napari._widget import META_KEY
@@ -269,8 +269,8 @@ class FinetuneWidget(QWidget):
         self._add_row()
         self._on_form_changed()
         self._set_running(False)
-        # torch, the training engine and matplotlib load in the background: the panel is usable now
-        warm_up(self._on_warm)
+        # torch, the training engine and matplotlib load at Start (the panel opens at once)
+        when_warm(self._on_warm)
 
     def _on_warm(self) -> None:
         """The background imports are done: devices, the plot, the model card's last line."""
@@ -767,7 +767,7 @@ class FinetuneWidget(QWidget):
         if self._worker is not None:
             show_info("Fine-tuning is already running: wait for it or click Stop")
             return None
-        ensure_warm()  # started before the background imports ended: finish them now
+        ensure_warm(self.status)  # the first run loads torch (saying so)
         self._on_warm()
         from napari_resolve.train.finetuning import finetune_measured_iter
 
