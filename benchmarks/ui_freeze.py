@@ -8,7 +8,7 @@ time the window could not repaint or take a click. Measured, in a real
 
 1. opening the three panels (the time ``add_plugin_dock_widget`` blocks);
 2. Super-resolve: ``gp-x4`` on the leukocyte sample's LR layer, ``np-x4`` on
-   the 640×480 blood smear;
+   the 300×300 leukocyte HR layer (a 1200×1200 result);
 3. Fine-tune: ``mhtcun-lite-x2`` on the two-photon frame average (the
    panel's defaults, a time budget of ``--minutes``), Stop pressed after
    ``--stop-after`` s: time from Start to the first step and to the first
@@ -109,9 +109,8 @@ def main(argv=None) -> dict:
 
     # 2. super-resolve
     viewer.open_sample("napari-resolve", "leukocyte")
-    viewer.open_sample("napari-resolve", "blood_smear")
     runs = {}
-    for model, layer in (("gp-x4", "leukocyte (LR)"), ("np-x4", "blood smear")):
+    for model, layer in (("gp-x4", "leukocyte (LR)"), ("np-x4", "leukocyte (HR)")):
         sr.load_model(model)
         sr.image_combo.setCurrentText(layer)
         gaps.start()
