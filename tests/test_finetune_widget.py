@@ -347,3 +347,22 @@ def test_first_loss_point_comes_first_and_stop_acts_inside_a_step(make_napari_vi
     base = next(i for i, e in enumerate(events) if e.kind == "epoch" and e.message == "base model")
     assert base > [e.kind for e in events].index("step")
     assert widget.report.before is not None and widget.report.after is not None
+    assert "after 2 steps" in widget.results_label.text()
+
+
+def test_the_psnr_gain_comes_from_training(tmp_path, mhtcun_file, bpae):
+    """Issue 18 asked whether '+0.52 dB after one step' came from training: with (almost) no
+    learning rate the same step gives no gain, so the figure is the step's; identical figures
+    of two runs come from the same data and seed (a run is reproducible)."""
+    from napari_resolve.train.finetuning import TrainingImage, finetune_measured
+
+    avg, _ = bpae
+    images = [TrainingImage("bpae", avg[:96, :160])]
+    gains = []
+    for i, rate in enumerate((1e-12, 1e-3, 1e-3)):
+        report = finetune_measured(mhtcun_file, images, max_steps=1, learning_rate=rate,
+                                   patch_size=32, batch_size=2,
+                                   output=tmp_path / f"g{i}.safetensors")
+        assert report.error is None
+        gains.append(report.psnr_gain)
+    assert abs(gains[0]) < 1e-4 < abs(gains[1]) and gains[1] == pytest.approx(gains[2], abs=1e-6)

@@ -958,7 +958,15 @@ class FinetuneWidget(QWidget):
         ]
         text = "<table>" + "".join(rows) + "</table>"
         if report.psnr_gain is not None:
+            history = getattr(report.result, "history", None) or []
+            steps = history[-1].get("step") if history else None
             text += f"PSNR gain <b>{report.psnr_gain:+.2f} dB</b>"
+            if steps:
+                # the same data and seed give the same figure: runs are reproducible
+                text += f" after {steps} step{'s' if steps != 1 else ''}"
+            fit_gain = a.psnr_affine - b.psnr_affine
+            if math.isfinite(fit_gain):
+                text += f" ({fit_gain:+.2f} dB after the intensity fit)"
         refs = report.references or {}
         hr = [r for r in refs.get("hr", []) if r is not None]
         lr = [r for r in refs.get("lr", []) if r is not None]
