@@ -112,6 +112,7 @@ def main(argv=None) -> dict:
     runs = {}
     for model, layer in (("gp-x4", "leukocyte (LR)"), ("np-x4", "leukocyte (HR)")):
         sr.load_model(model)
+        viewer.layers.selection.active = viewer.layers[layer]
         sr.image_combo.setCurrentText(layer)
         gaps.start()
         t0 = time.monotonic()
