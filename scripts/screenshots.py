@@ -160,6 +160,7 @@ def main(argv=None) -> int:
                         "(auto: the model's when it is trained)")
     parser.add_argument("--finetune-minutes", type=float, default=3.0,
                         help="training time of the fine-tuning picture (default 3)")
+    parser.add_argument("--only", choices=("panels",), help="only this picture")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +169,12 @@ def main(argv=None) -> int:
     import napari
     import numpy as np
     from qtpy.QtWidgets import QApplication
+
+    if args.only == "panels":
+        viewer = napari.Viewer(show=False)  # makes napari's QApplication
+        panels_picture(QApplication.instance(), out)
+        viewer.close()
+        return 0
 
     viewer = napari.Viewer(show=True, title="napari-resolve")
     app = QApplication.instance()

@@ -156,11 +156,15 @@ def card_text(meta: dict) -> str:
     return "\n".join(f"{head}: {text}" for head, text in card_lines(meta))
 
 
-def card_html(meta: dict, short: bool = False) -> str:
-    """The card as a small HTML table for a Qt label (``short``: no 'Method' row)."""
+def card_html(meta: dict, rows=None, table: bool = True) -> str:
+    """The card as HTML for a Qt label (``rows``: only these headings; ``table=False``:
+    one paragraph per heading, which wraps in narrow panels)."""
     from html import escape
 
-    rows = [(h, t) for h, t in card_lines(meta) if not (short and h == "Method")]
+    rows = [(h, t) for h, t in card_lines(meta) if rows is None or h in rows]
+    if not table:
+        return "<br>".join(f"<span style='color:#999'>{escape(h)}:</span> {escape(t)}"
+                           for h, t in rows)
     return "<table>" + "".join(
         f"<tr><td style='padding-right:8px;color:#999' valign='top'>{escape(h)}</td>"
         f"<td>{escape(t)}</td></tr>" for h, t in rows) + "</table>"

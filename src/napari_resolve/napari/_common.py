@@ -182,3 +182,41 @@ def fill_devices(combo) -> None:
     index = combo.findData(current) if current is not None else 0
     combo.setCurrentIndex(max(index, 0))
     combo.blockSignals(False)
+
+
+def scroll_panel(panel):
+    """Put ``panel``'s content in a vertical scroll area; returns (scroll area, content layout).
+
+    Docked with other panels a dock can be short: the panel scrolls instead of
+    squeezing its rows into each other. Call :func:`fit_width` once the content
+    is built, so that the dock is as wide as the content (no sideways scrolling).
+    """
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    content = QWidget()
+    scroll.setWidget(content)
+    outer = QVBoxLayout(panel)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    return scroll, QVBoxLayout(content)
+
+
+def fit_width(scroll) -> None:
+    """The scroll area at least as wide as its content needs (plus the scroll bar)."""
+    need = scroll.widget().minimumSizeHint().width()
+    scroll.setMinimumWidth(need + scroll.verticalScrollBar().sizeHint().width() + 2)
+
+
+def compact_combos(panel, chars: int = 14) -> None:
+    """Every combo box of ``panel`` sized by ``chars`` characters, not by its longest entry.
+
+    Layer names and menu entries can be long; without this a combo widens the
+    panel (and its dock) past the screen. The full text shows when it opens.
+    """
+    for combo in panel.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(chars)

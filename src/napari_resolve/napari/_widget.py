@@ -34,12 +34,10 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -49,11 +47,14 @@ from napari_resolve.errors import InputError, ResolveError
 from napari_resolve.napari import _jobs
 from napari_resolve.napari._common import (
     fill_devices,
+    compact_combos,
+    fit_width,
     known_devices,
     layer_names,
     model_row,
     pretrained_entries,
     refill_combo,
+    scroll_panel,
     when_warm,
     watch_layers,
 )
@@ -126,6 +127,11 @@ class ResolveWidget(QWidget):
     :meth:`cancel`; ``model`` and ``meta`` are the chosen model.
     """
 
+    def showEvent(self, event):  # noqa: N802 - Qt: the dock as wide as the filled content
+        super().showEvent(event)
+        if getattr(self, "scroll", None) is not None:
+            fit_width(self.scroll)
+
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = napari_viewer
@@ -141,19 +147,13 @@ class ResolveWidget(QWidget):
         self._finished_status = False
         self._rate = None  # (time, fraction) at the first progress event of a run
         # docked with other panels the dock may be short: the panel scrolls, never squeezes
-        self.scroll = scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        content = QWidget()
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
-        layout = QVBoxLayout(content)
+        self.scroll, layout = scroll_panel(self)
         layout.addWidget(self._build_model_section())
         layout.addWidget(self._build_sr_section())
         layout.addWidget(self._build_parsing_section())
         layout.addStretch(1)
+        compact_combos(self)
+        fit_width(self.scroll)
 
         watch_layers(self.viewer, self._refresh_layer_choices)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
@@ -181,6 +181,11 @@ class ResolveWidget(QWidget):
         self.model_combo.activated.connect(self._on_model_chosen)
         form.addLayout(row)
         self.card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # the off-domain warning first, where it is seen, then the card
+        self.domain_label = QLabel("")
+        self.domain_label.setWordWrap(True)
+        self.domain_label.setVisible(False)
+        form.addWidget(self.domain_label)
         form.addWidget(self.card)
         return box
 
@@ -240,10 +245,6 @@ class ResolveWidget(QWidget):
         buttons.addWidget(self.cancel_button, 1)
         self.buttons_row = buttons  # room for more actions (e.g. Export…)
         outer.addLayout(buttons)
-        self.domain_label = QLabel("")
-        self.domain_label.setWordWrap(True)
-        self.domain_label.setVisible(False)
-        outer.addWidget(self.domain_label)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         outer.addWidget(self.status)
@@ -383,12 +384,14 @@ class ResolveWidget(QWidget):
             try:
                 lead = _jobs.leading_shape(layer.data.shape, layer.rgb)
                 plane = np.asarray(layer.data[self._current_plane(layer)] if lead else layer.data)
-                from napari_resolve.napari.resolution_widget import pixel_sizes_nm
+                from napari_resolve.napari.resolution_widget import _unit_to_nm
 
-                sizes, unit, _ = pixel_sizes_nm([layer])
+                # only a real calibration (length units on the layer) is compared: a layer in
+                # pixels with scale 4 (an LR layer over its HR) is not 4 µm per pixel
+                per_unit = _unit_to_nm(layer.units[-1]) if layer.units is not None else None
+                px_nm = float(layer.scale[-1]) * per_unit if per_unit else None
                 text = domain_warning({**(self.meta or {}), "name": self.model_source}, plane,
-                                      rgb=bool(layer.rgb),
-                                      pixel_size_nm=sizes[0] if unit == "nm" else None)
+                                      rgb=bool(layer.rgb), pixel_size_nm=px_nm)
             except Exception:  # noqa: BLE001 - advice only, never in the way of a run
                 text = None
         self.domain_label.setText(f"<span style='color:#e0a030'>⚠ {text}</span>" if text else "")
@@ -421,8 +424,10 @@ class ResolveWidget(QWidget):
         extra = (f"<tr><td style='padding-right:8px;color:#999'>Size</td><td>"
                  f"{_weights(count_parameters(self.model))} · runs on <b>{dev}</b> "
                  f"({dev_note})</td></tr>")
-        self.card.setText(f"<b>{self.model_source}</b>" + card_html(meta).replace(
-            "</table>", extra + "</table>"))
+        # the card's main rows; the rest (images, scale, method) when the pointer rests on it
+        self.card.setText(f"<b>{self.model_source}</b>" + card_html(
+            meta, rows=("For", "Trained on", "How good")).replace("</table>", extra + "</table>"))
+        self.card.setToolTip(card_html(meta))
         self.parsing_box.setEnabled(self._predicts_parsing())
 
     # ------------------------------------------------------------------ layers

@@ -51,14 +51,12 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QTableWidget,
@@ -70,11 +68,14 @@ from napari_resolve.errors import InputError, ResolveError
 from napari_resolve.napari._common import (
     ensure_warm,
     fill_devices,
+    compact_combos,
+    fit_width,
     is_warm,
     layer_names,
     model_row,
     pretrained_entries,
     refill_combo,
+    scroll_panel,
     when_warm,
     watch_layers,
 )
@@ -232,6 +233,11 @@ class FinetuneWidget(QWidget):
     progressed = Signal(object)
     finished = Signal(object)
 
+    def showEvent(self, event):  # noqa: N802 - Qt: the dock as wide as the filled content
+        super().showEvent(event)
+        if getattr(self, "scroll", None) is not None:
+            fit_width(self.scroll)
+
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -251,18 +257,14 @@ class FinetuneWidget(QWidget):
         self._plot_timer.timeout.connect(self._draw_plot)
 
         # the panel is tall (plot, resolution curves): it scrolls inside its dock
-        self.scroll = scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        content = QWidget()
-        scroll.setWidget(content)
-        QVBoxLayout(self).addWidget(scroll)
-        layout = QVBoxLayout(content)
+        self.scroll, layout = scroll_panel(self)
         layout.addWidget(self._build_model_section())
         layout.addWidget(self._build_data_section())
         layout.addWidget(self._build_schedule_section())
         layout.addWidget(self._build_run_section())
         layout.addWidget(self._build_results_section(), stretch=1)
+        compact_combos(self)
+        fit_width(self.scroll)
 
         watch_layers(self.viewer, self._refresh_layer_choices)
         self._fill_models()
@@ -570,7 +572,7 @@ class FinetuneWidget(QWidget):
         if meta is None:
             self.model_card.setText("<i>Choose the model to fine-tune.</i>")
             return
-        html = card_html(meta, short=True)
+        html = card_html(meta, rows=("For", "Trained on", "How good"), table=False)
         if is_warm():  # the degradation rule lives in the training engine (torch)
             from napari_resolve.train.finetuning import self_supervised_degradation
 

@@ -42,7 +42,14 @@ from qtpy.QtWidgets import (
 )
 
 from napari_resolve.errors import InputError, ResolveError
-from napari_resolve.napari._common import layer_names, refill_combo, watch_layers
+from napari_resolve.napari._common import (
+    compact_combos,
+    fit_width,
+    layer_names,
+    refill_combo,
+    scroll_panel,
+    watch_layers,
+)
 
 __all__ = [
     "ResolutionWidget",
@@ -247,10 +254,13 @@ class ResolutionWidget(QWidget):
     #: emitted with the :class:`ResolutionReport` when a computation ends
     computed = Signal(object)
 
+    def showEvent(self, event):  # noqa: N802 - Qt: the dock as wide as the filled content
+        super().showEvent(event)
+        if getattr(self, "scroll", None) is not None:
+            fit_width(self.scroll)
+
     def __init__(self, napari_viewer, parent=None, *, scrolling: bool = True):
         super().__init__(parent)
-        from qtpy.QtWidgets import QFrame, QScrollArea
-
         self.viewer = napari_viewer
         self.report: ResolutionReport | None = None
         self._worker = None
@@ -279,22 +289,18 @@ class ResolutionWidget(QWidget):
         # the plot (matplotlib) is made with the first result: the panel opens at once
         self.figure = self.canvas = None
 
+        self.scroll = None
         if scrolling:  # docked with other panels: scroll, never squeeze
-            self.scroll = QScrollArea()
-            self.scroll.setWidgetResizable(True)
-            self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-            content = QWidget()
-            self.scroll.setWidget(content)
-            outer = QVBoxLayout(self)
-            outer.setContentsMargins(0, 0, 0, 0)
-            outer.addWidget(self.scroll)
-            layout = QVBoxLayout(content)
+            self.scroll, layout = scroll_panel(self)
         else:
             layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.compute_button)
         layout.addWidget(self.results_label)
         self._layout = layout
+        if self.scroll is not None:
+            compact_combos(self)
+            fit_width(self.scroll)
 
         watch_layers(self.viewer, self._refresh_layer_choices)
         self._refresh_layer_choices()
