@@ -106,10 +106,11 @@ def _data_spec(paths, lr, labels):
 
 
 def run(args) -> int:
-    from napari_resolve import bundle
+    from napari_resolve import bundle, threads
     from napari_resolve.train import train_iter
     from napari_resolve.train.finetuning import finetune_measured_iter
 
+    threads.apply(getattr(args, "threads", None))  # the cores free now (threads.py)
     _train.check_output(args)
     kwargs = _train.common_kwargs(args)
     if args.resume is not None:

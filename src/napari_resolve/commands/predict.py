@@ -10,7 +10,12 @@
 * For models that predict a parsing map (``gp``) the labels are also written
   to ``OUT_labels.tif`` (uint8, 0 background, 1 cytoplasm, 2 nucleus).
 
-``--model`` is a pretrained name, a ``.safetensors`` file, or a registered
+``--backend`` picks the CPU runtime (:mod:`napari_resolve.runtime`) and
+``--threads`` the thread count (default: the cores free now,
+:mod:`napari_resolve.threads`).
+
+``--model`` is a pretrained name, a ``.safetensors`` file, an ``.onnx`` file
+written by :func:`napari_resolve.runtime.onnx.export_onnx`, or a registered
 architecture without weights (``bicubic``, whose ``--scale`` sets the
 factor). For a trained model ``--scale`` must equal the model's scale.
 Outputs are written to a temporary file and renamed at the end; an existing
@@ -46,7 +51,7 @@ def add_arguments(parser) -> None:
         "--model",
         required=True,
         metavar="NAME|FILE",
-        help="pretrained name, .safetensors file, or 'bicubic'",
+        help="pretrained name, .safetensors or .onnx file (exported by napari-resolve), or 'bicubic'",
     )
     parser.add_argument(
         "--scale",
@@ -60,7 +65,7 @@ def add_arguments(parser) -> None:
         type=int,
         default=None,
         metavar="PX",
-        help="LR tile side (default: chosen for the device; 0 = no tiling)",
+        help="LR tile side (default: the largest that fits the free memory on the CPU; 0 = no tiling)",
     )
     parser.add_argument(
         "--overlap",
@@ -75,6 +80,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
     parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "eager", "onnxruntime", "openvino", "compile"],
+        help="CPU runtime (default auto: the fastest installed one, measured once per model)",
+    )
+    add_threads_argument(parser)
+    parser.add_argument(
         "--prior",
         type=Path,
         default=None,
@@ -82,6 +94,17 @@ def add_arguments(parser) -> None:
         help="parsing-map labels (0/1/2) at the SR size, for geometry-prior models",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads N`` (shared by predict, train and fine-tune)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: the cores free now; see docs/architecture.md, Threads)",
+    )
 
 
 def _is_zarr(path: Path) -> bool:
@@ -182,7 +205,12 @@ class _Bar:
             )
         if self.bar.total != event.total:
             self.bar.total = event.total
-        self.bar.n = event.done
+        frac = getattr(event, "fraction", None)
+        # inside a tile the engine reports a fraction: show it (tqdm takes a float n)
+        self.bar.n = round(frac * event.total, 2) if frac is not None else event.done
+        eta = getattr(event, "eta_s", None)
+        if eta is not None:
+            self.bar.set_postfix_str(f"~{eta:.0f} s left", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
@@ -217,6 +245,8 @@ def run(args) -> int:
         batch=args.batch,
         device=args.device,
         amp=False if args.no_amp else None,
+        backend=getattr(args, "backend", "auto"),
+        threads=getattr(args, "threads", None),
     )
     out_zarr = _is_zarr(dst)
     if _is_zarr(src) or out_zarr:

@@ -111,6 +111,9 @@ def add_data_arguments(parser, *, required: bool) -> None:
     d.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     d.add_argument("--workers", type=int, default=0, help="data-loading processes")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    from napari_resolve.commands.predict import add_threads_argument
+
+    add_threads_argument(d)
 
 
 def add_arguments(parser) -> None:
@@ -334,8 +337,10 @@ def report(result, output) -> int:
 
 
 def run(args) -> int:
+    from napari_resolve import threads
     from napari_resolve.train import train_iter
 
+    threads.apply(getattr(args, "threads", None))  # the cores free now (threads.py)
     check_output(args)
     if args.resume is None:
         if not args.arch:

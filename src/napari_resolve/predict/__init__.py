@@ -406,6 +406,8 @@ def predict_iter(
     prior=None,
     channel_axis=None,
     extras=False,
+    backend="auto",
+    threads=None,
     _norm=None,
     _restore_mode=True,
 ):
@@ -431,6 +433,11 @@ def predict_iter(
         Colour axis when it is not the last one (or for a 3-D stack of 3).
     extras : bool
         Also return the model's other outputs (``"mr"``, ``"stages"``).
+    backend : str
+        ``"auto"`` (default), ``"eager"``, ``"onnxruntime"``, ``"openvino"``
+        or ``"compile"`` (:mod:`napari_resolve.runtime`).
+    threads : int, optional
+        CPU threads (default: the cores free now, :mod:`napari_resolve.threads`).
 
     Inputs are checked (one :class:`~napari_resolve.errors.InputError` naming
     the problem) at the first ``next()``, before any tile runs. Stop
@@ -448,7 +455,7 @@ def predict_iter(
     lay = _layout(arr.shape, arr.dtype, channel_axis, model)
     _check_finite(arr)
     prior_arr = _prepare_prior(prior, lay, model)
-    opts = _resolve_opts(model, tile, overlap, batch, device, amp)
+    opts = _resolve_opts(model, tile, overlap, batch, device, amp, backend, threads)
     planes, pad, chroma, norm = _prepare(model, meta, arr, lay, _norm)
     if prior_arr is not None and (pad[0] or pad[1]):
         s = int(model.scale)
@@ -459,7 +466,8 @@ def predict_iter(
     model.eval()
     model.to(opts.device)
     try:
-        outputs, tile_used = yield from _engine(model, planes, prior_arr, opts, extras)
+        runner, backend_used = _make_runner(model, planes, prior_arr is not None, extras, opts)
+        outputs, tile_used = yield from _engine(model, planes, prior_arr, opts, extras, runner)
     finally:
         if _restore_mode and was_training:
             model.train()
@@ -474,8 +482,24 @@ def predict_iter(
         "device": str(opts.device),
         "amp": str(opts.amp_dtype).replace("torch.", "") if opts.amp_dtype is not None else None,
         "via_y": lay.via_y,
+        "backend": backend_used,
+        "threads": opts.threads,
     }
     return PredictResult(image_out, labels, extra_out, run_meta)
+
+
+def _make_runner(model, planes, has_prior: bool, extras: bool, opts):
+    """Apply the thread rule and build the runner of the backend this job gets."""
+    from napari_resolve import runtime
+    from napari_resolve import threads as thread_rule
+
+    if opts.device.type == "cpu":
+        opts.threads = thread_rule.apply(opts.threads)
+    sr_px = int(planes.shape[0]) * int(planes.shape[-2]) * int(planes.shape[-1]) * int(model.scale) ** 2
+    name = runtime.select(model, opts.backend, opts.device, sr_px=sr_px, prior=has_prior,
+                          extras=extras, threads=opts.threads)
+    return runtime.make_runner(model, name, opts.device, amp_dtype=opts.amp_dtype,
+                               threads=opts.threads), name
 
 
 def predict(model_or_bundle, image, *, progress=None, **kwargs) -> PredictResult:

@@ -5,6 +5,8 @@ See :mod:`napari_resolve.predict` for the procedure and its choices.
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +20,22 @@ from napari_resolve.predict.tiling import _profile, _snap_down, default_overlap,
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress event: ``done`` of ``total`` units (tiles) of ``stage``."""
+    """A progress event: ``done`` of ``total`` units (tiles) of ``stage``.
+
+    ``done`` / ``total`` count whole units as before (widgets may keep using
+    them). The engine also reports inside a tile, at least every
+    :data:`PROGRESS_EVERY_S` seconds: ``fraction`` is the part of the whole
+    job done (0..1, including the running tile's share), ``eta_s`` the
+    estimated seconds left (None until it can be estimated) and ``message`` a
+    short human-readable line. Events inside a tile repeat ``done``.
+    """
 
     done: int
     total: int
     stage: str = "tiles"
+    fraction: float | None = None
+    eta_s: float | None = None
+    message: str = ""
 
 
 @dataclass
@@ -57,6 +70,10 @@ def resolve_model(model_or_bundle):
         model, meta = model_or_bundle
         meta = {**bundle.default_meta(model), **(meta or {})}
         return model, meta
+    if isinstance(model_or_bundle, (str, Path)) and str(model_or_bundle).lower().endswith(".onnx"):
+        from napari_resolve.runtime.onnx import load_onnx
+
+        return load_onnx(model_or_bundle)
     if isinstance(model_or_bundle, (str, Path)):
         try:
             return bundle.load(model_or_bundle)
@@ -128,9 +145,20 @@ class _Opts:
     batch: int
     device: torch.device
     amp_dtype: object
+    backend: str = "auto"  # as asked; predict_iter resolves it (runtime.select)
+    threads: int | None = None
 
 
-def _resolve_opts(model, tile, overlap, batch, device, amp) -> _Opts:
+def _resolve_opts(model, tile, overlap, batch, device, amp, backend="auto", threads=None,
+                  share: int = 1) -> _Opts:
+    from napari_resolve import runtime
+
+    backend = runtime.check_backend(backend)
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0
+    ):
+        raise InputError(f"threads must be a whole number >= 0 (0 = automatic), got {threads!r}")
+    threads = int(threads) if threads else None
     dev = choose_device(device)
     mult = max(int(getattr(model, "size_multiple", 1) or 1), 1)
     if overlap is None:
@@ -141,7 +169,7 @@ def _resolve_opts(model, tile, overlap, batch, device, amp) -> _Opts:
         ov = int(overlap)
     if tile is None or (not isinstance(tile, (tuple, list)) and tile == 0):
         if tile is None:
-            t = default_tile(model, dev, ov)
+            t = default_tile(model, dev, ov, share=share)
             tiles = (t, t)
         else:
             tiles = (1 << 30, 1 << 30)  # tile=0: the whole image in one piece
@@ -160,7 +188,7 @@ def _resolve_opts(model, tile, overlap, batch, device, amp) -> _Opts:
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise InputError(f"batch must be a positive whole number, got {batch!r}")
         nb = int(batch)
-    return _Opts(tiles, ov, nb, dev, _amp_dtype(dev, amp))
+    return _Opts(tiles, ov, nb, dev, _amp_dtype(dev, amp), backend, threads)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -174,39 +202,68 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _run_model(model, x, prior, opts: _Opts) -> dict:
-    with torch.inference_mode():
-        if opts.amp_dtype is not None:
-            with torch.autocast(device_type=opts.device.type, dtype=opts.amp_dtype):
-                out = model(x, prior=prior)
-        else:
-            out = model(x, prior=prior)
-    if not isinstance(out, dict) or "sr" not in out:
-        raise RuntimeError(f"{type(model).__name__}.forward must return a dict with 'sr'")
-    return out
+    """One eager forward (kept for callers outside the engine)."""
+    from napari_resolve.runtime.eager import EagerRunner
+
+    return EagerRunner(model, opts.device, opts.amp_dtype).run(x, prior, True)
 
 
 def _flatten_outputs(out: dict, want_extras: bool) -> dict:
-    flat = {"sr": out["sr"]}
-    if out.get("parsing") is not None:
-        flat["parsing"] = out["parsing"]
-    if want_extras:
-        for key, val in out.items():
-            if key in ("sr", "parsing"):
-                continue
-            if torch.is_tensor(val) and val.ndim == 4:
-                flat[key] = val
-            elif isinstance(val, (list, tuple)):
-                for i, v in enumerate(val):
-                    if torch.is_tensor(v) and v.ndim == 4:
-                        flat[f"{key}/{i}"] = v
-    return flat
+    from napari_resolve.runtime.base import flatten_outputs
+
+    return flatten_outputs(out, want_extras)
 
 
-def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool, tile_hw):
-    """Run all tiles of ``planes`` (Z, C, H, W) with tile size ``tile_hw``.
+PROGRESS_EVERY_S = 1.0  # progress events inside a tile at least this often (issue 18: <= 3 s)
 
-    Generator: yields Progress, returns {key: (Z, C', f*H, f*W) float32}.
+
+def _run_tile(runner, xt, pt, want_extras, clock):
+    """Run one batch on a worker thread; yield the running batch's fraction (or None)
+    every :data:`PROGRESS_EVERY_S` s; return its outputs. Closing the generator
+    cancels the batch inside the runtime and waits for it to stop."""
+    box: dict = {}
+
+    def work():
+        try:
+            box["out"] = runner.run(xt, pt, want_extras)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the engine's thread
+            box["err"] = exc
+
+    worker = threading.Thread(target=work, name="napari-resolve-tile", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(PROGRESS_EVERY_S)
+            if worker.is_alive():
+                yield runner.fraction()
+    finally:
+        if worker.is_alive():  # cancelled (generator closed) while the tile runs
+            runner.cancel()
+            worker.join()
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+def _message(done, total, frac, eta) -> str:
+    text = f"{100 * frac:.0f}% ({done}/{total} tiles)"
+    if eta is not None:
+        text += f", about {eta:.0f} s left" if eta >= 1 else ", almost done"
+    return text
+
+
+def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool, tile_hw,
+                runner=None, rate_hint: float | None = None):
+    """Run all tiles of ``planes`` (Z, C, H, W) with tile size ``tile_hw`` through ``runner``.
+
+    Generator: yields Progress (per batch and, while a batch runs, every
+    :data:`PROGRESS_EVERY_S` s), returns {key: (Z, C', f*H, f*W) float32}.
+    ``rate_hint``: seconds per LR tile pixel, for the first estimate.
     """
+    if runner is None:
+        from napari_resolve.runtime.eager import EagerRunner
+
+        runner = EagerRunner(model, opts.device, opts.amp_dtype)
     zn, _, h, w = planes.shape
     mult = max(int(getattr(model, "size_multiple", 1) or 1), 1)
     th, ys = tile_plan(h, tile_hw[0], opts.overlap, mult)
@@ -232,7 +289,10 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
         return np.outer(profiles[("y", iy, f)], profiles[("x", ix, f)])
 
     dev = opts.device
-    yield Progress(0, total, "tiles")
+    clock = {"t0": time.perf_counter(), "px_done": 0, "busy": 0.0}
+    tile_px = th * tw
+    total_px = total * tile_px
+    yield Progress(0, total, "tiles", 0.0, None, f"0/{total} tiles")
     done = 0
     for b0 in range(0, total, opts.batch):
         chunk = jobs[b0 : b0 + opts.batch]
@@ -248,7 +308,28 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
                 for z, iy, ix in chunk
             ]
             pt = torch.from_numpy(np.ascontiguousarray(np.stack(tiles))).to(dev)
-        out = _flatten_outputs(_run_model(model, xt, pt, opts), want_extras)
+        t_batch = time.perf_counter()
+        run = _run_tile(runner, xt, pt, want_extras, clock)
+        while True:
+            try:
+                inner = next(run)
+            except StopIteration as stop:
+                out = stop.value
+                break
+            elapsed = time.perf_counter() - t_batch
+            rate = clock["busy"] / clock["px_done"] if clock["px_done"] else rate_hint
+            batch_px = len(chunk) * tile_px
+            if inner is None and rate:  # no word from the runtime: estimate from the time
+                inner = min(elapsed / (rate * batch_px), 0.99)
+            frac = (done * tile_px + (inner or 0.0) * batch_px) / total_px
+            eta = None
+            if rate:
+                eta = max(rate * (total_px - done * tile_px) - elapsed, 0.0)
+            elif inner:
+                eta = elapsed / inner * (1 - inner) + elapsed / inner * (total - done - len(chunk)) / len(chunk)
+            yield Progress(done, total, "tiles", frac, eta, _message(done, total, frac, eta))
+        clock["busy"] += time.perf_counter() - t_batch
+        clock["px_done"] += len(chunk) * tile_px
         for key, val in out.items():
             fh, fw = val.shape[-2] / th, val.shape[-1] / tw
             if fh != fw or fh != int(fh) or fh < 1:
@@ -264,7 +345,9 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
                 y0, x0 = f * ys[iy], f * xs[ix]
                 acc[key][z, :, y0 : y0 + f * th, x0 : x0 + f * tw] += arr[j] * weight(iy, ix, f)
         done += len(chunk)
-        yield Progress(done, total, "tiles")
+        rate = clock["busy"] / clock["px_done"]
+        eta = rate * (total_px - done * tile_px)
+        yield Progress(done, total, "tiles", done / total, eta, _message(done, total, done / total, eta))
     # normalise by the summed weights (the same grid for every plane)
     wsums = {}
     for key, arr in acc.items():
@@ -282,14 +365,16 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
     return acc
 
 
-def _engine(model, planes, prior, opts: _Opts, want_extras: bool):
+def _engine(model, planes, prior, opts: _Opts, want_extras: bool, runner=None, rate_hint=None):
     """Tiled pass with OOM fallback (halve the tile, restart). Returns (outputs, tile_used)."""
     tile_hw = opts.tile
     mult = max(int(getattr(model, "size_multiple", 1) or 1), 1)
     warned = False
     while True:
         try:
-            result = yield from _tiles_iter(model, planes, prior, opts, want_extras, tile_hw)
+            result = yield from _tiles_iter(
+                model, planes, prior, opts, want_extras, tile_hw, runner, rate_hint
+            )
             return result, tile_hw
         except Exception as exc:
             if not _is_oom(exc):

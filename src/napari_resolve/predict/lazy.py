@@ -85,12 +85,18 @@ def _sr_block(block, *, ref, norm, spatial, depth, scale, lay_kw, opts_kw, block
     lay = _layout(block.shape, block.dtype, lay_kw["channel_axis"], model, guess=False)
     _check_finite(block)
     planes, pad, chroma, _ = _prepare(model, meta, block, lay, norm)
+    opts_kw = dict(opts_kw)
+    backend = opts_kw.pop("backend", "eager")
     opts = _resolve_opts(model, **opts_kw)
     param = next(model.parameters(), None)
     if param is not None and param.device != opts.device:
         with _WORKER_LOCK:
             model.to(opts.device)
-    outputs, _ = run_to_end(_engine(model, planes, None, opts, False))
+    from napari_resolve import runtime
+
+    runner = runtime.make_runner(model, backend, opts.device, amp_dtype=opts.amp_dtype,
+                                 threads=opts.threads)
+    outputs, _ = run_to_end(_engine(model, planes, None, opts, False, runner))
     image, _, _ = _finish(model, outputs, lay, pad, chroma, norm, block.dtype, False)
     index = [slice(None)] * image.ndim
     for ax in spatial:
@@ -126,6 +132,8 @@ def predict_dask(
     amp=None,
     channel_axis=None,
     chunks=None,
+    backend="auto",
+    threads=None,
 ):
     """Lazy SR of a dask (or NumPy) array, chunk by chunk with an ``overlap`` halo.
 
@@ -155,11 +163,21 @@ def predict_dask(
         amp=amp,
         channel_axis=channel_axis,
         chunks=chunks,
+        backend=backend,
+        threads=threads,
     )
 
 
+def thread_rule_workers() -> int:
+    """Chunks dask may run at once here (its local schedulers use one per core)."""
+    from napari_resolve import threads as thread_rule
+
+    return thread_rule.usable_cores()
+
+
 def _predict_dask(
-    array, model, meta, source, *, tile, overlap, batch, device, amp, channel_axis, chunks
+    array, model, meta, source, *, tile, overlap, batch, device, amp, channel_axis, chunks,
+    backend="auto", threads=None,
 ):
     import dask.array as da
 
@@ -169,7 +187,8 @@ def _predict_dask(
         arr_np = np.asarray(array)
         array = da.from_array(arr_np, chunks=arr_np.shape)
     lay = _layout(array.shape, array.dtype, channel_axis, model)
-    opts = _resolve_opts(model, tile, overlap, batch, device, amp)
+    opts = _resolve_opts(model, tile, overlap, batch, device, amp, backend, threads,
+                         share=thread_rule_workers())
     if lay.channel_axis is not None and lay.channel_axis != array.ndim - 1:
         array = da.moveaxis(array, lay.channel_axis, -1)
         lay = _layout(array.shape, array.dtype, array.ndim - 1, model)
@@ -212,7 +231,18 @@ def _predict_dask(
         else:
             out_chunks.append(array.chunks[ax])
     ref = _ModelRef.for_model(source, model, meta)
-    opts_kw = {"tile": tile, "overlap": ov, "batch": batch, "device": str(opts.device), "amp": amp}
+    from napari_resolve import runtime
+    from napari_resolve import threads as thread_rule
+
+    if opts.device.type == "cpu":
+        opts.threads = thread_rule.apply(opts.threads)
+    sr_px = int(np.prod(array.shape)) // max(lay.channels, 1) * s * s
+    backend_used = runtime.select(model, opts.backend, opts.device, sr_px=sr_px,
+                                  threads=opts.threads)
+    # tiles sized once for the whole graph, sharing the free memory between workers
+    tile_kw = tile if tile is not None else int(opts.tile[0])
+    opts_kw = {"tile": tile_kw, "overlap": ov, "batch": batch, "device": str(opts.device),
+               "amp": amp, "backend": backend_used, "threads": opts.threads}
     result = da.map_blocks(
         _sr_block,
         halo,
@@ -306,6 +336,8 @@ def predict_to_zarr(
     amp=None,
     channel_axis=None,
     chunks=None,
+    backend="auto",
+    threads=None,
     pixel_size=None,
     unit=None,
     overwrite=False,
@@ -361,6 +393,8 @@ def predict_to_zarr(
         amp=amp,
         channel_axis=channel_axis,
         chunks=chunks,
+        backend=backend,
+        threads=threads,
     )
     lay = _layout(arr.shape, arr.dtype, channel_axis, model)
     s = int(model.scale)
