@@ -82,7 +82,7 @@ def _uses_fft(model) -> bool:
 
     for m in model.modules():
         try:
-            src = inspect.getsource(type(m).forward)
+            src = inspect.getsource(type(m))
         except (OSError, TypeError):
             continue
         if "torch.fft" in src or "fft." in src:
@@ -145,8 +145,9 @@ def export_onnx(model_or_bundle, path, *, dynamic_hw: bool = True, opset: int = 
                     dynamic_axes=dyn, opset_version=int(opset), dynamo=False,
                 )
         except Exception as exc:  # an operator the exporter lacks, and the like
-            text = " ".join(str(exc).split())[:200]
-            raise ExportError(f"{name} cannot be exported to ONNX: {text}") from None
+            text = " ".join(str(exc).split())
+            reason = FFT_REASON if "fft" in text.lower() else text[:200]
+            raise ExportError(f"{name} cannot be exported to ONNX: {reason}") from None
         proto = onnx.load(str(tmp))
         del proto.metadata_props[:]
         for k, v in (
