@@ -9,10 +9,16 @@ next block once :meth:`cancel` was called (Cancel inside a tile, issue 18).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from napari_resolve.errors import Cancelled
 from napari_resolve.runtime.base import Runner, flatten_outputs
+
+
+# leaf-module calls of one forward, per model (learned on its first run)
+_CALLS_PER_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class EagerRunner(Runner):
@@ -27,8 +33,9 @@ class EagerRunner(Runner):
         self.amp_dtype = amp_dtype
         self.channels_last = device.type == "cpu" if channels_last is None else channels_last
         self._calls = 0
-        self._per_forward: int | None = None  # leaf calls of one forward (known after one run)
         self._leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+        # leaf calls of one forward: learned after a run; until then one call per leaf
+        self._per_forward = _CALLS_PER_FORWARD.get(model) or len(self._leaves) or None
 
     def _hook(self, module, args, output):
         self._calls += 1
@@ -55,7 +62,8 @@ class EagerRunner(Runner):
         finally:
             for h in handles:
                 h.remove()
-        if prior is None:
-            self._per_forward = max(self._calls, 1)
+        if prior is None and self._calls:
+            self._per_forward = self._calls
+            _CALLS_PER_FORWARD[self.model] = self._calls
         flat = flatten_outputs(out, want_extras)
         return {k: v.contiguous() for k, v in flat.items()}
