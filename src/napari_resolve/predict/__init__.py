@@ -12,8 +12,13 @@ and summed based on the distance to the center line".
 
 Tiling (choices the paper leaves open)
 --------------------------------------
-* ``tile`` is the LR side of a tile. Default: about 1024 SR pixels per side
-  on the CPU (256 LR px at ×4) and 2048 on a GPU, and at least 4 × overlap.
+* ``tile`` is the LR side of a tile. Default on the CPU: the largest tile
+  whose forward fits half the memory available now (:func:`~napari_resolve.
+  predict.tiling.memory_tile`: peak = 10 x the widest activation, probed once
+  per architecture), so an ordinary image (a 640 x 480 smear) is one tile
+  and pays no overlap; never below the old default (about 1024 SR px per
+  side, at least 4 x overlap), which stays the GPU default (2048 SR px).
+  Chunks of :func:`predict_dask` share the memory between workers.
   ``tile=0`` runs the whole image in one piece.
   Tile sides are snapped down to ``model.size_multiple``; tiles are spread
   evenly over the image (all the same size, so they batch), tile origins sit
@@ -77,9 +82,22 @@ it off). When a tile does not fit in GPU memory the cache is emptied, the
 tile is halved and the pass restarts (one warning, never a crash, until the
 tile would be smaller than ``2 * overlap + size_multiple``).
 
+Runtime and threads: each tile runs through a backend of
+:mod:`napari_resolve.runtime` (``backend="auto"``: the fastest installed CPU
+runtime for this model, measured once; eager PyTorch on GPUs, with priors or
+extras, and when no extra is installed) with the thread count of
+:mod:`napari_resolve.threads` (the cores free now; ``threads=N`` overrides).
+``result.meta["predict"]`` records the backend and threads used. A
+``model_or_bundle`` ending in ``.onnx`` is an ONNX file exported by
+:func:`napari_resolve.runtime.onnx.export_onnx` (onnxruntime).
+
 Long work: :func:`predict_iter` is a generator yielding :class:`Progress`
 and returning :class:`PredictResult`; stop iterating (or ``.close()``) to
-cancel: nothing is returned and nothing was written. :func:`predict` runs it
+cancel: nothing is returned and nothing was written. Each batch of tiles runs
+on a worker thread while the generator reports progress at least every
+second (``fraction``, ``eta_s``, ``message``), and cancelling stops the
+running tile inside (eager: at the next layer; onnxruntime: ``terminate``;
+OpenVINO: ``cancel``). :func:`predict` runs it
 to the end. Large data: :func:`predict_dask` (lazy, chunk by chunk with
 ``overlap`` halo, the model loaded once per worker) and
 :func:`predict_to_zarr` (OME-Zarr written atomically).

@@ -17,6 +17,8 @@ from napari_resolve.errors import Cancelled
 from napari_resolve.runtime.base import Runner, flatten_outputs
 
 
+CHANNELS_LAST = True  # on the CPU; benchmarks/predict.py turns it off for the old baseline
+
 # leaf-module calls of one forward, per model (learned on its first run)
 _CALLS_PER_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -31,7 +33,9 @@ class EagerRunner(Runner):
         self.model = model
         self.device = device
         self.amp_dtype = amp_dtype
-        self.channels_last = device.type == "cpu" if channels_last is None else channels_last
+        if channels_last is None:
+            channels_last = CHANNELS_LAST and device.type == "cpu"
+        self.channels_last = channels_last
         self._calls = 0
         self._leaves = [m for m in model.modules() if not any(True for _ in m.children())]
         # leaf calls of one forward: learned after a run; until then one call per leaf
