@@ -484,7 +484,9 @@ def predict_iter(
     model.eval()
     model.to(opts.device)
     try:
-        runner, backend_used = _make_runner(model, planes, prior_arr is not None, extras, opts)
+        runner, backend_used = yield from _make_runner(
+            model, planes, prior_arr is not None, extras, opts
+        )
         outputs, tile_used = yield from _engine(model, planes, prior_arr, opts, extras, runner)
     finally:
         if _restore_mode and was_training:
@@ -507,17 +509,48 @@ def predict_iter(
 
 
 def _make_runner(model, planes, has_prior: bool, extras: bool, opts):
-    """Apply the thread rule and build the runner of the backend this job gets."""
+    """Apply the thread rule and build the runner of the backend this job gets.
+
+    Generator: choosing may export the model and time the runtimes once
+    (``runtime.calibrate``, seconds to a minute); that runs on a worker thread
+    while ``Progress(0, 1, "runtime")`` events keep coming. Returns
+    ``(runner, backend name)``.
+    """
+    import threading
+
     from napari_resolve import runtime
     from napari_resolve import threads as thread_rule
+    from napari_resolve.predict import engine
 
     if opts.device.type == "cpu":
         opts.threads = thread_rule.apply(opts.threads)
     sr_px = int(planes.shape[0]) * int(planes.shape[-2]) * int(planes.shape[-1]) * int(model.scale) ** 2
-    name = runtime.select(model, opts.backend, opts.device, sr_px=sr_px, prior=has_prior,
-                          extras=extras, threads=opts.threads)
-    return runtime.make_runner(model, name, opts.device, amp_dtype=opts.amp_dtype,
-                               threads=opts.threads), name
+    box: dict = {}
+
+    def work():
+        try:
+            name = runtime.select(model, opts.backend, opts.device, sr_px=sr_px,
+                                  prior=has_prior, extras=extras, threads=opts.threads)
+            box["out"] = (
+                runtime.make_runner(model, name, opts.device, amp_dtype=opts.amp_dtype,
+                                    threads=opts.threads),
+                name,
+            )
+        except BaseException as exc:  # noqa: BLE001 - re-raised here
+            box["err"] = exc
+
+    # a daemon thread: a cancelled job does not wait for a calibration, which then
+    # finishes in the background and is cached for the next run
+    worker = threading.Thread(target=work, name="napari-resolve-runtime", daemon=True)
+    worker.start()
+    worker.join(engine.PROGRESS_EVERY_S)
+    while worker.is_alive():
+        yield Progress(0, 1, "runtime", None, None,
+                       "preparing the fastest runtime for this model (once per model)")
+        worker.join(engine.PROGRESS_EVERY_S)
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
 
 
 def predict(model_or_bundle, image, *, progress=None, **kwargs) -> PredictResult:
