@@ -51,6 +51,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="torch device for the model (default: auto)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the results (per image and mean) to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
 
 # --------------------------------------------------------------------------- images
@@ -196,7 +197,12 @@ def _table(rows: list[dict], model: str, y_channel: bool) -> str:
 
 
 def run(args) -> int:
+    from napari_resolve.commands._paths import check_outputs
+
     pairs = _pairs(args)
+    model_file = [Path(args.model)] if Path(args.model).exists() else []
+    check_outputs([*(p for pair in pairs for p in pair), *model_file],
+                  [(args.json, "--json", "file")], overwrite=getattr(args, "overwrite", False))
     rows = evaluate_images(pairs, model=args.model, scale=args.scale, crop=args.crop,
                            y_channel=not args.rgb, device=args.device)
     print(_table(rows, args.model, not args.rgb))

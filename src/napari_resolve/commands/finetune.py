@@ -110,7 +110,8 @@ def run(args) -> int:
     from napari_resolve.train import train_iter
     from napari_resolve.train.finetuning import finetune_measured_iter
 
-    _train.check_output(args)
+    source = Path(str(args.source))
+    _train.check_output(args, extra_inputs=[source] if source.exists() else [])
     kwargs = _train.common_kwargs(args)
     if args.resume is not None:
         gen = train_iter(

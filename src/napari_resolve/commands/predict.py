@@ -190,16 +190,33 @@ class _Bar:
             self.bar.close()
 
 
-def _check_paths(args) -> tuple[Path, Path]:
-    """``(input, output)`` of a command that reads one image and writes another."""
+def _model_inputs(args) -> list:
+    """The model file among the inputs (a pretrained name is not a path of the user's)."""
+    path = Path(str(args.model))
+    return [path] if path.exists() else []
+
+
+def _check_paths(args, *, kind: str = "file") -> tuple[Path, Path]:
+    """``(input, output)`` of a command that reads one image and writes another.
+
+    Checked before any work (:func:`napari_resolve.commands._paths.check_outputs`):
+    the output is no input (path, link, inside an input folder, containing
+    it), does not exist unless ``--overwrite``, and its folder is writable.
+    """
+    from napari_resolve.commands._paths import check_outputs
+
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
         raise InputError(f"input not found: {src}")
-    if dst.exists() and not args.overwrite:
-        raise InputError(f"output {dst} exists; pass --overwrite to replace it")
-    if src.resolve() == dst.resolve():
-        raise InputError("output must differ from the input")
+    inputs = [src, getattr(args, "prior", None), *_model_inputs(args)]
+    kind = "folder" if kind == "folder" or _is_zarr(dst) else "file"
+    check_outputs(inputs, [(dst, "output", kind)], overwrite=args.overwrite)
     return src, dst
+
+
+def labels_path_for(dst: Path) -> Path:
+    """``OUT.tif`` -> ``OUT_labels.tif`` (``OUT.ome.tif`` -> ``OUT_labels.tif``)."""
+    return dst.with_name(f"{dst.name[: -len(''.join(dst.suffixes))] or dst.stem}_labels.tif")
 
 
 def run(args) -> int:
@@ -210,6 +227,13 @@ def run(args) -> int:
     if not _is_zarr(dst) and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"output must be a .tif (OME-TIFF) or a .zarr folder, got {dst.name}")
     model, meta = _load_model(args)
+    labels_path = labels_path_for(dst)
+    if getattr(model, "predicts_parsing", False) and not _is_zarr(dst):
+        from napari_resolve.commands._paths import check_outputs
+
+        check_outputs([src, args.prior, *_model_inputs(args)],
+                      [(dst, "output", "file"), (labels_path, "labels output", "file")],
+                      overwrite=args.overwrite)
     s = int(model.scale)
     kwargs = dict(
         tile=args.tile,
@@ -257,9 +281,6 @@ def run(args) -> int:
     if args.prior is not None:
         prior, _ = read_image(args.prior)
         prior = np.squeeze(prior)
-    labels_path = dst.with_name(f"{dst.name[: -len(''.join(dst.suffixes))] or dst.stem}_labels.tif")
-    if getattr(model, "predicts_parsing", False) and labels_path.exists() and not args.overwrite:
-        raise InputError(f"output {labels_path} exists; pass --overwrite to replace it")
 
     bar = _Bar("tile")
     try:

@@ -218,12 +218,40 @@ def common_kwargs(args) -> dict:
     return kw
 
 
-def check_output(args) -> None:
+def check_output(args, extra_inputs=()) -> None:
+    """Check ``-o`` and its resume state against every input before training starts.
+
+    The model file and ``OUT.state.safetensors`` are refused when they are (or
+    lie inside, or contain) a data file or folder, or exist without
+    ``--overwrite``; with ``--resume`` both may exist (the run continues them).
+    """
+    from napari_resolve.commands._paths import check_outputs
+    from napari_resolve.train.checkpoint import state_path
+
     out = Path(args.output)
     if out.suffix.lower() != ".safetensors":
         raise InputError(f"-o must be a .safetensors file, got {out.name}")
-    if out.exists() and not args.overwrite and args.resume is None:
-        raise InputError(f"output {out} exists; pass --overwrite to replace it (or --resume)")
+    if getattr(args, "workers", 0) is not None and args.workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {args.workers}")
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size must be 1 or more, got {args.batch_size}")
+    vf = getattr(args, "val_fraction", None)
+    if vf is not None and not (0.0 < vf < 1.0):
+        raise InputError(f"--val-fraction must be between 0 and 1 (exclusive), got {vf}")
+    inputs = [*(args.data or []), *(args.lr_images or []), *(args.labels or []),
+              *(args.val or []), *extra_inputs]
+    outputs = [(out, "output", "file"), (state_path(out), "resume state", "file")]
+    if args.resume is not None:
+        if not Path(args.resume).exists() and not state_path(args.resume).exists():
+            raise InputError(f"resume checkpoint not found: {args.resume}")
+        check_outputs(inputs, outputs, overwrite=True)
+        return
+    try:
+        check_outputs(inputs, outputs, overwrite=args.overwrite)
+    except InputError as exc:
+        if "exists" in str(exc) and not args.overwrite:
+            raise InputError(f"{exc} (or --resume {state_path(out)} to continue)") from None
+        raise
 
 
 def drive(gen, quiet: bool = False):
