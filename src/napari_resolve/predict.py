@@ -53,11 +53,16 @@ Data
   through the network, Cb and Cr upsampled with MATLAB bicubic, back to RGB
   (paper 000 §3.1). ``ycbcr_to_rgb`` clips RGB to [0, 1] in the normalised
   scale.
-* Intensities go through the bundle's ``normalization``
-  (:class:`~napari_resolve.data.normalize.Normalizer`, fitted on the whole
-  image or stack) and back, so ``result.image`` (float32) is on the input's
-  intensity scale. For integer inputs it is clipped to the dtype's range, so
-  that casting back loses nothing but rounding; float inputs are not clipped.
+* Intensities go through the bundle's ``normalization`` and back with the
+  same fitted parameters (:func:`~napari_resolve.data.normalize.to_model_scale`
+  / :func:`~napari_resolve.data.normalize.from_model_scale`, fitted on the
+  whole image or stack, by the data for every type but uint8), so
+  ``result.image`` is on the input's intensity scale: float32 (float64 for
+  float64 and 32/64-bit integer inputs), clipped to an integer input's range
+  (unsigned stays >= 0, signed keeps its sign); float inputs are not clipped.
+  ``"match-lr"`` bundles (fluorescence) also fit one gain / offset so that
+  the SR shrunk back matches the input (``result.meta["predict"]["intensity"]``;
+  the lazy paths fit it once on a centre crop).
 * Tiny images: sides below 4 px are refused (nothing to super-resolve; a
   1-px axis is usually a wrong axis order); sides from 4 to 15 px are padded
   (mirror, bottom/right) to 16 px and the output cropped back.
@@ -87,6 +92,7 @@ to the end. Large data: :func:`predict_dask` (lazy, chunk by chunk with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import uuid
@@ -98,6 +104,7 @@ import numpy as np
 import torch
 
 from napari_resolve._generators import run_to_end
+from napari_resolve.data.normalize import output_dtype
 from napari_resolve.errors import BundleError, InputError, ResolveError
 
 __all__ = [
@@ -709,13 +716,13 @@ def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, 
         return arr[..., : f * h, : f * w]
 
     sr = crop(outputs["sr"], s)  # (Z, C, sH, sW) normalised
-    sr = np.moveaxis(sr, 1, -1)  # (Z, sH, sW, C)
+    sr = norm.adjust(np.moveaxis(sr, 1, -1))  # (Z, sH, sW, C); "match-lr" level, network space
     if lay.via_y:
         from napari_resolve.data.color import ycbcr_to_rgb
 
         cbcr = imresize(chroma, s, channel_axis=-1)  # (Z, sH, sW, 2), MATLAB bicubic
         sr = ycbcr_to_rgb(np.concatenate([sr, cbcr.astype(np.float32)], axis=-1).astype(np.float32))
-    image = _clip_to_dtype(norm.inverse(sr), image_dtype)
+    image = norm.restore(sr, image_dtype)  # data/normalize.from_model_scale without adjust
     image = _from_zhwc(image, lay)
     labels = None
     if "parsing" in outputs:
@@ -731,8 +738,8 @@ def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, 
             f = arr.shape[-1] // (w + pad[1])
             a = np.moveaxis(crop(arr, f), 1, -1)
             if a.shape[-1] == lay.channels and not lay.via_y and a.shape[-1] == net_channels:
-                a = _clip_to_dtype(norm.inverse(a), image_dtype)
-            a = np.asarray(a, dtype=np.float32)
+                a = norm.restore(norm.adjust(a), image_dtype)
+            a = np.asarray(a, dtype=output_dtype(image_dtype))
             if a.shape[-1] == lay.channels and not lay.via_y:
                 a = _from_zhwc(a, lay)
             else:  # e.g. Y only for an RGB image
@@ -743,15 +750,34 @@ def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, 
                 extras.setdefault(name, []).append(a)
             else:
                 extras[name] = a
-    return image.astype(np.float32, copy=False), labels, extras
+    return image, labels, extras
 
 
-def _clip_to_dtype(arr, dtype) -> np.ndarray:
-    arr = np.asarray(arr, dtype=np.float32)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        arr = np.clip(arr, info.min, info.max)
-    return arr
+def fit_output_level(model_meta, array, norm, *, channel_axis=None, stack=False, side=256, **opts):
+    """``norm`` with its ``"match-lr"`` level fitted once on a centre crop of ``array``.
+
+    For the region-by-region paths (:func:`predict_dask`, the slide command),
+    which must apply one gain / offset to the whole image (a fit per region
+    would leave seams). ``array``: NumPy or dask, channels last when
+    ``channel_axis`` is given; ``stack``: the first axis is Z (the middle
+    plane is used). Returns ``norm`` unchanged when it does not match levels.
+    """
+    if not norm.matches_lr:
+        return norm
+    idx = [slice(None)] * array.ndim
+    if stack:
+        idx[0] = array.shape[0] // 2
+    first = 1 if stack else 0
+    for ax in (first, first + 1):
+        n = array.shape[ax]
+        c = min(n, side)
+        idx[ax] = slice((n - c) // 2, (n - c) // 2 + c)
+    crop = array[tuple(idx)]
+    crop = np.asarray(crop.compute() if hasattr(crop, "compute") else crop)
+    res = predict(model_meta, crop, _norm=norm,
+                  channel_axis=(crop.ndim - 1) if channel_axis is not None else None, **opts)
+    fit = res.meta["predict"]["intensity"]
+    return dataclasses.replace(norm, out_gain=fit["gain"], out_offset=fit["offset"])
 
 
 def predict_iter(
@@ -823,6 +849,10 @@ def predict_iter(
     finally:
         if _restore_mode and was_training:
             model.train()
+    if norm.matches_lr:  # "match-lr": one gain / offset so that the SR shrunk back ~ the input
+        h, w = lay.hw
+        s = int(model.scale)
+        norm = norm.fit_output(outputs["sr"][..., : s * h, : s * w], planes[..., :h, :w], s)
     image_out, labels, extra_out = _finish(
         model, outputs, lay, pad, chroma, norm, arr.dtype, extras
     )
@@ -834,6 +864,8 @@ def predict_iter(
         "device": str(opts.device),
         "amp": str(opts.amp_dtype).replace("torch.", "") if opts.amp_dtype is not None else None,
         "via_y": lay.via_y,
+        "intensity": None if norm.out_gain is None else {
+            "gain": norm.out_gain, "offset": norm.out_offset},
     }
     return PredictResult(image_out, labels, extra_out, run_meta)
 
@@ -928,7 +960,7 @@ def _sr_block(block, *, ref, norm, spatial, depth, scale, lay_kw, opts_kw, block
         lo = scale * d if (d and loc[ax] > 0) else 0
         hi = scale * d if (d and loc[ax] < nchunks[ax] - 1) else 0
         index[ax] = slice(lo, image.shape[ax] - hi)
-    return np.ascontiguousarray(image[tuple(index)])
+    return np.ascontiguousarray(image[tuple(index)], dtype=np.float32)
 
 
 def _axis_chunks(n: int, target: int, depth: int) -> tuple:
@@ -1009,6 +1041,9 @@ def _predict_dask(
     ndim = array.ndim
     spatial = (1, 2) if lay.stack else (0, 1)
     norm = Normalizer.from_meta(meta.get("normalization")).fit(array)
+    norm = fit_output_level((model, meta), array, norm, channel_axis=lay.channel_axis,
+                            stack=lay.stack, tile=tile, overlap=overlap, batch=batch,
+                            device=device, amp=amp)
     ov = opts.overlap
     new_chunks = {}
     for ax in spatial:
