@@ -68,6 +68,10 @@ def to_micrometre(value, unit) -> float | None:
     return value * factor
 
 
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
 def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
@@ -143,8 +147,10 @@ def _read_tiff(path: Path):
             arr = series.asarray()
             axes = series.axes
             yx = _tiff_pixel_size(tif)
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as exc:
-        raise InputError(f"{path.name} is not a readable TIFF: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt data raise zlib.error, struct.error, codec errors...
+        raise InputError(f"{path.name} is not a readable TIFF: {_one_line(exc)}") from None
     return arr, _meta(path, "tiff", axes, arr, yx)
 
 
@@ -174,8 +180,10 @@ def _read_mrc(path: Path):
                 # header floats are float32: str() gives the shortest decimal (0.0626, not 0.06260000169)
                 cell = np.array([float(str(header.cella.x)), float(str(header.cella.y))])
                 grid = np.array([int(header.mx), int(header.my)])
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path.name} is not a readable MRC file: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed headers raise many types
+        raise InputError(f"{path.name} is not a readable MRC file: {_one_line(exc)}") from None
     with open(path, "rb") as fh:
         head = fh.read(98)
     ids = {int.from_bytes(head[96:98], order, signed=True) for order in ("little", "big")}
@@ -192,8 +200,10 @@ def _read_npy(path: Path):
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise InputError(f"{path.name}: cannot read without unpickling ({exc})") from None
-    except OSError as exc:
-        raise InputError(f"{path.name} is not a readable .npy file: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated or malformed file
+        raise InputError(f"{path.name} is not a readable .npy file: {_one_line(exc)}") from None
     if not isinstance(arr, np.ndarray):
         raise InputError(f"{path.name} holds several arrays; save one image per .npy file")
     axes = "YX" if arr.ndim == 2 else ("YXS" if arr.ndim == 3 and arr.shape[-1] in (3, 4) else "")

@@ -145,6 +145,8 @@ def parse_config(items) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+        except RecursionError:
+            raise InputError(f"--config {key}: value nested too deeply") from None
     return out
 
 
@@ -164,8 +166,10 @@ def _degradation(text, scale):
     if text.strip().startswith("{"):
         try:
             spec = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise InputError(f"--degradation is not valid JSON: {exc}") from None
+        if not isinstance(spec, dict):
+            raise InputError("--degradation JSON must be an object like {\"kind\": ...}")
     else:
         spec = {"kind": text}
     if scale:

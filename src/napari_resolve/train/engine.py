@@ -465,9 +465,10 @@ def train_iter(
     # ---- resume: the checkpoint decides architecture, recipe and position
     state_meta, parts = None, None
     if resume is not None:
+        state_meta = ckpt.read_state_meta(resume)
+        if model is None:  # shapes checked against the file before anything is allocated
+            model = ckpt.build_model(resume, state_meta)
         state_meta, parts = ckpt.load_state(resume)
-        if model is None:
-            model = _build_model(state_meta["architecture"], state_meta["config"], None, None)
         if recipe is None:
             recipe = state_meta.get("recipe_name")
         if output is None and state_meta.get("output"):
@@ -564,7 +565,11 @@ def train_iter(
     pending_opts = None
     opt_phase = -1
     if state_meta is not None:
-        net.load_state_dict(parts["model"])
+        try:
+            net.load_state_dict(parts["model"])
+        except RuntimeError as exc:  # a state from another architecture or config
+            raise InputError(f"{ckpt.state_path(resume).name} does not fit the model: "
+                             f"{' '.join(str(exc).split())[:160]}") from None
         history = list(state_meta.get("history", []))
         best = dict(state_meta.get("best") or best)
         if best.get("psnr") is None:
