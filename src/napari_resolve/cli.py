@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
+        p.add_argument(
+            "--max-pixels", type=int, default=None, metavar="N",
+            help="largest image (values: pixels x planes x channels) read into memory "
+            "(default 2**26; bigger images: use zarr, read lazily)",
+        )
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -77,6 +82,10 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "max_pixels", None) is not None:
+            from napari_resolve.io import set_pixel_limit
+
+            set_pixel_limit(args.max_pixels)
         return int(args._run(args) or 0)
     except ResolveError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -91,6 +100,11 @@ def main(argv=None) -> int:
         print("error: out of memory; use a smaller image (or a zarr input, which is read "
               "lazily), smaller --tile or --batch", file=sys.stderr)
         return 2
+    finally:
+        if getattr(args, "max_pixels", None) is not None:
+            from napari_resolve.io import set_pixel_limit
+
+            set_pixel_limit(None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,9 @@ import numpy as np
 
 from napari_resolve.errors import InputError
 
+#: largest SR factor a command accepts (the papers go to x8; bundles may declare up to x16)
+MAX_SCALE = 16
+
 NAME = "predict"
 HELP = "super-resolve an image (TIFF, PNG/JPEG, zarr) with a model"
 
@@ -99,8 +102,8 @@ def _load_model(args):
 
     model_arg = args.model
     scale = args.scale
-    if scale is not None and scale < 1:
-        raise InputError(f"--scale must be a positive integer, got {scale}")
+    if scale is not None and not 1 <= scale <= MAX_SCALE:
+        raise InputError(f"--scale must be an integer 1..{MAX_SCALE}, got {scale}")
     path = Path(model_arg)
     is_file_or_pretrained = path.exists() or any(
         p["name"] == model_arg for p in bundle.pretrained()
@@ -277,6 +280,11 @@ def run(args) -> int:
     if info.get("rgb") and arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]  # alpha carries no image content
     arr, channel_axis, axes = _layout_for_axes(arr, info.get("axes", ""))
+    from napari_resolve.io import check_pixels
+
+    # the SR image (float32, s^2 x the input) is held in memory too: estimate before allocating
+    check_pixels(arr.shape, f"the x{s} result of {src.name}", factor=s * s // 4 or 1,
+                 hint="write a .zarr output instead (computed chunk by chunk)")
     prior = None
     if args.prior is not None:
         prior, _ = read_image(args.prior)
