@@ -110,6 +110,9 @@ def add_data_arguments(parser, *, required: bool) -> None:
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     d.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     d.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    d.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
+                   help="also write the resume state every S seconds of training (default 60), "
+                   "so a killed run loses at most that much")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -208,6 +211,7 @@ def common_kwargs(args) -> dict:
         seed=args.seed,
         workers=args.workers,
         output=args.output,
+        checkpoint_interval_s=args.checkpoint_every,
     )
     if args.val:
         kw["val_data"] = args.val if len(args.val) > 1 else args.val[0]
@@ -235,6 +239,8 @@ def check_output(args, extra_inputs=()) -> None:
     out = Path(args.output)
     if out.suffix.lower() != ".safetensors":
         raise InputError(f"-o must be a .safetensors file, got {out.name}")
+    if getattr(args, "checkpoint_every", None) is not None and not args.checkpoint_every >= 0:
+        raise InputError(f"--checkpoint-every must be >= 0 seconds, got {args.checkpoint_every}")
     if getattr(args, "workers", 0) is not None and args.workers < 0:
         raise InputError(f"--workers must be 0 or more, got {args.workers}")
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
@@ -338,14 +344,20 @@ def metrics_table(result) -> str:
     return "\n".join(lines)
 
 
-def report(result, output) -> int:
+def interrupted_message(output) -> str:
+    """What a stopped run left behind, and how to continue it."""
+    from napari_resolve.train.checkpoint import state_path
+
+    state = state_path(output)
+    kept = f"the best model so far is in {output}" if Path(output).exists() else "no model yet"
+    if state.exists():
+        return f"interrupted: {kept}; continue with --resume {state}"
+    return f"interrupted: {kept}; no resume state was written (start again)"
+
+
+def report(result, output, signalled: int | None = None) -> int:
     if result is None:
-        state = Path(output).with_name(f"{Path(output).stem}.state.safetensors")
-        print(
-            f"interrupted: the best model so far is in {output} (if one was validated); "
-            f"continue with --resume {state}",
-            file=sys.stderr,
-        )
+        print(interrupted_message(output), file=sys.stderr)
         return 130
     print(metrics_table(result))
     best = result.best
@@ -362,6 +374,9 @@ def report(result, output) -> int:
             f"wrote {result.bundle}" + (f" ({result.message})" if result.stopped else ""),
             file=sys.stderr,
         )
+    if signalled is not None and result.stopped == "user":
+        print(interrupted_message(output), file=sys.stderr)
+        return 130
     return 0
 
 
@@ -378,13 +393,18 @@ def run(args) -> int:
     scale = args.scale
     if args.data:
         kwargs["degradation"] = _degradation(args.degradation, scale)
-    gen = train_iter(
-        args.arch,
-        _data(args) if args.data else None,
-        config=parse_config(args.config),
-        scale=scale,
-        in_channels=args.in_channels,
-        resume=args.resume,
-        **kwargs,
-    )
-    return report(drive(gen, args.quiet), args.output)
+    from napari_resolve.train.interrupt import StopOnSignal
+
+    with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: save at the next step, then stop
+        gen = train_iter(
+            args.arch,
+            _data(args) if args.data else None,
+            config=parse_config(args.config),
+            scale=scale,
+            in_channels=args.in_channels,
+            resume=args.resume,
+            stop=stop,
+            **kwargs,
+        )
+        result = drive(gen, args.quiet)
+    return report(result, args.output, stop.signal)
