@@ -538,6 +538,9 @@ def finetune_measured_iter(
     pause=None,
     val_patch="auto",
     note: str = "",
+    data_source=None,
+    val_source=None,
+    checkpoint_interval_s: float | None = 60.0,
 ):
     """Fine-tune bundle ``source`` on ``images``; a generator of ``TrainEvent``, returns a report.
 
@@ -545,7 +548,9 @@ def finetune_measured_iter(
     ``val_images``, :func:`hold_out` with ``val_fraction``). ``stop`` /
     ``pause``: ``threading.Event`` (pause holds training between two steps).
     ``degradation``: overrides :func:`self_supervised_degradation` for HR-only
-    data. The other arguments are those of :func:`napari_resolve.train.train_iter`.
+    data. ``data_source`` / ``val_source``: the paths the images came from,
+    recorded in the resume state so that ``--resume`` alone continues. The
+    other arguments are those of :func:`napari_resolve.train.train_iter`.
     Events: ``"info"`` messages, an ``"epoch"`` event at step 0 with the base
     model's validation metrics, then the engine's events (``eta_s`` from the
     time budget when one is given). User problems (and crashes) come back as
@@ -659,6 +664,8 @@ def finetune_measured_iter(
             max_steps=max_steps, learning_rate=learning_rate, patch_size=ps,
             batch_size=batch_size, device=device, seed=seed, stop=should_stop,
             val_patch=val_patch, parent=parent, meta={"finetune": data_info},
+            data_source=data_source, val_source=val_source,
+            checkpoint_interval_s=checkpoint_interval_s,
             **({"degradation": deg} if form != "pairs" else {}),
             **({"pixel_size": lr_px} if lr_px else {}),
         )
