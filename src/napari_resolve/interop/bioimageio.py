@@ -19,8 +19,9 @@ What goes in (choices the BMZ spec leaves to the exporter):
   ``min + n * step`` with ``step`` the network's size rule and ``min`` large
   enough for the halo; output ``(batch, channel, y, x)`` with its ``y`` / ``x``
   sized by reference to the input's and a spatial ``scale`` of the input's
-  divided by the SR factor (so ``size_out = factor * size_in``). Spatial
-  scales are the input pixel size in µm when the bundle knows it, else 1.
+  divided by the SR factor (so ``size_out = factor * size_in``): 1 and
+  1/factor, exact in binary (a physical 1.172 / 4 µm fails bioimageio's size
+  check by float rounding); the pixel sizes in µm are under ``config``.
 * **Halo**: the tiling context of napari-resolve's own engine
   (:func:`napari_resolve.predict.default_overlap`: the receptive field for
   local networks, 32 LR px for networks with global operations), in output
@@ -479,8 +480,10 @@ def export_bioimageio_iter(model_src, out, *, weight_formats=("pytorch_state_dic
 
         licence, data_keys = _licence_and_data(meta)
         px = _pixel_size_um(meta)
-        unit = "micrometer" if px else None
-        in_scale = px or 1.0
+        # axis scales 1 and 1/s (exact in binary for s = 2, 4, 8): physical ones such as
+        # 1.172 / 4 make bioimageio's size rule miss by rounding (456.00000000000006 != 456);
+        # the pixel size goes under config instead
+        unit, in_scale = None, 1.0
         channels = _channel_names(meta, in_ch)
         space_in = [v.SpaceInputAxis(id=v.AxisId(a), unit=unit, scale=in_scale,
                                      size=v.ParameterizedSize(min=geometry["min"],
