@@ -226,3 +226,43 @@ def test_export_button_of_the_super_resolve_panel(make_napari_viewer, qtbot, tmp
     assert any("Exported from-panel.zip" in m and "test passed" in m for m in messages), messages
     model, meta = bundle.load(tmp_path / "from-panel.zip")
     assert meta["architecture"] == "np" and model.scale == 4
+
+
+def test_architecture_file_carries_every_module_its_networks_import(tmp_path):
+    """The package's architecture file stands alone: every napari_resolve module the vendored
+    networks import is vendored too, and it builds each registry network with torch + numpy."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_resolve.interop import _vendor
+
+    root = Path(_vendor.__file__).resolve().parents[1]
+    vendored = {name for name, _, _ in _vendor.VENDORED_MODULES}
+    for name, rel, _ in _vendor.VENDORED_MODULES:
+        if rel == "__init__":
+            continue
+        for node in ast.walk(ast.parse((root / rel).read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("napari_resolve"):
+                target = node.module.removeprefix("napari_resolve").lstrip(".")
+                assert target in vendored or all(
+                    f"{target}.{a.name}".lstrip(".") in vendored for a in node.names), (rel, node.module)
+    arch = tmp_path / "arch.py"
+    arch.write_text(_vendor.architecture_source())
+    code = (
+        "import sys, importlib.util, torch\n"
+        "sys.modules['napari_resolve'] = None  # not importable in this child\n"
+        f"spec = importlib.util.spec_from_file_location('arch', {str(arch)!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "for arch, cfg in [('np', {'scale': 2, 'features': 4}), ('mhtcun-lite', {'scale': 2}),\n"
+        "                  ('pathsrgan', {'channels': [4, 8], 'growth': 2, 'dense_layers': 1,\n"
+        "                                 'g2_channels': 4, 'g2_dense_blocks': 1})]:\n"
+        "    net = m.NapariResolveSR(arch, cfg).eval()\n"
+        "    x = torch.rand(1, net.net.in_channels, 16, 16)\n"
+        "    assert net(x).shape[-1] == 16 * net.net.scale, arch\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
