@@ -219,13 +219,19 @@ def test_export_button_of_the_super_resolve_panel(make_napari_viewer, qtbot, tmp
     assert widget.load_model("np-x4")
     target = tmp_path / "from-panel"  # the dialog's name without .zip: the suffix is added
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    # bioimageio.core's test of the package is covered above; here the panel's wiring
+    from napari_resolve.interop import bioimageio as bmz
+
+    tested = []
+    monkeypatch.setattr(bmz, "_test_package",
+                        lambda path, formats: tested.append(path) or {f: "passed" for f in formats})
     qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.export_button.isEnabled(), timeout=5_000)
     qtbot.waitUntil(lambda: widget.export_button.isEnabled(), timeout=240_000)
     messages = [n.message for n in notification_manager.records[start:]]
     assert any("Exported from-panel.zip" in m and "test passed" in m for m in messages), messages
     model, meta = bundle.load(tmp_path / "from-panel.zip")
-    assert meta["architecture"] == "np" and model.scale == 4
+    assert meta["architecture"] == "np" and model.scale == 4 and len(tested) == 1
 
 
 def test_architecture_file_carries_every_module_its_networks_import(tmp_path):

@@ -317,7 +317,8 @@ class ResolveWidget(QWidget):
         try:
             model, meta = bundle.load(src)
         except ResolveError as exc:
-            self._error(f"{exc}. Choose a napari-resolve .safetensors model file.")
+            self._error(f"{exc}. Choose a napari-resolve .safetensors model, a BioImage Model Zoo "
+                        "package or a TorchScript model with a declared scale.")
             return False
         if isinstance(src, Path):
             self._set(model, meta, src.name, ("file", str(src)), f"{src.name} (file)")
