@@ -526,7 +526,16 @@ def load(src):
     unexpected or shape-mismatched tensors are listed in one
     :class:`~napari_resolve.errors.BundleError`. The model is returned in
     ``eval()`` mode on the CPU.
+
+    A BioImage Model Zoo package (``.zip``, folder or its ``rdf.yaml``) or a
+    TorchScript file with a declared scale is handed to
+    :mod:`napari_resolve.interop` (never unpickled; see there).
     """
+    from napari_resolve import interop
+
+    imported = interop.load(src)
+    if imported is not None:
+        return imported
     path = resolve(src)
     meta = read_meta(path)
     config = meta.get("config") or {}

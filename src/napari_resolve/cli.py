@@ -25,6 +25,7 @@ COMMANDS = (
     "finetune",
     "register",
     "slide",
+    "export",
     "models",
     "demo",
 )
