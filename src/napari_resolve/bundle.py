@@ -25,8 +25,6 @@ import json
 import struct
 from pathlib import Path
 
-import torch
-
 from napari_resolve._atomic import atomic_path
 from napari_resolve.errors import BundleError, ResolveError
 
@@ -156,6 +154,7 @@ def _merge_meta(model, meta: dict | None) -> dict:
 def _is_pickle_or_zip(head: bytes) -> bool:
     # torch.save writes a zip archive (PK..); older torch and pickle.dump start
     # with the PROTO opcode 0x80 followed by the protocol number (2..5).
+    import torch
     return head.startswith(b"PK\x03\x04") or (
         len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
     )
@@ -163,6 +162,7 @@ def _is_pickle_or_zip(head: bytes) -> bool:
 
 def _check_file(path: Path) -> None:
     """Refuse unsafe or malformed files before safetensors parses them."""
+    import torch
     name = path.name
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise BundleError(
@@ -198,7 +198,8 @@ def _raw_metadata(path: Path) -> dict:
 
     _check_file(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
+        # "numpy": the metadata is the same, and listing models does not import torch
+        with safe_open(str(path), framework="numpy") as fh:
             return dict(fh.metadata() or {})
     except Exception as exc:  # SafetensorError and friends: corrupt/truncated file
         raise BundleError(
@@ -337,6 +338,7 @@ def _build_checked(path: Path, arch: str, config: dict):
     file is then built for real, so memory is bounded by the file's own size
     (a 500 kB file claiming ``features=20000`` would otherwise ask for 14 GB).
     """
+    import torch
     from napari_resolve import models
 
     try:
@@ -435,6 +437,8 @@ def _tensors_for_file(model) -> dict[str, torch.Tensor]:
     tensor is cloned, so tied weights are stored twice and tied again by
     ``load_state_dict`` (both keys load the same values).
     """
+    import torch  # here, not at the top: listing and reading metadata need no torch (issue 18)
+
     out = {}
     for key, value in model.state_dict().items():
         if torch.is_tensor(value):
@@ -463,6 +467,7 @@ def save(path, model, meta: dict | None = None) -> Path:
 
 
 def _compare(model, state: dict, name: str) -> None:
+    import torch
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}
     got = {k: tuple(v.shape) for k, v in state.items()}
     _compare_shapes(expected, got, name, getattr(model, "arch", "") or type(model).__name__)
@@ -507,6 +512,7 @@ def load_state(model, src) -> dict:
     For resuming or fine-tuning: the caller built the model; the file must
     match it key for key and shape for shape.
     """
+    import torch
     path = resolve(src)
     meta = read_meta(path)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}
