@@ -154,7 +154,6 @@ def _merge_meta(model, meta: dict | None) -> dict:
 def _is_pickle_or_zip(head: bytes) -> bool:
     # torch.save writes a zip archive (PK..); older torch and pickle.dump start
     # with the PROTO opcode 0x80 followed by the protocol number (2..5).
-    import torch
     return head.startswith(b"PK\x03\x04") or (
         len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
     )
@@ -162,7 +161,6 @@ def _is_pickle_or_zip(head: bytes) -> bool:
 
 def _check_file(path: Path) -> None:
     """Refuse unsafe or malformed files before safetensors parses them."""
-    import torch
     name = path.name
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise BundleError(
@@ -339,6 +337,7 @@ def _build_checked(path: Path, arch: str, config: dict):
     (a 500 kB file claiming ``features=20000`` would otherwise ask for 14 GB).
     """
     import torch
+
     from napari_resolve import models
 
     try:
@@ -513,6 +512,7 @@ def load_state(model, src) -> dict:
     match it key for key and shape for shape.
     """
     import torch
+
     path = resolve(src)
     meta = read_meta(path)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}
