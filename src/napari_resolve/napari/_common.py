@@ -15,7 +15,10 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushBut
 
 from napari_resolve.errors import ResolveError
 
-MODEL_FILE_FILTER = "Model files (*.safetensors);;All files (*)"
+MODEL_FILE_FILTER = (
+    "Model files (*.safetensors);;BioImage Model Zoo package (*.zip rdf.yaml bioimageio.yaml);;"
+    "TorchScript with a declared scale (*.pt *.ts *.torchscript);;All files (*)"
+)
 
 
 def watch_layers(viewer, refresh) -> None:
@@ -70,7 +73,8 @@ def model_row(parent, tooltip: str, on_file) -> tuple[QHBoxLayout, QComboBox, QP
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(16)
     button = QPushButton("Load file…")
-    button.setToolTip("Open a .safetensors model file (pickled .pt/.pth files are refused)")
+    button.setToolTip("Open a .safetensors model file, a BioImage Model Zoo package or a TorchScript "
+                      "model (pickled .pt/.pth checkpoints are refused)")
 
     def ask():
         path, _ = QFileDialog.getOpenFileName(parent, "Open a model file", "", MODEL_FILE_FILTER)

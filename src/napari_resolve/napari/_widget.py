@@ -179,6 +179,10 @@ class ResolveWidget(QWidget):
             self, "A model shipped with napari-resolve, or a file you loaded", self.load_model_file
         )
         self.model_combo.activated.connect(self._on_model_chosen)
+        from napari_resolve.napari._export import export_button
+
+        self.export_button = export_button(self)
+        row.addWidget(self.export_button)
         form.addLayout(row)
         self.card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         # the off-domain warning first, where it is seen, then the card
@@ -322,7 +326,8 @@ class ResolveWidget(QWidget):
         try:
             model, meta = bundle.load(src)
         except ResolveError as exc:
-            self._error(f"{exc}. Choose a napari-resolve .safetensors model file.")
+            self._error(f"{exc}. Choose a napari-resolve .safetensors model, a BioImage Model Zoo "
+                        "package or a TorchScript model with a declared scale.")
             return False
         if isinstance(src, Path):
             self._set(model, meta, src.name, ("file", str(src)), f"{src.name} (file)")

@@ -548,6 +548,9 @@ def finetune_measured_iter(
     pause=None,
     val_patch="auto",
     note: str = "",
+    data_source=None,
+    val_source=None,
+    checkpoint_interval_s: float | None = 60.0,
     threads: int | None = None,
 ):
     """Fine-tune bundle ``source`` on ``images``; a generator of ``TrainEvent``, returns a report.
@@ -556,7 +559,9 @@ def finetune_measured_iter(
     ``val_images``, :func:`hold_out` with ``val_fraction``). ``stop`` /
     ``pause``: ``threading.Event`` (pause holds training between two steps).
     ``degradation``: overrides :func:`self_supervised_degradation` for HR-only
-    data. ``threads``: torch's CPU threads (default :func:`napari_resolve.threads.choose`,
+    data. ``data_source`` / ``val_source``: the paths the images came from,
+    recorded in the resume state so that ``--resume`` alone continues.
+    ``threads``: torch's CPU threads (default :func:`napari_resolve.threads.choose`,
     the cores free now). The other arguments are those of
     :func:`napari_resolve.train.train_iter`.
     Events: ``"info"`` messages, the engine's events (``eta_s`` from the time
@@ -678,6 +683,8 @@ def finetune_measured_iter(
             max_steps=max_steps, learning_rate=learning_rate, patch_size=ps,
             batch_size=batch_size, device=device, seed=seed, stop=should_stop,
             val_patch=val_patch, parent=parent, meta={"finetune": data_info},
+            data_source=data_source, val_source=val_source,
+            checkpoint_interval_s=checkpoint_interval_s,
             **({"degradation": deg} if form != "pairs" else {}),
             **({"pixel_size": lr_px} if lr_px else {}),
         )
