@@ -189,9 +189,12 @@ class SlowBicubic(Bicubic):
         return super().forward(x, prior)
 
 
-def test_cancel_stops_a_long_run_and_adds_no_layer(viewer_widget, qtbot, errors):
+def test_cancel_stops_a_long_run_and_adds_no_layer(viewer_widget, qtbot, errors, monkeypatch):
+    from napari_resolve import runtime
     from napari_resolve.data import samples
 
+    # eager PyTorch: an exported (ONNX) runtime would never call the slow Python forward
+    monkeypatch.setattr(runtime, "select", lambda *args, **kwargs: "eager")
     viewer, widget = viewer_widget
     raw = samples.twophoton("bpae").raw
     viewer.add_image(raw, name="two-photon")
