@@ -154,6 +154,8 @@ def ensure_warm(status_label=None) -> None:
         QApplication.processEvents()
     for name in WARM_MODULES:
         importlib.import_module(name)
+    if status_label is not None:
+        status_label.setText("")
     callbacks = list(_when_warm)
     _when_warm.clear()
     for cb in callbacks:
