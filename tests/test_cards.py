@@ -100,3 +100,11 @@ def test_describe_bundles_rewrites_only_the_metadata(repo_root, tmp_path, monkey
     model, _ = bundle.load(copy)  # still a loadable bundle
     assert model.scale == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["np-x4.safetensors"]  # no temp left
+
+
+def test_the_bicubic_baseline_card_says_it_is_the_yardstick():
+    from napari_resolve import models
+
+    meta = bundle.default_meta(models.build("bicubic", scale=4, in_channels=1))
+    text = cards.card_text(meta)
+    assert "no learning" in text and "yardstick" in text and "not recorded" not in text

@@ -115,6 +115,11 @@ def card_lines(meta: dict) -> list[tuple[str, str]]:
     dom = _domain(meta)
     arch = str(meta.get("architecture") or "model")
     s = meta.get("scale", dom.get("scale", "?"))
+    if arch == "bicubic" and not dom:
+        return [("For", f"Any image, {s}× finer by plain bicubic interpolation (MATLAB's)."),
+                ("Trained on", "nothing: no learning"),
+                ("How good", "The yardstick: every learned model is measured against it."),
+                ("Method", PAPERS["bicubic"])]
     lines = []
     summary = _clean(dom.get("summary"))
     if not summary:
