@@ -67,3 +67,24 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, rng):
     (tmp_path / ".sr.tif.lock").write_text(f"{_host()} {_dead_pid()}\n")
     assert main(["predict", str(img), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
     assert out.exists() and not (tmp_path / ".sr.tif.lock").exists()
+
+
+def test_sigterm_during_a_write_leaves_no_part_file(tmp_path):
+    """SIGTERM unwinds like Ctrl-C in the CLI: the temporary file is removed, exit 130."""
+    out = tmp_path / "o.tif"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    code = (
+        "import os, signal, sys\n"
+        "import tifffile\n"
+        "from napari_resolve import cli\n"
+        "def slow_write(path, *a, **k):\n"
+        "    open(path, 'wb').write(b'x' * 1000)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "tifffile.imwrite = slow_write\n"
+        f"sys.exit(cli.main(['predict', {str(tmp_path / 'a.tif')!r}, '-o', {str(out)!r}, "
+        "'--model', 'bicubic', '--scale', '2']))\n"
+    )
+    write_image(tmp_path / "a.tif", np.zeros((16, 16), np.uint8))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif"]

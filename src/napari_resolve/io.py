@@ -28,7 +28,8 @@ without being opened: unpickling runs arbitrary code.
 Bounded memory (issue 15): the image size is read from the file's header
 (TIFF series, ``.npy`` header, MRC header, Pillow's lazy open) and an image
 of more than :func:`pixel_limit` values (all planes and channels; default
-:data:`MAX_PIXELS`, 2**26 = 67 M, 256 MB as float32) is refused *before* it
+:data:`MAX_PIXELS`, 2**27 = 134 M, 512 MB as float32: an 11585² grey or
+6688² RGB image) is refused *before* it
 is decoded, so a deflate bomb or a ``.npy`` header claiming 100000² never
 allocates. Bigger images go through the lazy zarr path, or raise the limit
 with ``--max-pixels`` / ``$NAPARI_RESOLVE_MAX_PIXELS`` / :func:`set_pixel_limit`.
@@ -51,7 +52,7 @@ __all__ = ["read_image", "write_image", "READ_SUFFIXES", "WRITE_SUFFIXES", "to_m
            "MAX_PIXELS", "pixel_limit", "set_pixel_limit", "check_pixels"]
 
 #: default limit of values (pixels x planes x channels) read into memory
-MAX_PIXELS = 2**26
+MAX_PIXELS = 2**27
 ENV_MAX_PIXELS = "NAPARI_RESOLVE_MAX_PIXELS"
 _LIMIT: list = [None]
 
