@@ -103,7 +103,7 @@ def _load_model(args):
     model_arg = args.model
     scale = args.scale
     if scale is not None and not 1 <= scale <= MAX_SCALE:
-        raise InputError(f"--scale must be an integer 1..{MAX_SCALE}, got {scale}")
+        raise InputError(f"--scale must be a positive integer (at most {MAX_SCALE}), got {scale}")
     path = Path(model_arg)
     is_file_or_pretrained = path.exists() or any(
         p["name"] == model_arg for p in bundle.pretrained()
