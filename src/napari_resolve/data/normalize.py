@@ -167,7 +167,7 @@ class Normalizer:
         return self.intensity == "match-lr" and self.out_gain is None
 
     def fit_output(self, sr, lr, scale: int) -> "Normalizer":
-        """Fit the ``"match-lr"`` gain / offset: ``sr`` shrunk by ``scale`` ~ ``lr`` (network space).
+        """Fit the ``"match-lr"`` gain / offset: ``sr`` shrunk by ``scale`` ~ ``lr``.
 
         ``sr`` (..., sH, sW) and ``lr`` (..., H, W) are network-space arrays
         with the same leading axes (e.g. (Z, C, H, W)); returns a copy whose
