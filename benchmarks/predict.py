@@ -23,6 +23,10 @@ depend on the weights) and every pretrained bundle, on the CPU:
   1024 x 1024 and a 4096 x 4096 uint16 zarr (each in a fresh subprocess;
   ``resource.getrusage`` max RSS, which includes the ~0.4 GB of torch).
 
+``python benchmarks/predict.py --runtimes [options]`` runs
+``benchmarks/predict_runtimes.py`` instead (CPU backends side by side, end to
+end on the BCCD smear, threads under load; issue 17).
+
 The markdown table is printed and written into ``docs/benchmarks.md``
 between ``<!-- predict:start -->`` and ``<!-- predict:end -->``.
 """
@@ -258,6 +262,12 @@ def write_docs(table: str) -> Path:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--runtimes"]:  # CPU runtimes side by side (issue 17)
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import predict_runtimes
+
+        return predict_runtimes.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--budget",

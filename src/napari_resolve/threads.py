@@ -8,7 +8,16 @@ lose up to 8x (issue 17: measured on pathsrgan, 0.12x of one thread). The rule:
    started yet, which is the case for the CLI and the napari plugin).
 2. Before long work (predict, train, fine-tune), :func:`apply` sets torch's
    intra-op threads to the cores free *now*: the usable cores (affinity mask)
-   minus the 1-minute load average that is not ours, rounded down, at least 1.
+   minus the others' load, rounded (``+0.25``: a core 3/4 free counts), at
+   least 1. The others' load is the smaller of the 1-minute load average and
+   the runnable threads at this instant (``procs_running`` of ``/proc/stat``,
+   less the one reading it; Linux only). The instant count matters because the
+   1-minute average still holds *our own* previous run for a minute after it
+   ends: a second predict right after a first one would otherwise drop to one
+   thread on an idle machine; the average guards against a momentary lull.
+   onnxruntime and OpenVINO sessions take the same count
+   (:mod:`napari_resolve.runtime`), and onnxruntime is told not to spin when
+   the count is below the usable cores.
 3. An explicit request (``threads=N``, ``--threads N`` or the
    ``NAPARI_RESOLVE_THREADS`` variable) wins over the measurement.
 
@@ -31,11 +40,29 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def running_now() -> int | None:
+    """Runnable threads on the machine at this instant (Linux ``/proc/stat``), else None."""
+    try:
+        with open("/proc/stat") as fh:
+            for line in fh:
+                if line.startswith("procs_running"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def other_load(own_threads: int = 0) -> float:
-    """Runnable threads that are not ours: 1-min load average minus ``own_threads``."""
+    """Runnable threads that are not ours (see the module docstring), minus ``own_threads``."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
+        load = None
+    now = running_now()
+    if now is not None:
+        now = max(0, now - 1)  # the thread reading /proc/stat
+        load = now if load is None else min(load, now)
+    if load is None:
         return 0.0
     return max(0.0, load - own_threads)
 

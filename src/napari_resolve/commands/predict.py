@@ -10,7 +10,12 @@
 * For models that predict a parsing map (``gp``) the labels are also written
   to ``OUT_labels.tif`` (uint8, 0 background, 1 cytoplasm, 2 nucleus).
 
-``--model`` is a pretrained name, a ``.safetensors`` file, or a registered
+``--backend`` picks the CPU runtime (:mod:`napari_resolve.runtime`) and
+``--threads`` the thread count (default: the cores free now,
+:mod:`napari_resolve.threads`).
+
+``--model`` is a pretrained name, a ``.safetensors`` file, an ``.onnx`` file
+written by :func:`napari_resolve.runtime.onnx.export_onnx`, or a registered
 architecture without weights (``bicubic``, whose ``--scale`` sets the
 factor). For a trained model ``--scale`` must equal the model's scale.
 Outputs are written to a temporary file and renamed at the end; an existing
@@ -25,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_resolve.errors import InputError
+
+#: largest SR factor a command accepts (the papers go to x8; bundles may declare up to x16)
+MAX_SCALE = 16
 
 NAME = "predict"
 HELP = "super-resolve an image (TIFF, PNG/JPEG, zarr) with a model"
@@ -46,7 +54,7 @@ def add_arguments(parser) -> None:
         "--model",
         required=True,
         metavar="NAME|FILE",
-        help="pretrained name, .safetensors file, or 'bicubic'",
+        help="pretrained name, .safetensors or .onnx file (exported by napari-resolve), or 'bicubic'",
     )
     parser.add_argument(
         "--scale",
@@ -60,7 +68,7 @@ def add_arguments(parser) -> None:
         type=int,
         default=None,
         metavar="PX",
-        help="LR tile side (default: chosen for the device; 0 = no tiling)",
+        help="LR tile side (default: the largest that fits the free memory on the CPU; 0 = no tiling)",
     )
     parser.add_argument(
         "--overlap",
@@ -75,6 +83,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
     parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "eager", "onnxruntime", "openvino", "compile"],
+        help="CPU runtime (default auto: the fastest installed one, measured once per model)",
+    )
+    add_threads_argument(parser)
+    parser.add_argument(
         "--prior",
         type=Path,
         default=None,
@@ -82,6 +97,17 @@ def add_arguments(parser) -> None:
         help="parsing-map labels (0/1/2) at the SR size, for geometry-prior models",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads N`` (shared by predict, train and fine-tune)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: the cores free now; see docs/architecture.md, Threads)",
+    )
 
 
 def _is_zarr(path: Path) -> bool:
@@ -99,8 +125,8 @@ def _load_model(args):
 
     model_arg = args.model
     scale = args.scale
-    if scale is not None and scale < 1:
-        raise InputError(f"--scale must be a positive integer, got {scale}")
+    if scale is not None and not 1 <= scale <= MAX_SCALE:
+        raise InputError(f"--scale must be an integer 1..{MAX_SCALE}, got {scale}")
     path = Path(model_arg)
     is_file_or_pretrained = path.exists() or any(
         p["name"] == model_arg for p in bundle.pretrained()
@@ -182,7 +208,12 @@ class _Bar:
             )
         if self.bar.total != event.total:
             self.bar.total = event.total
-        self.bar.n = event.done
+        frac = getattr(event, "fraction", None)
+        # inside a tile the engine reports a fraction: show it (tqdm takes a float n)
+        self.bar.n = round(frac * event.total, 2) if frac is not None else event.done
+        eta = getattr(event, "eta_s", None)
+        if eta is not None:
+            self.bar.set_postfix_str(f"~{eta:.0f} s left", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
@@ -190,16 +221,33 @@ class _Bar:
             self.bar.close()
 
 
-def _check_paths(args) -> tuple[Path, Path]:
-    """``(input, output)`` of a command that reads one image and writes another."""
+def _model_inputs(args) -> list:
+    """The model file among the inputs (a pretrained name is not a path of the user's)."""
+    path = Path(str(args.model))
+    return [path] if path.exists() else []
+
+
+def _check_paths(args, *, kind: str = "file") -> tuple[Path, Path]:
+    """``(input, output)`` of a command that reads one image and writes another.
+
+    Checked before any work (:func:`napari_resolve.commands._paths.check_outputs`):
+    the output is no input (path, link, inside an input folder, containing
+    it), does not exist unless ``--overwrite``, and its folder is writable.
+    """
+    from napari_resolve.commands._paths import check_outputs
+
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
         raise InputError(f"input not found: {src}")
-    if dst.exists() and not args.overwrite:
-        raise InputError(f"output {dst} exists; pass --overwrite to replace it")
-    if src.resolve() == dst.resolve():
-        raise InputError("output must differ from the input")
+    inputs = [src, getattr(args, "prior", None), *_model_inputs(args)]
+    kind = "folder" if kind == "folder" or _is_zarr(dst) else "file"
+    check_outputs(inputs, [(dst, "output", kind)], overwrite=args.overwrite)
     return src, dst
+
+
+def labels_path_for(dst: Path) -> Path:
+    """``OUT.tif`` -> ``OUT_labels.tif`` (``OUT.ome.tif`` -> ``OUT_labels.tif``)."""
+    return dst.with_name(f"{dst.name[: -len(''.join(dst.suffixes))] or dst.stem}_labels.tif")
 
 
 def run(args) -> int:
@@ -210,6 +258,13 @@ def run(args) -> int:
     if not _is_zarr(dst) and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"output must be a .tif (OME-TIFF) or a .zarr folder, got {dst.name}")
     model, meta = _load_model(args)
+    labels_path = labels_path_for(dst)
+    if getattr(model, "predicts_parsing", False) and not _is_zarr(dst):
+        from napari_resolve.commands._paths import check_outputs
+
+        check_outputs([src, args.prior, *_model_inputs(args)],
+                      [(dst, "output", "file"), (labels_path, "labels output", "file")],
+                      overwrite=args.overwrite)
     s = int(model.scale)
     kwargs = dict(
         tile=args.tile,
@@ -217,6 +272,8 @@ def run(args) -> int:
         batch=args.batch,
         device=args.device,
         amp=False if args.no_amp else None,
+        backend=getattr(args, "backend", "auto"),
+        threads=getattr(args, "threads", None),
     )
     out_zarr = _is_zarr(dst)
     if _is_zarr(src) or out_zarr:
@@ -253,13 +310,15 @@ def run(args) -> int:
     if info.get("rgb") and arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]  # alpha carries no image content
     arr, channel_axis, axes = _layout_for_axes(arr, info.get("axes", ""))
+    from napari_resolve.io import check_pixels
+
+    # the SR image (float32, s^2 x the input) is held in memory too: estimate before allocating
+    check_pixels(arr.shape, f"the x{s} result of {src.name}", factor=s * s // 4 or 1,
+                 hint="write a .zarr output instead (computed chunk by chunk)")
     prior = None
     if args.prior is not None:
         prior, _ = read_image(args.prior)
         prior = np.squeeze(prior)
-    labels_path = dst.with_name(f"{dst.name[: -len(''.join(dst.suffixes))] or dst.stem}_labels.tif")
-    if getattr(model, "predicts_parsing", False) and labels_path.exists() and not args.overwrite:
-        raise InputError(f"output {labels_path} exists; pass --overwrite to replace it")
 
     bar = _Bar("tile")
     try:

@@ -8,6 +8,14 @@ size ``ceil(scale * size)``. Each axis is a matrix product with the weight
 matrix of :func:`resize_matrix`, so the same weights drive the NumPy path and
 the differentiable torch path (:func:`imresize_torch`).
 
+For whole-number upscaling (every model's bicubic branch) :func:`imresize_torch`
+uses :func:`upsample_int_torch` instead: the same MATLAB weights, which repeat
+with period ``scale``, as a 5-tap convolution per output phase after a
+2-px symmetric pad. It equals the matrix path (float rounding, ~1e-7), costs
+O(pixels) instead of O(side x pixels), and reads no tensor size as a Python
+number, so ``torch.jit.trace`` and ONNX export with dynamic height and width
+work (issue 17 item 4).
+
 As MATLAB, rows are resized first when both axes have the same scale (MATLAB
 orders dimensions by scale, smallest first), and integer images are rounded
 and clipped to their type after each axis pass, exactly as MATLAB's
@@ -23,7 +31,15 @@ import numpy as np
 
 from napari_resolve.errors import InputError
 
-__all__ = ["cubic", "resize_matrix", "imresize", "imresize_torch", "blur_downsample", "output_size"]
+__all__ = [
+    "cubic",
+    "resize_matrix",
+    "imresize",
+    "imresize_torch",
+    "upsample_int_torch",
+    "blur_downsample",
+    "output_size",
+]
 
 
 def cubic(x: np.ndarray) -> np.ndarray:
@@ -86,12 +102,27 @@ def _check_image(image, name="image") -> np.ndarray:
     return arr
 
 
+#: largest output plane imresize builds (2**28 px = 1 GB as float32): checked before allocating
+MAX_OUTPUT_PIXELS = 2**28
+
+
+def _bounded(sh, sw, oh, ow, shape_hw):
+    """Refuse, before any allocation, a resize whose output or kernel would not fit in memory."""
+    if sh * shape_hw[0] < 1 or sw * shape_hw[1] < 1:
+        raise InputError(f"scale {sh:g} x {sw:g} shrinks a {shape_hw[0]} x {shape_hw[1]} image "
+                         "below one pixel")
+    if oh * ow > MAX_OUTPUT_PIXELS:
+        raise InputError(f"resizing to {oh} x {ow} px ({oh * ow / 1e6:.0f} M px) exceeds the "
+                         f"{MAX_OUTPUT_PIXELS / 1e6:.0f} M px limit; use a smaller scale")
+    return sh, sw, oh, ow
+
+
 def _scales(scale, shape_hw, out_shape):
     if out_shape is not None:
         oh, ow = (int(v) for v in out_shape)
         if oh < 1 or ow < 1:
             raise InputError(f"output_shape must be positive, got {out_shape}")
-        return oh / shape_hw[0], ow / shape_hw[1], oh, ow
+        return _bounded(oh / shape_hw[0], ow / shape_hw[1], oh, ow, shape_hw)
     if isinstance(scale, (tuple, list)):
         sh, sw = (float(s) for s in scale)
     else:
@@ -101,7 +132,7 @@ def _scales(scale, shape_hw, out_shape):
     oh, ow = output_size(shape_hw[0], sh), output_size(shape_hw[1], sw)
     if oh < 1 or ow < 1:
         raise InputError(f"scale {scale} shrinks a {shape_hw} image to nothing")
-    return sh, sw, oh, ow
+    return _bounded(sh, sw, oh, ow, shape_hw)
 
 
 def imresize(image, scale=None, *, output_shape=None, channel_axis=None, antialiasing=True):
@@ -161,16 +192,82 @@ def _torch_matrix(in_len, out_len, scale, antialiasing, dtype, device):
     return torch.tensor(resize_matrix(in_len, out_len, scale, antialiasing), dtype=dtype, device=device)
 
 
+@lru_cache(maxsize=16)
+def phase_taps(scale: int) -> np.ndarray:
+    """MATLAB bicubic weights of an integer upscale, (scale, 5): phase q, input offset -2..2.
+
+    Output pixel ``s * i + q`` (0-based) sits at input position
+    ``i + (q + 0.5) / s - 0.5`` (:func:`resize_matrix`'s mapping), so it is a
+    weighted sum of inputs ``i - 2 .. i + 2`` with the same weights for every
+    ``i``; normalised per row exactly as :func:`resize_matrix`.
+    """
+    q = np.arange(scale, dtype=np.float64)
+    offsets = np.arange(-2, 3, dtype=np.float64)
+    t = ((q + 0.5) / scale - 0.5)[:, None] - offsets[None, :]
+    w = cubic(t)
+    w = w / w.sum(axis=1, keepdims=True)
+    w.setflags(write=False)
+    return w
+
+
+def _symmetric_pad2(x, dim: int):
+    """Pad 2 px on both ends of ``dim`` with MATLAB's symmetric rule (edge repeated)."""
+    import torch
+
+    n = x.shape[dim]
+    first, second = x.narrow(dim, 0, 1), x.narrow(dim, 1, 1)
+    last, before = x.narrow(dim, n - 1, 1), x.narrow(dim, n - 2, 1)
+    return torch.cat([second, first, x, last, before], dim=dim)
+
+
+def upsample_int_torch(x, scale: int):
+    """MATLAB bicubic upscaling of a float tensor (..., H, W) by a whole number (H, W >= 2).
+
+    Rows then columns (MATLAB's order on equal scales); each axis is a 5-tap
+    convolution per phase (:func:`phase_taps`) on the symmetric-padded
+    tensor, and the phases are interleaved. Traceable with dynamic sizes.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    s = int(scale)
+    if s == 1:
+        return x
+    lead = x.shape[:-2]
+    h, w = x.shape[-2], x.shape[-1]
+    taps = torch.tensor(phase_taps(s), dtype=x.dtype, device=x.device)  # (s, 5)
+    y = x.reshape(-1, 1, h, w)
+    # rows: (B, 1, H+4, W) -> (B, s, H, W) -> (B, H, s, W) -> (B, 1, sH, W)
+    y = F.conv2d(_symmetric_pad2(y, 2), taps[:, None, :, None])
+    y = y.permute(0, 2, 1, 3).flatten(1, 2).unsqueeze(1)
+    # columns: (B, 1, sH, W+4) -> (B, s, sH, W) -> (B, sH, W, s) -> (B, sH, sW)
+    y = F.conv2d(_symmetric_pad2(y, 3), taps[:, None, None, :])
+    y = y.permute(0, 2, 3, 1).flatten(2, 3)
+    return y.reshape(*lead, y.shape[-2], y.shape[-1])
+
+
 def imresize_torch(x, scale=None, *, output_shape=None, antialiasing=True):
     """Differentiable MATLAB bicubic resize of a float tensor (..., H, W).
 
     Same weights as :func:`imresize` (float path, no rounding), applied as two
-    matrix products on the tensor's device and dtype.
+    matrix products on the tensor's device and dtype; a whole-number upscale
+    of an image at least 2 px wide goes through :func:`upsample_int_torch`
+    (same weights as convolutions, traceable).
     """
     import torch
 
     if not torch.is_tensor(x) or not torch.is_floating_point(x):
         raise InputError("imresize_torch expects a floating-point torch tensor")
+    if (
+        output_shape is None
+        and isinstance(scale, (int, float))
+        and not isinstance(scale, bool)
+        and float(scale) >= 1
+        and float(scale).is_integer()
+        and x.ndim >= 2
+        and (torch.jit.is_tracing() or min(x.shape[-2:]) >= 2)
+    ):
+        return upsample_int_torch(x, int(scale))
     if x.ndim < 2 or x.shape[-1] == 0 or x.shape[-2] == 0:
         raise InputError(f"imresize_torch expects (..., H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]

@@ -66,6 +66,10 @@ class SRModel(nn.Module):
         m = multiple or self.size_multiple
         h, w = x.shape[-2:]
         ph, pw = (-h) % m, (-w) % m
+        if torch.jit.is_tracing() and m > 1:
+            # traced sizes are tensors: pad always (0 px when already a multiple) so that an
+            # exported graph (ONNX, dynamic sizes) pads any size as eager does
+            return F.pad(x, (0, pw, 0, ph), mode="reflect"), (h, w)
         if ph or pw:
             pad_mode = mode if (mode != "reflect" or (ph < h and pw < w)) else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=pad_mode)
