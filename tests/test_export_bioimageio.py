@@ -185,6 +185,13 @@ def test_export_command(tmp_path, capsys):
     assert "folder or a .zip" in capsys.readouterr().err
     assert main(["export", "np-x4", "-o", str(tmp_path / "x.txt"), "--format", "onnx"]) == 2
     assert "error:" in capsys.readouterr().err
+    pytest.importorskip("onnx", reason="optional: pip install 'napari-resolve[onnx]'")
+    # --format onnx dispatches to napari_resolve.runtime.onnx (issue 17)
+    from napari_resolve.runtime.onnx import read_onnx_meta
+
+    assert main(["export", "np-x4", "-o", str(tmp_path / "np.onnx"), "--format", "onnx"]) == 0
+    facts, meta = read_onnx_meta(tmp_path / "np.onnx")
+    assert meta["architecture"] == "np" and facts["scale"] == 4
 
 
 @pytest.mark.slow
