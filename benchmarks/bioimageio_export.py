@@ -10,6 +10,7 @@ tests np-x4 (and pathsrgan-x4, slow); this covers the rest (issue 16).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -23,7 +24,9 @@ def main() -> None:
     from napari_resolve import bundle
     from napari_resolve.interop.bioimageio import export_bioimageio
 
-    print(f"# {platform.node()} {platform.processor()} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    load = os.getloadavg()
+    print(f"# {platform.node()} {os.cpu_count()} cores, load {load[0]:.1f} | "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| bundle | weights | bioimageio.core test | notes | size | time |")
     print("|---|---|---|---|---|---|")
     for entry in bundle.pretrained():

@@ -25,8 +25,9 @@ from napari_resolve.errors import BundleError
 
 
 def _bioimageio_usable():
-    """bioimageio.core present and working (0.11 with its pinned spec 0.5.12 needs pydantic<2.14)."""
-    pytest.importorskip("bioimageio.core", reason="optional: pip install 'napari-resolve[bioimageio]'")
+    """bioimageio.core present and working (0.11, pinned to spec 0.5.12, needs pydantic<2.14)."""
+    pytest.importorskip("bioimageio.core",
+                        reason="optional: pip install 'napari-resolve[bioimageio]'")
     from pathlib import Path
 
     from bioimageio.spec.model import v0_5
@@ -72,7 +73,8 @@ def test_np_x4_package_passes_bioimageio_core_test(np_package):
     assert y_in["scale"] / y_out["scale"] == pytest.approx(4)  # SR factor as the axis scale
     model, meta = bundle.load("np-x4")
     assert y_out["halo"] == 4 * predict.default_overlap(model)  # the engine's tile context
-    assert y_in["size"]["step"] == model.size_multiple and y_in["size"]["min"] * 4 > 2 * y_out["halo"]
+    assert y_in["size"]["step"] == model.size_multiple
+    assert y_in["size"]["min"] * 4 > 2 * y_out["halo"]
     assert [p["id"] for p in inp["preprocessing"] if p["id"] != "ensure_dtype"] == ["scale_linear"]
     assert inp["preprocessing"][1]["kwargs"]["gain"] == pytest.approx(1 / 255)
     assert rdf["license"] == "GPL-3.0-only"  # trained on the GPL WBC images
@@ -161,7 +163,7 @@ def test_torchscript_with_declared_scale_runs_in_the_tiled_engine(tmp_path):
     model, meta = bundle.load(good)
     assert model.scale == 2 and meta["architecture"] == "torchscript"
     img = samples.mt_widefield()[0][:48, :48].astype(np.float32)
-    img /= img.max()  # floats in [0, 1] go in as they are ("dtype" normalisation)
+    img = img / img.max()  # inside [0, 1]: the "dtype" normalisation takes it as it is
     out = predict.predict(good, img, tile=0).image
     with torch.no_grad():
         ref = net(torch.from_numpy(img)[None, None])[0, 0].numpy()
@@ -183,6 +185,13 @@ def test_export_command(tmp_path, capsys):
     assert "folder or a .zip" in capsys.readouterr().err
     assert main(["export", "np-x4", "-o", str(tmp_path / "x.txt"), "--format", "onnx"]) == 2
     assert "error:" in capsys.readouterr().err
+    pytest.importorskip("onnx", reason="optional: pip install 'napari-resolve[onnx]'")
+    # --format onnx dispatches to napari_resolve.runtime.onnx (issue 17)
+    from napari_resolve.runtime.onnx import read_onnx_meta
+
+    assert main(["export", "np-x4", "-o", str(tmp_path / "np.onnx"), "--format", "onnx"]) == 0
+    facts, meta = read_onnx_meta(tmp_path / "np.onnx")
+    assert meta["architecture"] == "np" and facts["scale"] == 4
 
 
 @pytest.mark.slow
@@ -206,7 +215,7 @@ def test_rgb_pathsrgan_package_passes_bioimageio_core_test(tmp_path):
 
 @pytest.mark.gui
 def test_export_button_of_the_super_resolve_panel(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    """Export… asks for a file and writes the package in a thread; the result is a notification."""
+    """Export… asks for a file and writes the package in a thread; a notification ends it."""
     _bioimageio_usable()
     from napari.utils.notifications import notification_manager
     from qtpy.QtCore import Qt
@@ -251,10 +260,11 @@ def test_architecture_file_carries_every_module_its_networks_import(tmp_path):
         if rel == "__init__":
             continue
         for node in ast.walk(ast.parse((root / rel).read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("napari_resolve"):
+            module = getattr(node, "module", None) or ""
+            if isinstance(node, ast.ImportFrom) and module.startswith("napari_resolve"):
                 target = node.module.removeprefix("napari_resolve").lstrip(".")
                 assert target in vendored or all(
-                    f"{target}.{a.name}".lstrip(".") in vendored for a in node.names), (rel, node.module)
+                    f"{target}.{a.name}".lstrip(".") in vendored for a in node.names), (rel, module)
     arch = tmp_path / "arch.py"
     arch.write_text(_vendor.architecture_source())
     code = (

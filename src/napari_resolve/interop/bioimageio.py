@@ -205,7 +205,8 @@ def _test_image(meta: dict, in_channels: int, side: int) -> tuple[np.ndarray, st
         if img.shape[0] < side:
             img = np.pad(img, ((0, side - img.shape[0]), (0, side - img.shape[1])), "symmetric")
         y0 = (img.shape[0] - side) // 2
-        return img[y0 : y0 + side, y0 : y0 + side, None].astype(np.float32), "rdl-sim-microtubules-raw"
+        crop = img[y0 : y0 + side, y0 : y0 + side, None].astype(np.float32)
+        return crop, "rdl-sim-microtubules-raw"
     if in_channels == 3:
         rgb, _ = samples.bccd_smear()
         source = "bccd"
@@ -333,8 +334,12 @@ def _readme(name: str, meta: dict, geometry: dict, notes: list[str], licence: st
 def _torchscript(wrapped, x: torch.Tensor, step: int, path: Path) -> str | None:
     """Trace ``wrapped``; save it when a second image size gives the eager result. Returns a
     note when it is left out."""
+    import warnings
+
     try:
-        with torch.no_grad(), _quiet():
+        # the tracer's warnings are answered by running a second size instead
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             traced = torch.jit.trace(wrapped, x, check_trace=False)
             other = torch.rand(1, x.shape[1], x.shape[2] + 3 * step, x.shape[3] + 5 * step)
             ok = torch.allclose(traced(other), wrapped(other), atol=1e-5, rtol=1e-4)
@@ -352,27 +357,28 @@ def _torchscript(wrapped, x: torch.Tensor, step: int, path: Path) -> str | None:
     return None
 
 
-class _quiet:
-    """Silence the tracer's warnings (they are checked by running a second size instead)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
-
-
-def _onnx_exporter():
-    """napari_resolve.runtime.onnx.export_onnx when it exists (issue 17), else None."""
+def _onnx(model, meta, path: Path) -> str | None:
+    """ONNX weights through napari_resolve.runtime.onnx (issue 17); a note when left out."""
     try:
         from napari_resolve.runtime.onnx import export_onnx
     except ImportError:
-        return None
-    return export_onnx
+        return ("onnx left out: this napari-resolve has no ONNX exporter "
+                "(napari_resolve.runtime.onnx)")
+    try:
+        export_onnx((model, meta), path)
+    except Exception as exc:  # an operator ONNX cannot express (FFT)
+        return f"onnx left out: {' '.join(str(exc).split())[:160]}"
+    import onnx
+
+    if len(onnx.load(str(path)).graph.output) != 1:  # gp's parsing logits: not in the package
+        return "onnx left out: the graph has more outputs than the SR image"
+    return None
+
+
+def _onnx_opset(path: Path) -> int:
+    import onnx
+
+    return max(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _check_out(out: Path, overwrite: bool) -> bool:
@@ -382,6 +388,45 @@ def _check_out(out: Path, overwrite: bool) -> bool:
     if out.exists() and not overwrite:
         raise InputError(f"output {out} exists; use --overwrite or another name")
     return out.suffix.lower() == ".zip"
+
+
+def _tensors(v, meta: dict, geometry: dict, in_ch: int, scale: int, work: Path):
+    """The input and output tensor descriptions (axes, halo, pre/postprocessing, test files)."""
+    vr = _value_range(meta)
+    # axis scales 1 and 1/s (exact in binary for s = 2, 4, 8): physical ones such as
+    # 1.172 / 4 make bioimageio's size rule miss by rounding (456.00000000000006 != 456);
+    # the pixel size goes under config instead
+    space_in = [v.SpaceInputAxis(id=v.AxisId(a), scale=1.0, size=v.ParameterizedSize(
+        min=geometry["min"], step=geometry["step"])) for a in ("y", "x")]
+    space_out = [v.SpaceOutputAxisWithHalo(
+        id=v.AxisId(a), scale=1.0 / scale, halo=geometry["halo"],
+        size=v.SizeReference(tensor_id=v.TensorId("input"), axis_id=v.AxisId(a)))
+        for a in ("y", "x")]
+    if vr is None:
+        norm = meta["normalization"]
+        pre = [v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(
+            axes=[v.AxisId("channel"), v.AxisId("y"), v.AxisId("x")],
+            min_percentile=float(norm.get("low", 1.0)),
+            max_percentile=float(norm.get("high", 99.8))))]
+        post = []
+        out_range = "normalised: input percentiles low -> 0, high -> 1"
+        channel_text = "grey, any range (percentile-normalised)"
+    else:
+        pre = [v.ScaleLinearDescr(kwargs=v.ScaleLinearKwargs(gain=1.0 / vr))]
+        post = [v.ScaleLinearDescr(kwargs=v.ScaleLinearKwargs(gain=vr))]
+        out_range = f"0-{vr:g}, as the input"
+        channel_text = {"y": "Y (luma) of MATLAB rgb2ycbcr, 0-255", "grey": "grey, 0-255"}.get(
+            meta.get("color_mode") if in_ch == 1 else "", "RGB, 0-255")
+    channels = v.ChannelAxis(channel_names=[v.Identifier(c) for c in _channel_names(meta, in_ch)])
+    inputs = [v.InputTensorDescr(
+        id=v.TensorId("input"), description=f"LR image: {channel_text}"[:128],
+        axes=[v.BatchAxis(), channels, *space_in],
+        test_tensor=v.FileDescr(source=work / "test_input.npy"), preprocessing=pre)]
+    outputs = [v.OutputTensorDescr(
+        id=v.TensorId("output"), description=f"SR image x{scale}: {out_range}"[:128],
+        axes=[v.BatchAxis(), channels, *space_out],
+        test_tensor=v.FileDescr(source=work / "test_output.npy"), postprocessing=post)]
+    return inputs, outputs
 
 
 def export_bioimageio_iter(model_src, out, *, weight_formats=("pytorch_state_dict", "torchscript"),
@@ -402,8 +447,9 @@ def export_bioimageio_iter(model_src, out, *, weight_formats=("pytorch_state_dic
     out = Path(out).expanduser()
     as_zip = _check_out(out, overwrite)
     model, meta = resolve_model(model_src)
-    if not getattr(model, "arch", ""):
-        raise BundleError("only napari-resolve models (a bundle or a registry model) can be exported")
+    if not getattr(model, "arch", "") or model.arch == "torchscript":
+        raise BundleError("only napari-resolve networks (a bundle or a registry model) can be "
+                          "exported")
     meta = {**bundle.default_meta(model), **meta}
     name = name or _bundle_name(model_src, meta)
     model = model.cpu().eval()
@@ -454,81 +500,24 @@ def export_bioimageio_iter(model_src, out, *, weight_formats=("pytorch_state_dic
             done += 1
             yield Progress(done, total, "torchscript")
         if "onnx" in formats:
-            exporter = _onnx_exporter()
-            if exporter is None:
-                notes.append("onnx left out: this napari-resolve has no ONNX exporter "
-                             "(napari_resolve.runtime.export_onnx)")
+            note = _onnx(model, meta, work / "weights.onnx")
+            if note:
+                notes.append(note)
             else:
-                try:
-                    exporter((model, meta), work / "weights.onnx")
-                except Exception as exc:  # an operator ONNX cannot express (FFT)
-                    notes.append(f"onnx left out: {' '.join(str(exc).split())[:160]}")
-                else:
-                    import onnx
-
-                    proto = onnx.load(str(work / "weights.onnx"))
-                    opset = max(o.version for o in proto.opset_import
-                                if o.domain in ("", "ai.onnx"))
-                    if len(proto.graph.output) != 1:  # gp's parsing logits: not in the package
-                        notes.append("onnx left out: the graph has more outputs than the SR image")
-                    else:
-                        weights["onnx"] = v.OnnxWeightsDescr(
-                            source=work / "weights.onnx", opset_version=opset,
-                            parent="pytorch_state_dict")
+                weights["onnx"] = v.OnnxWeightsDescr(
+                    source=work / "weights.onnx", opset_version=_onnx_opset(work / "weights.onnx"),
+                    parent="pytorch_state_dict")
             done += 1
             yield Progress(done, total, "onnx")
 
         licence, data_keys = _licence_and_data(meta)
         px = _pixel_size_um(meta)
-        # axis scales 1 and 1/s (exact in binary for s = 2, 4, 8): physical ones such as
-        # 1.172 / 4 make bioimageio's size rule miss by rounding (456.00000000000006 != 456);
-        # the pixel size goes under config instead
-        unit, in_scale = None, 1.0
-        channels = _channel_names(meta, in_ch)
-        space_in = [v.SpaceInputAxis(id=v.AxisId(a), unit=unit, scale=in_scale,
-                                     size=v.ParameterizedSize(min=geometry["min"],
-                                                              step=geometry["step"]))
-                    for a in ("y", "x")]
-        space_out = [v.SpaceOutputAxisWithHalo(
-            id=v.AxisId(a), unit=unit, scale=in_scale / s, halo=geometry["halo"],
-            size=v.SizeReference(tensor_id=v.TensorId("input"), axis_id=v.AxisId(a)))
-            for a in ("y", "x")]
-        if vr is None:
-            norm = meta["normalization"]
-            pre = [v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(
-                axes=[v.AxisId("channel"), v.AxisId("y"), v.AxisId("x")],
-                min_percentile=float(norm.get("low", 1.0)),
-                max_percentile=float(norm.get("high", 99.8))))]
-            post = []
-            out_range = "normalised: input percentiles low -> 0, high -> 1"
-        else:
-            pre = [v.ScaleLinearDescr(kwargs=v.ScaleLinearKwargs(gain=1.0 / vr))]
-            post = [v.ScaleLinearDescr(kwargs=v.ScaleLinearKwargs(gain=vr))]
-            out_range = f"0-{vr:g}, as the input"
-        channel_text = {"y": "Y (luma) of MATLAB rgb2ycbcr, 0-255", "grey": "grey"}.get(
-            channels[0], "RGB, 0-255") if vr else "grey, any range (percentile-normalised)"
-        inputs = [v.InputTensorDescr(
-            id=v.TensorId("input"), description=f"LR image: {channel_text}"[:128],
-            axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(c) for c in channels]),
-                  *space_in],
-            test_tensor=v.FileDescr(source=work / "test_input.npy"),
-            preprocessing=pre)]
-        outputs = [v.OutputTensorDescr(
-            id=v.TensorId("output"), description=f"SR image x{s}: {out_range}"[:128],
-            axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(c) for c in channels]),
-                  *space_out],
-            test_tensor=v.FileDescr(source=work / "test_output.npy"),
-            postprocessing=post)]
-        readme = _readme(name, meta, geometry, notes, licence)
-        (work / "README.md").write_text(readme, encoding="utf-8")
+        inputs, outputs = _tensors(v, meta, geometry, in_ch, s, work)
+        if meta.get("labels"):
+            notes.append("the parsing map (gp) is not in the package: it has the SR output only")
+        (work / "README.md").write_text(_readme(name, meta, geometry, notes, licence),
+                                        encoding="utf-8")
         domain = meta.get("domain") or {}
-        config = {CONFIG_KEY: {
-            "bundle": meta,
-            "pixel_size": {"input": px, "output": px / s if px else None, "unit": "micrometer"},
-            "value_range": vr,
-            "halo_lr": geometry["overlap"],
-            "test_data": data_source,
-        }}
         descr = v.ModelDescr(
             name=f"napari-resolve {name}",
             description=(domain.get("summary") or
@@ -544,7 +533,13 @@ def export_bioimageio_iter(model_src, out, *, weight_formats=("pytorch_state_dic
             inputs=inputs,
             outputs=outputs,
             weights=v.WeightsDescr(**weights),
-            config=config,
+            config={CONFIG_KEY: {
+                "bundle": meta,
+                "pixel_size": {"input": px, "output": px / s if px else None, "unit": "micrometer"},
+                "value_range": vr,
+                "halo_lr": geometry["overlap"],
+                "test_data": data_source,
+            }},
         )
         done += 1
         yield Progress(done, total, "package")
@@ -681,8 +676,9 @@ def load_bioimageio(path):
         from napari_resolve.interop.torchscript import from_bioimageio
 
         return from_bioimageio(descr, _read_bytes(w.torchscript), path)
-    present = [f for f in ("pytorch_state_dict", "torchscript", "onnx", "tensorflow_saved_model_bundle",
-                           "keras_hdf5") if getattr(w, f, None) is not None]
+    present = [f for f in ("pytorch_state_dict", "torchscript", "onnx",
+                           "tensorflow_saved_model_bundle", "keras_hdf5")
+               if getattr(w, f, None) is not None]
     raise BundleError(
         f"{path.name}: napari-resolve runs bioimage.io packages with torchscript weights or "
         f"pytorch_state_dict weights of its own networks; this one has {', '.join(present)}"

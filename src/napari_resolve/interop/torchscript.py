@@ -54,15 +54,25 @@ class TorchScriptSR(SRModel):
 
     def __init__(self, module, scale: int, in_channels: int, size_multiple: int = 1):
         super().__init__(scale, in_channels)
-        self.module = module
+        # kept out of the module tree: the engine hooks every leaf module for progress and
+        # cancel, which ScriptModules refuse; this wrapper is then the one leaf it hooks
+        self._script = [module]
         self.size_multiple = max(int(size_multiple), 1)
         self.arch = "torchscript"
         self.config = {"scale": int(scale), "in_channels": int(in_channels)}
 
+    @property
+    def script(self):
+        """The TorchScript module itself."""
+        return self._script[0]
+
     def forward(self, x, prior=None):
         self.check_input(x)
         x, hw = self.pad_input(x)
-        out = self.module(x)
+        module = self.script
+        if next(iter(module.parameters()), x).device != x.device:  # follow the engine's device
+            self._script[0] = module = module.to(x.device)
+        out = module(x)
         if isinstance(out, (tuple, list)):
             out = out[0]
         if isinstance(out, dict):
