@@ -487,7 +487,10 @@ def predict_iter(
         runner, backend_used = yield from _make_runner(
             model, planes, prior_arr is not None, extras, opts
         )
-        outputs, tile_used = yield from _engine(model, planes, prior_arr, opts, extras, runner)
+        rate_hint = _rate_hint(model, backend_used, opts)
+        outputs, tile_used = yield from _engine(
+            model, planes, prior_arr, opts, extras, runner, rate_hint
+        )
     finally:
         if _restore_mode and was_training:
             model.train()
@@ -506,6 +509,20 @@ def predict_iter(
         "threads": opts.threads,
     }
     return PredictResult(image_out, labels, extra_out, run_meta)
+
+
+def _rate_hint(model, backend: str, opts) -> float | None:
+    """Seconds per LR pixel expected (last run of this model, else its calibration)."""
+    from napari_resolve import runtime
+    from napari_resolve.predict import engine
+
+    try:
+        seen = engine.RATES.get(model, {}).get(backend)
+    except TypeError:
+        seen = None
+    if seen or opts.device.type != "cpu":
+        return seen
+    return runtime.calibration_rate(model, backend, opts.threads)
 
 
 def _make_runner(model, planes, has_prior: bool, extras: bool, opts):

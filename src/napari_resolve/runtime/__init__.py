@@ -115,6 +115,33 @@ def select(model, backend, device: torch.device, *, sr_px: int, prior=False, ext
     return calibrate(model, threads=threads)["choice"]
 
 
+def _calibration_key(model, n: int, names) -> str:
+    from napari_resolve.runtime import cache
+
+    vers = []
+    for b in names:
+        mod = importlib.import_module(MODULE[b])
+        vers.append(f"{b}={getattr(mod, '__version__', '?')}")
+    return cache.key("calibration", cache.model_hash(model), n, cache.versions(*vers), PROBE_SIDE)
+
+
+def calibration_rate(model, backend: str, threads: int | None = None) -> float | None:
+    """Seconds per LR pixel of ``backend`` from a cached calibration, else None (no timing)."""
+    from napari_resolve import threads as thread_rule
+    from napari_resolve.runtime import cache
+
+    names = [b for b in ONNX_BACKENDS if available()[b]]
+    try:
+        entry = cache.read_json("calibration.json").get(
+            _calibration_key(model, thread_rule.choose(threads), names)
+        )
+    except Exception:  # noqa: BLE001 - only a hint for the progress estimate
+        return None
+    if not entry or backend not in entry.get("seconds", {}):
+        return None
+    return float(entry["seconds"][backend]) / float(entry["probe"]) ** 2
+
+
 def calibrate(model, *, threads: int | None = None, backends=None, force: bool = False) -> dict:
     """Time eager and each installed ONNX runtime on a probe; cached per model and threads.
 
@@ -127,11 +154,7 @@ def calibrate(model, *, threads: int | None = None, backends=None, force: bool =
 
     n = thread_rule.choose(threads)
     names = list(backends or [b for b in ONNX_BACKENDS if available()[b]])
-    vers = []
-    for b in names:
-        mod = importlib.import_module(MODULE[b])
-        vers.append(f"{b}={getattr(mod, '__version__', '?')}")
-    entry = cache.key("calibration", cache.model_hash(model), n, cache.versions(*vers), PROBE_SIDE)
+    entry = _calibration_key(model, n, names)
     if not force:
         hit = cache.read_json("calibration.json").get(entry)
         if hit:
