@@ -299,6 +299,7 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
         return min(m, band // 2)
 
     jobs = [(z, iy, ix) for z in range(zn) for iy in range(len(ys)) for ix in range(len(xs))]
+    single = len(ys) == 1 and len(xs) == 1
     total = len(jobs)
     acc: dict[str, np.ndarray] = {}
     factors: dict[str, int] = {}
@@ -362,6 +363,9 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
             arr = val.detach().float().cpu().numpy()
             for j, (z, iy, ix) in enumerate(chunk):
                 y0, x0 = f * ys[iy], f * xs[ix]
+                if single:  # one tile per plane: its weights are all 1
+                    acc[key][z] = arr[j]
+                    continue
                 acc[key][z, :, y0 : y0 + f * th, x0 : x0 + f * tw] += arr[j] * weight(iy, ix, f)
         done += len(chunk)
         rate = clock["busy"] / clock["px_done"]
@@ -371,6 +375,8 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
         RATES.setdefault(model, {})[runner.name] = clock["busy"] / max(clock["px_done"], 1)
     except TypeError:  # a model that cannot be weakly referenced: no memory of its speed
         pass
+    if single:
+        return acc
     # normalise by the summed weights (the same grid for every plane)
     wsums = {}
     for key, arr in acc.items():
