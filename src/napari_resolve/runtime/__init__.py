@@ -16,7 +16,8 @@ on the CLI):
 * ``"auto"`` (default): on the CPU, for a job of at least
   :data:`AUTO_MIN_SR_PX` output pixels, the fastest of eager and the installed
   ONNX runtimes as measured once per model, thread count and versions on a
-  small probe (:func:`calibrate`, cached in ``calibration.json``); eager for
+  small probe (:func:`calibrate`, cached in ``calibration.json`` per
+  architecture: a fine-tuned model reuses it); eager for
   small jobs, GPUs, priors and extras.
 """
 
@@ -122,7 +123,9 @@ def _calibration_key(model, n: int, names) -> str:
     for b in names:
         mod = importlib.import_module(MODULE[b])
         vers.append(f"{b}={getattr(mod, '__version__', '?')}")
-    return cache.key("calibration", cache.model_hash(model), n, cache.versions(*vers), PROBE_SIDE)
+    # speed does not depend on the weights: a fine-tuned model reuses its architecture's
+    arch = cache.model_hash(model, weights=False)
+    return cache.key("calibration", arch, n, cache.versions(*vers), PROBE_SIDE)
 
 
 def calibration_rate(model, backend: str, threads: int | None = None) -> float | None:
@@ -143,7 +146,8 @@ def calibration_rate(model, backend: str, threads: int | None = None) -> float |
 
 
 def calibrate(model, *, threads: int | None = None, backends=None, force: bool = False) -> dict:
-    """Time eager and each installed ONNX runtime on a probe; cached per model and threads.
+    """Time eager and each installed ONNX runtime on a probe; cached per architecture
+    (config and code, not the weights), thread count and versions.
 
     Returns ``{"choice": name, "seconds": {name: s per probe}, "probe": side}``.
     One warm-up and the best of two timed runs each (export and compilation

@@ -296,6 +296,9 @@ def cached_export(model, meta=None) -> Path:
 
     k = cache.key("onnx", cache.model_hash(model), cache.versions(onnx.__version__), ONNX_OPSET)
     path = cache.cache_dir() / f"{k}.onnx"
-    if not path.is_file():
+    if path.is_file():
+        path.touch()  # recently used: pruned last
+    else:
         export_onnx((model, meta or {}), path)
+        cache.prune("*.onnx")
     return path
