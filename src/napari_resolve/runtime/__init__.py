@@ -14,7 +14,8 @@ on the CLI):
 * ``"compile"``: ``torch.compile``; explicit only (15-60 s of compilation per
   tile shape).
 * ``"auto"`` (default): on the CPU, for a job of at least
-  :data:`AUTO_MIN_SR_PX` output pixels, the fastest of eager and the installed
+  :data:`AUTO_MIN_SR_PX` output pixels (:data:`AUTO_CACHED_MIN_SR_PX` once
+  the architecture was measured), the fastest of eager and the installed
   ONNX runtimes as measured once per model, thread count and versions on a
   small probe (:func:`calibrate`, cached in ``calibration.json`` per
   architecture: a fine-tuned model reuses it); eager for
@@ -48,7 +49,8 @@ BACKENDS = ("auto", "eager", "onnxruntime", "openvino", "compile")
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 EXTRA = {"onnxruntime": "onnx", "openvino": "openvino"}
 MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
-AUTO_MIN_SR_PX = 1 << 20  # below ~1 MP of output the one-off export does not pay
+AUTO_MIN_SR_PX = 1 << 20  # below ~1 MP of output a first calibration does not pay
+AUTO_CACHED_MIN_SR_PX = 1 << 16  # with a cached calibration, from 256 x 256 output px
 AUTO_MARGIN = 1.15  # a runtime must beat eager by this factor to be chosen
 PROBE_SIDE = 96  # LR px of the calibration probe
 
@@ -108,10 +110,15 @@ def select(model, backend, device: torch.device, *, sr_px: int, prior=False, ext
             raise InputError(f"backend {backend!r} cannot run this model: {FFT_REASON}")
         return backend
     # auto
-    if device.type != "cpu" or prior or extras or sr_px < AUTO_MIN_SR_PX:
+    if device.type != "cpu" or prior or extras or sr_px < AUTO_CACHED_MIN_SR_PX:
         return "eager"
     candidates = [b for b in ONNX_BACKENDS if available()[b]]
     if not candidates or not _exportable(model):
+        return "eager"
+    known = cached_calibration(model, threads)
+    if known is not None:  # measured before (this architecture): worth it from a small job
+        return known["choice"]
+    if sr_px < AUTO_MIN_SR_PX:
         return "eager"
     return calibrate(model, threads=threads)["choice"]
 
@@ -128,18 +135,23 @@ def _calibration_key(model, n: int, names) -> str:
     return cache.key("calibration", arch, n, cache.versions(*vers), PROBE_SIDE)
 
 
-def calibration_rate(model, backend: str, threads: int | None = None) -> float | None:
-    """Seconds per LR pixel of ``backend`` from a cached calibration, else None (no timing)."""
+def cached_calibration(model, threads: int | None = None) -> dict | None:
+    """The cached :func:`calibrate` result of this architecture and thread count, or None."""
     from napari_resolve import threads as thread_rule
     from napari_resolve.runtime import cache
 
     names = [b for b in ONNX_BACKENDS if available()[b]]
     try:
-        entry = cache.read_json("calibration.json").get(
+        return cache.read_json("calibration.json").get(
             _calibration_key(model, thread_rule.choose(threads), names)
         )
-    except Exception:  # noqa: BLE001 - only a hint for the progress estimate
+    except Exception:  # noqa: BLE001 - a missing or unreadable cache: not measured
         return None
+
+
+def calibration_rate(model, backend: str, threads: int | None = None) -> float | None:
+    """Seconds per LR pixel of ``backend`` from a cached calibration, else None (no timing)."""
+    entry = cached_calibration(model, threads)
     if not entry or backend not in entry.get("seconds", {}):
         return None
     return float(entry["seconds"][backend]) / float(entry["probe"]) ** 2
