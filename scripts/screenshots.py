@@ -120,11 +120,34 @@ def finetune_picture(viewer, app, out: Path, minutes: float) -> None:
     viewer.grid.enabled = True
     viewer.grid.shape = (2, 1)
     for layer in viewer.layers:
-        layer.visible = layer.name.endswith(("base (mhtcun-lite)", "fine-tuned (mhtcun-lite)"))
+        layer.visible = layer.name.startswith(("base ×", "fine-tuned ×"))
     viewer.reset_view()
     bar = tuner.scroll.verticalScrollBar()
     bar.setValue(bar.maximum())
     grab(viewer, app, out / "finetune.png")
+
+
+def panels_picture(app, out: Path) -> None:
+    """Three panels docked in a 1280×800 window; the card and the domain warning of pathsrgan-x4."""
+    import napari
+
+    viewer = napari.Viewer(show=True, title="napari-resolve")
+    window = viewer.window._qt_window
+    window.resize(1280, 800)
+    window.move(0, 0)
+    viewer.open_sample("napari-resolve", "leukocyte")
+    docks = {}
+    for name in ("Super-resolve", "Fine-tune", "Resolution (decorrelation)"):
+        docks[name] = viewer.window.add_plugin_dock_widget("napari-resolve", name)
+    widget = docks["Super-resolve"][1]
+    viewer.layers.selection.active = viewer.layers["leukocyte (LR)"]
+    widget.load_model("pathsrgan-x4")  # a slide-scan model on a leukocyte crop: it warns
+    from qtpy.QtCore import Qt
+
+    window.resizeDocks([d for d, _ in docks.values()], [420, 190, 190], Qt.Orientation.Vertical)
+    viewer.reset_view()
+    grab(viewer, app, out / "panels.png")
+    viewer.close()
 
 
 def main(argv=None) -> int:
@@ -233,6 +256,8 @@ def main(argv=None) -> int:
     finetune_picture(viewer, app, out, args.finetune_minutes)
 
     viewer.close()
+    # 6. the three panels together on a 1280×800 screen
+    panels_picture(app, out)
     return 0
 
 

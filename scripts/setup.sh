@@ -40,6 +40,8 @@ else
   : > "$CONSTRAINT"   # no pinned wheel here: let pip choose within pyproject's range
 fi
 export PIP_CONSTRAINT="$CONSTRAINT"
-pip install -q -e ".[test]"
+# everything: the napari plugin, BioImage Model Zoo export and the test tools
+# (a headless core-only install is `pip install -e .`; see scripts/headless_check.sh)
+pip install -q -e ".[napari,bioimageio,test]"
 python -c "import torch, napari_resolve; print('napari-resolve', napari_resolve.__version__, '| torch', torch.__version__)"
 touch "$VENV/.installed"

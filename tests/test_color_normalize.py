@@ -92,10 +92,12 @@ def test_dtype_mode(wbc_cell):
     assert x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
     np.testing.assert_allclose(x, image / 255.0, atol=1e-7)
     np.testing.assert_allclose(norm.inverse(x), image, atol=1e-4)
-    u16 = np.array([[0, 65535]], np.uint16)
+    u16 = np.array([[100, 1100]], np.uint16)  # other types: by the data (issue 15)
     np.testing.assert_allclose(Normalizer().fit(u16).forward(u16), [[0.0, 1.0]])
-    floats = np.array([[-0.5, 2.0]], np.float32)  # floats are taken as they are
-    np.testing.assert_array_equal(Normalizer.from_meta(None).fit(floats).forward(floats), floats)
+    unit = np.array([[0.25, 0.5]], np.float32)  # floats inside [0, 1] are taken as they are
+    np.testing.assert_array_equal(Normalizer.from_meta(None).fit(unit).forward(unit), unit)
+    floats = np.array([[-0.5, 2.0]], np.float32)  # beyond it: min .. max
+    np.testing.assert_allclose(Normalizer.from_meta(None).fit(floats).forward(floats), [[0, 1]])
 
 
 def test_percentile_mode_on_real_fluorescence():
@@ -114,14 +116,18 @@ def test_percentile_mode_on_real_fluorescence():
     assert Normalizer.from_meta({"mode": "percentile"}).high == 99.8  # CSBDeep defaults
 
 
-def test_constant_image_falls_back_to_dtype_range():
+def test_constant_image_gets_a_span_of_one_unit():
     flat = np.full((32, 32), 1000, np.uint16)
     norm = Normalizer.from_meta({"mode": "percentile"}).fit(flat)
-    assert norm.fallback == "dtype"
+    assert norm.fallback == "constant"
     x = norm.forward(flat)
     assert np.isfinite(x).all()
-    np.testing.assert_allclose(x, 1000 / 65535)
+    np.testing.assert_allclose(x, 0.0)
     np.testing.assert_allclose(norm.inverse(x), 1000, rtol=1e-6)
+    sparse = np.zeros((32, 32), np.uint16)  # percentiles coincide: the data's min .. max
+    sparse[3, 4] = 5000
+    norm = Normalizer.from_meta({"mode": "percentile"}).fit(sparse)
+    assert norm.fallback == "dtype" and (norm.lo, norm.hi) == (0.0, 5000.0)
 
 
 def test_torch_and_dask_inputs_match_numpy():

@@ -48,7 +48,8 @@ def test_pathsrgan_adds_mr_and_hr_layers_on_their_grids(make_napari_viewer, qtbo
         assert np.allclose(hr.world_to_data(world), (4 * i + 1.5, 4 * j + 1.5))
     assert mr.metadata["napari_resolve"]["kind"] == "mr"
     assert mr.metadata["napari_resolve"]["scale_factor"] == 2
-    # the layers hold what the Python API gives
+    # the layers hold what the Python API gives, in the input's type (uint8 RGB: proper thumbnails)
     ref = predict.predict("pathsrgan-x4", tissue, extras=True, device="cpu")
-    np.testing.assert_allclose(np.asarray(mr.data), ref.extras["mr"], atol=1e-3)
-    np.testing.assert_allclose(np.asarray(hr.data), ref.image, atol=1e-3)
+    assert mr.data.dtype == hr.data.dtype == tissue.dtype
+    np.testing.assert_allclose(np.asarray(mr.data), np.clip(ref.extras["mr"], 0, 255), atol=0.501)
+    np.testing.assert_allclose(np.asarray(hr.data), np.clip(ref.image, 0, 255), atol=0.501)

@@ -102,8 +102,9 @@ def test_samples_load_fast_and_the_lr_covers_the_hr_field():
         layers = fn()
         assert time.perf_counter() - t0 < 1.0, fn.__name__
         assert all(data.nbytes < 2e6 for data, _, _ in layers)
-    hr, mask, lr = (layer for layer in _sample_data.leukocyte())
-    assert (hr[2], mask[2], lr[2]) == ("image", "labels", "image")
+    hr, lr, mask = (layer for layer in _sample_data.leukocyte())
+    # the mask is added last: above the opaque LR layer, so switching it on shows it
+    assert (hr[2], lr[2], mask[2]) == ("image", "image", "labels")
     np.testing.assert_array_equal(lr[0], imresize(hr[0], 0.25, channel_axis=-1))
     assert lr[0].shape == (75, 75, 3) and set(np.unique(mask[0])) == {0, 1, 2}
     # the SR geometry of the LR layer gives back the HR grid exactly

@@ -79,7 +79,7 @@ def test_super_resolve_sample_overlays_the_input(viewer_widget, qtbot, errors):
     assert widget.image_combo.currentText() == "leukocyte (LR)"  # the active layer
     widget.model_combo.setCurrentIndex(widget.model_combo.findText("bicubic ×4", Qt.MatchFlag.MatchStartsWith))
     widget.model_combo.activated.emit(widget.model_combo.currentIndex())
-    assert "Parameters" in widget.card.text() and "CPU" in widget.card.text()
+    assert "Size" in widget.card.text() and "CPU" in widget.card.text()
     n = len(viewer.layers)
     click_and_wait(qtbot, widget, widget.run_button)
     assert errors() == []
@@ -243,13 +243,13 @@ def test_user_errors_are_notifications(viewer_widget, qtbot, errors, tmp_path, m
     click_and_wait(qtbot, widget, widget.run_button)
     assert len(viewer.layers) == n
     assert any("RGB" in m and "'grey'" in m for m in errors())
-    # a user problem found inside the core (tile not larger than 2 x overlap) is one line too
+    # the tile box offers no tile the core refuses (a tile must exceed 2 x overlap)
     widget._use_baseline(4)
-    widget.tile_spin.setValue(16)
     widget.overlap_spin.setValue(8)
-    click_and_wait(qtbot, widget, widget.run_button)
-    assert len(viewer.layers) == n
-    assert any("tile" in m and "overlap" in m for m in errors())
+    widget.tile_spin.setValue(16)
+    assert widget.tile_spin.minimum() == 16 and widget.tile() is None  # 16 reads 'auto'
+    widget.tile_spin.stepBy(1)
+    assert widget.tile() == 16 + widget.tile_spin.singleStep()
 
 
 def test_writer_and_reader_round_trip_in_the_viewer(viewer_widget, tmp_path):

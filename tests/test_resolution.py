@@ -341,7 +341,8 @@ def test_cli_prints_resolution_and_saves_plot_and_json(sample_dir, tmp_path, cap
     assert f"{entry['resolution'] * 1000:.1f} nm" in printed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --variant imagej: the plugin's algorithm, as NanoPyx gives for this image (kc 0.428)
-    rc = main(["resolution", str(mrc), "--mean", "--variant", "imagej", "--json", str(out_json)])
+    rc = main(["resolution", str(mrc), "--mean", "--variant", "imagej", "--json", str(out_json),
+               "--overwrite"])  # an existing --json is replaced only with --overwrite
     assert rc == 0
     report = json.loads(out_json.read_text())
     assert report["variant"] == "imagej"

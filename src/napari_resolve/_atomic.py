@@ -42,9 +42,16 @@ def atomic_path(path, *, suffix: str | None = None):
         if path.is_dir() and tmp.is_dir():
             import shutil
 
-            old = path.with_name(f".{path.name}.old")
+            # a unique name for the old folder (a fixed ".NAME.old" left by a killed run
+            # would block every later --overwrite); it is removed once the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.rmdir(old)
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the user's folder back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

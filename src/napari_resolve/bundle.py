@@ -25,8 +25,6 @@ import json
 import struct
 from pathlib import Path
 
-import torch
-
 from napari_resolve._atomic import atomic_path
 from napari_resolve.errors import BundleError, ResolveError
 
@@ -198,7 +196,8 @@ def _raw_metadata(path: Path) -> dict:
 
     _check_file(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
+        # "numpy": the metadata is the same, and listing models does not import torch
+        with safe_open(str(path), framework="numpy") as fh:
             return dict(fh.metadata() or {})
     except Exception as exc:  # SafetensorError and friends: corrupt/truncated file
         raise BundleError(
@@ -220,15 +219,143 @@ def read_meta(src) -> dict:
         )
     try:
         meta = json.loads(raw[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path.name} has corrupt napari-resolve metadata: {exc}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise BundleError(f"{path.name} has corrupt napari-resolve metadata: "
+                          f"{_one_line(exc)}") from None
     if not isinstance(meta, dict):
         raise BundleError(f"{path.name} has corrupt napari-resolve metadata (not a JSON object)")
     for key in ("architecture", "scale"):
         if key not in meta:
             raise BundleError(f"{path.name} metadata lacks {key!r}")
     meta.setdefault("config", {})
+    validate_meta(meta, path.name)
     return meta
+
+
+#: largest integer a model config may hold (channels, blocks...); real ones are < 1000
+MAX_CONFIG_INT = 65536
+#: colour modes a bundle may declare
+COLOR_MODES = ("grey", "rgb", "y")
+
+
+def _check_config_value(value, where: str, name: str, depth: int = 0) -> None:
+    if depth > 4:
+        raise BundleError(f"{name}: metadata {where} is nested too deeply")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if value < 0 or value > MAX_CONFIG_INT:
+            raise BundleError(f"{name}: metadata {where} = {value} is out of range "
+                              f"(0..{MAX_CONFIG_INT}); the file is damaged or not a real model")
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BundleError(f"{name}: metadata {where} is not a finite number")
+        return
+    if isinstance(value, list):
+        if len(value) > 64:
+            raise BundleError(f"{name}: metadata {where} has {len(value)} entries (at most 64)")
+        for i, v in enumerate(value):
+            _check_config_value(v, f"{where}[{i}]", name, depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_config_value(v, f"{where}.{k}", name, depth + 1)
+        return
+    raise BundleError(f"{name}: metadata {where} has an unexpected type")
+
+
+def validate_meta(meta: dict, name: str = "model file") -> dict:
+    """Check the keys the loader acts on; one :class:`BundleError` line per problem.
+
+    ``scale`` an integer 1..16, ``in_channels`` 1..4, ``architecture`` a
+    string, ``config`` an object of numbers / strings / short lists (integers
+    0..:data:`MAX_CONFIG_INT`), ``color_mode`` one of :data:`COLOR_MODES`,
+    ``normalization`` one :class:`~napari_resolve.data.normalize.Normalizer`
+    accepts. Returns ``meta``.
+    """
+    if not isinstance(meta.get("architecture"), str) or not meta["architecture"]:
+        raise BundleError(f"{name}: metadata 'architecture' must be a registry name")
+    for key, lo, hi in (("scale", 1, 16), ("in_channels", 1, 4)):
+        if key not in meta or (key == "in_channels" and meta[key] is None):
+            continue
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
+                or not lo <= int(value) <= hi:
+            raise BundleError(f"{name}: metadata {key!r} = {value!r} must be an integer "
+                              f"{lo}..{hi}")
+        meta[key] = int(value)
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise BundleError(f"{name}: metadata 'config' is not a JSON object")
+    for key, value in config.items():
+        _check_config_value(value, f"config.{key}", name)
+    cm = meta.get("color_mode")
+    if cm is not None and cm not in COLOR_MODES:
+        raise BundleError(f"{name}: metadata color_mode {cm!r} is not one of "
+                          f"{', '.join(COLOR_MODES)}")
+    if meta.get("normalization") is not None:
+        from napari_resolve.data.normalize import Normalizer
+
+        try:
+            Normalizer.from_meta(meta["normalization"])
+        except ResolveError as exc:
+            raise BundleError(f"{name}: metadata normalization: {exc}") from None
+    return meta
+
+
+def header_shapes(path) -> dict[str, tuple]:
+    """Tensor name -> shape, read from the safetensors header alone (no tensor is loaded)."""
+    path = Path(path)
+    _check_file(path)
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        head = fh.read(n)
+    try:
+        header = json.loads(head)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{path.name}: unreadable safetensors header: {_one_line(exc)}") from None
+    if not isinstance(header, dict):
+        raise BundleError(f"{path.name}: unreadable safetensors header (not a JSON object)")
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise BundleError(f"{path.name}: tensor {key!r} has no valid shape in the header")
+        out[key] = tuple(shape)
+    return out
+
+
+def _build_checked(path: Path, arch: str, config: dict):
+    """Build ``arch`` only after its tensor shapes match the file's header.
+
+    The network is first built on torch's ``meta`` device (no memory), its
+    parameter shapes compared with the header; only a model that fits the
+    file is then built for real, so memory is bounded by the file's own size
+    (a 500 kB file claiming ``features=20000`` would otherwise ask for 14 GB).
+    """
+    import torch
+
+    from napari_resolve import models
+
+    try:
+        with torch.device("meta"):
+            skeleton = models.build(arch, **config)
+    except ResolveError as exc:
+        raise BundleError(f"{path.name}: cannot rebuild the model: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        raise BundleError(f"{path.name}: metadata config does not build {arch!r}: "
+                          f"{_one_line(exc)}") from None
+    shapes = header_shapes(path)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if torch.is_tensor(v)}
+    _compare_shapes(expected, shapes, path.name, getattr(skeleton, "arch", arch))
+    del skeleton
+    try:
+        return models.build(arch, **config)
+    except ResolveError as exc:
+        raise BundleError(f"{path.name}: cannot rebuild the model: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- catalogue
@@ -309,6 +436,8 @@ def _tensors_for_file(model) -> dict[str, torch.Tensor]:
     tensor is cloned, so tied weights are stored twice and tied again by
     ``load_state_dict`` (both keys load the same values).
     """
+    import torch  # here, not at the top: listing and reading metadata need no torch (issue 18)
+
     out = {}
     for key, value in model.state_dict().items():
         if torch.is_tensor(value):
@@ -337,17 +466,22 @@ def save(path, model, meta: dict | None = None) -> Path:
 
 
 def _compare(model, state: dict, name: str) -> None:
-    expected = model.state_dict()
+    import torch
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    _compare_shapes(expected, got, name, getattr(model, "arch", "") or type(model).__name__)
+
+
+def _compare_shapes(expected: dict, state: dict, name: str, arch: str) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        f"{k} {state[k]} vs {expected[k]}"
         for k in sorted(set(state) & set(expected))
-        if torch.is_tensor(expected[k]) and tuple(state[k].shape) != tuple(expected[k].shape)
+        if tuple(state[k]) != tuple(expected[k])
     ]
     if not (missing or unexpected or mismatched):
         return
-    arch = getattr(model, "arch", "") or type(model).__name__
     parts = []
     for label, items in (
         ("missing", missing),
@@ -377,8 +511,13 @@ def load_state(model, src) -> dict:
     For resuming or fine-tuning: the caller built the model; the file must
     match it key for key and shape for shape.
     """
+    import torch
+
     path = resolve(src)
     meta = read_meta(path)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    _compare_shapes(expected, header_shapes(path), path.name,
+                    getattr(model, "arch", "") or type(model).__name__)
     state = _read_tensors(path)
     _compare(model, state, path.name)
     model.load_state_dict(state, strict=True)
@@ -393,18 +532,22 @@ def load(src):
     unexpected or shape-mismatched tensors are listed in one
     :class:`~napari_resolve.errors.BundleError`. The model is returned in
     ``eval()`` mode on the CPU.
-    """
-    from napari_resolve import models
 
+    A BioImage Model Zoo package (``.zip``, folder or its ``rdf.yaml``) or a
+    TorchScript file with a declared scale is handed to
+    :mod:`napari_resolve.interop` (never unpickled; see there).
+    """
+    from napari_resolve import interop
+
+    imported = interop.load(src)
+    if imported is not None:
+        return imported
     path = resolve(src)
     meta = read_meta(path)
     config = meta.get("config") or {}
     if not isinstance(config, dict):
         raise BundleError(f"{path.name} metadata 'config' is not a JSON object")
-    try:
-        model = models.build(str(meta["architecture"]), **config)
-    except ResolveError as exc:
-        raise BundleError(f"{path.name}: cannot rebuild the model: {exc}") from None
+    model = _build_checked(path, str(meta["architecture"]), config)
     state = _read_tensors(path)
     _compare(model, state, path.name)
     model.load_state_dict(state, strict=True)

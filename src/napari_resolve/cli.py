@@ -25,9 +25,26 @@ COMMANDS = (
     "finetune",
     "register",
     "slide",
+    "export",
     "models",
     "demo",
 )
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error (disk full, read-only folder, permission)."""
+    import errno
+
+    what = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+    hint = {
+        errno.ENOSPC: "free disk space or write elsewhere; nothing was written",
+        errno.EDQUOT: "free disk space or write elsewhere; nothing was written",
+        errno.EROFS: "the folder is read-only; write elsewhere",
+        errno.EACCES: "check the permissions or write elsewhere",
+        errno.EPERM: "check the permissions or write elsewhere",
+    }.get(exc.errno, "check the path and try again")
+    return f"{what}{where} ({hint})"
 
 
 def _load(name):
@@ -50,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
+        p.add_argument(
+            "--max-pixels", type=int, default=None, metavar="N",
+            help="largest image (values: pixels x planes x channels) read into memory "
+            "(default 2**26; bigger images: use zarr, read lazily)",
+        )
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -61,6 +83,10 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "max_pixels", None) is not None:
+            from napari_resolve.io import set_pixel_limit
+
+            set_pixel_limit(args.max_pixels)
         return int(args._run(args) or 0)
     except ResolveError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -68,6 +94,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no output written", file=sys.stderr)
         return 130
+    except OSError as exc:  # full disk, read-only folder, permission: the user's environment
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; use a smaller image (or a zarr input, which is read "
+              "lazily), smaller --tile or --batch", file=sys.stderr)
+        return 2
+    finally:
+        if getattr(args, "max_pixels", None) is not None:
+            from napari_resolve.io import set_pixel_limit
+
+            set_pixel_limit(None)
 
 
 if __name__ == "__main__":  # pragma: no cover

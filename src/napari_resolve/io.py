@@ -24,10 +24,21 @@ through :func:`napari_resolve._atomic.atomic_path`.
 
 Pickle-based files (``.pt``, ``.pth``, ``.ckpt``, ``.pkl``, ...) are refused
 without being opened: unpickling runs arbitrary code.
+
+Bounded memory (issue 15): the image size is read from the file's header
+(TIFF series, ``.npy`` header, MRC header, Pillow's lazy open) and an image
+of more than :func:`pixel_limit` values (all planes and channels; default
+:data:`MAX_PIXELS`, 2**26 = 67 M, 256 MB as float32) is refused *before* it
+is decoded, so a deflate bomb or a ``.npy`` header claiming 100000² never
+allocates. Bigger images go through the lazy zarr path, or raise the limit
+with ``--max-pixels`` / ``$NAPARI_RESOLVE_MAX_PIXELS`` / :func:`set_pixel_limit`.
+A ``.npy`` whose header claims more data than the file holds is refused as
+truncated.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -36,7 +47,46 @@ import numpy as np
 from napari_resolve._atomic import atomic_path
 from napari_resolve.errors import InputError
 
-__all__ = ["read_image", "write_image", "READ_SUFFIXES", "WRITE_SUFFIXES", "to_micrometre"]
+__all__ = ["read_image", "write_image", "READ_SUFFIXES", "WRITE_SUFFIXES", "to_micrometre",
+           "MAX_PIXELS", "pixel_limit", "set_pixel_limit", "check_pixels"]
+
+#: default limit of values (pixels x planes x channels) read into memory
+MAX_PIXELS = 2**26
+ENV_MAX_PIXELS = "NAPARI_RESOLVE_MAX_PIXELS"
+_LIMIT: list = [None]
+
+
+def set_pixel_limit(n: int | None) -> None:
+    """Set this process's limit (``None``: back to ``$NAPARI_RESOLVE_MAX_PIXELS`` or the default)."""
+    if n is not None and int(n) < 1:
+        raise InputError(f"--max-pixels must be positive, got {n}")
+    _LIMIT[0] = None if n is None else int(n)
+
+
+def pixel_limit() -> int:
+    """The number of values an in-memory image may hold (see the module docstring)."""
+    if _LIMIT[0] is not None:
+        return _LIMIT[0]
+    env = os.environ.get(ENV_MAX_PIXELS)
+    if env:
+        try:
+            return max(1, int(float(env)))
+        except ValueError:
+            raise InputError(f"{ENV_MAX_PIXELS}={env!r} is not a number") from None
+    return MAX_PIXELS
+
+
+def check_pixels(shape, what: str, *, factor: int = 1, hint: str = "") -> None:
+    """Refuse an array of ``shape`` (times ``factor``) above :func:`pixel_limit`, in one line."""
+    n = int(np.prod([int(d) for d in shape], dtype=object)) * int(factor)
+    limit = pixel_limit()
+    if n > limit:
+        raise InputError(
+            f"{what} holds {n:,} values ({'x'.join(str(int(d)) for d in shape)}"
+            f"{f' x {factor}' if factor != 1 else ''}), above the {limit:,} limit for "
+            f"in-memory work; {hint or 'use a zarr input, which is read lazily (predict IN.zarr -o OUT.zarr)'}"
+            f", or raise the limit with --max-pixels N (or {ENV_MAX_PIXELS})"
+        )
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -66,6 +116,10 @@ def to_micrometre(value, unit) -> float | None:
     if factor is None or not np.isfinite(value) or value <= 0:
         return None
     return value * factor
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _suffix(path: Path) -> str:
@@ -140,17 +194,29 @@ def _read_tiff(path: Path):
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            check_pixels(series.shape, path.name)  # from the header, before decoding
             arr = series.asarray()
             axes = series.axes
             yx = _tiff_pixel_size(tif)
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as exc:
-        raise InputError(f"{path.name} is not a readable TIFF: {exc}") from None
+    except (MemoryError, InputError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt data raise zlib.error, struct.error, codec errors...
+        raise InputError(f"{path.name} is not a readable TIFF: {_one_line(exc)}") from None
     return arr, _meta(path, "tiff", axes, arr, yx)
 
 
 def _read_plain(path: Path):
     import imageio.v3 as iio
 
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:  # lazy: the size from the header
+            size = (im.size[1], im.size[0], len(im.getbands()))
+    except Exception:  # noqa: BLE001 - unreadable: the reader below says why
+        size = None
+    if size is not None:
+        check_pixels(size, path.name)
     try:
         # Pillow only: imageio would otherwise try every plugin (DICOM...) on a broken file
         arr = np.asarray(iio.imread(path, plugin="pillow", index=0 if _suffix(path) == ".gif" else None))
@@ -166,16 +232,19 @@ def _read_mrc(path: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # non-standard headers warn; we check below
-            with mrcfile.open(path, permissive=True, mode="r") as mrc:
+            with mrcfile.mmap(path, permissive=True, mode="r") as mrc:
                 if mrc.data is None:
                     raise ValueError("no data block")
+                check_pixels(mrc.data.shape, path.name)  # mapped, not read yet
                 arr = np.array(mrc.data)
                 header = mrc.header
                 # header floats are float32: str() gives the shortest decimal (0.0626, not 0.06260000169)
                 cell = np.array([float(str(header.cella.x)), float(str(header.cella.y))])
                 grid = np.array([int(header.mx), int(header.my)])
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path.name} is not a readable MRC file: {exc}") from None
+    except (MemoryError, InputError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed headers raise many types
+        raise InputError(f"{path.name} is not a readable MRC file: {_one_line(exc)}") from None
     with open(path, "rb") as fh:
         head = fh.read(98)
     ids = {int.from_bytes(head[96:98], order, signed=True) for order in ("little", "big")}
@@ -187,13 +256,40 @@ def _read_mrc(path: Path):
     return arr, _meta(path, "mrc", axes, arr, yx)
 
 
+def _npy_header(path: Path) -> None:
+    """Shape and size from the ``.npy`` header: refuse oversized or truncated files unread."""
+    from numpy.lib import format as npformat
+
+    try:
+        with open(path, "rb") as fh:
+            version = npformat.read_magic(fh)
+            read = {(1, 0): npformat.read_array_header_1_0,
+                    (2, 0): npformat.read_array_header_2_0}.get(version)
+            if read is None:
+                return  # other versions: np.load decides
+            shape, _, dtype = read(fh, max_header_size=10000)
+            offset = fh.tell()
+    except (ValueError, OSError, SyntaxError):
+        return  # np.load gives the one-line reason
+    if dtype.hasobject:
+        return  # refused by np.load(allow_pickle=False)
+    check_pixels(shape, path.name)
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if offset + need > path.stat().st_size:
+        raise InputError(f"{path.name} is truncated: its header claims {need} bytes of data, "
+                         f"the file holds {path.stat().st_size - offset}")
+
+
 def _read_npy(path: Path):
+    _npy_header(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise InputError(f"{path.name}: cannot read without unpickling ({exc})") from None
-    except OSError as exc:
-        raise InputError(f"{path.name} is not a readable .npy file: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated or malformed file
+        raise InputError(f"{path.name} is not a readable .npy file: {_one_line(exc)}") from None
     if not isinstance(arr, np.ndarray):
         raise InputError(f"{path.name} holds several arrays; save one image per .npy file")
     axes = "YX" if arr.ndim == 2 else ("YXS" if arr.ndim == 3 and arr.shape[-1] in (3, 4) else "")

@@ -298,6 +298,10 @@ def super_resolve_slide_iter(
     out_dtype = _out_dtype(dtype, arr.dtype)
     # one fit for the whole slide (a strided subsample for percentiles), never per region
     norm = Normalizer.from_meta(meta.get("normalization")).fit(arr)
+    from napari_resolve.predict import fit_output_level  # one "match-lr" level, not per region
+
+    norm = fit_output_level((net, meta), arr, norm, channel_axis=-1 if colour else None,
+                            device=device, amp=amp)
 
     ys, xs = _bounds(h, chunk), _bounds(w, chunk)
     regions = [(y, x) for y in ys for x in xs]

@@ -113,7 +113,16 @@ def _fluorescence(args, write):
 def run(args) -> int:
     from napari_resolve.io import write_image
 
+    from napari_resolve.commands._paths import check_writable
+    from napari_resolve.data import samples
+    from napari_resolve.errors import InputError
+
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out} is a file; give a folder for the SR images")
+    if samples.sample_root().resolve() in [out.resolve(), *out.resolve().parents]:
+        raise InputError(f"-o {out} lies inside the sample data; choose another folder")
+    check_writable(out, f"-o {out}")
     out.mkdir(parents=True, exist_ok=True)
 
     def write(name, array, pixel_size=None):

@@ -51,6 +51,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="torch device for the model (default: auto)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the results (per image and mean) to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
 
 # --------------------------------------------------------------------------- images
@@ -145,8 +146,8 @@ def evaluate_images(pairs, *, model: str = "bicubic", scale=None, crop=None, y_c
     from napari_resolve.data.degrade import imresize
     from napari_resolve.metrics.quality import evaluate_pair
 
-    if scale is not None and (int(scale) != scale or scale < 1):
-        raise InputError(f"--scale must be a positive integer, got {scale}")
+    if scale is not None and (int(scale) != scale or not 1 <= scale <= 16):
+        raise InputError(f"--scale must be an integer 1..16, got {scale}")
     if crop is not None and crop < 0:
         raise InputError(f"--crop must be >= 0, got {crop}")
     model_meta = load_model(model, None if scale is None else int(scale))
@@ -196,7 +197,12 @@ def _table(rows: list[dict], model: str, y_channel: bool) -> str:
 
 
 def run(args) -> int:
+    from napari_resolve.commands._paths import check_outputs
+
     pairs = _pairs(args)
+    model_file = [Path(args.model)] if Path(args.model).exists() else []
+    check_outputs([*(p for pair in pairs for p in pair), *model_file],
+                  [(args.json, "--json", "file")], overwrite=getattr(args, "overwrite", False))
     rows = evaluate_images(pairs, model=args.model, scale=args.scale, crop=args.crop,
                            y_channel=not args.rgb, device=args.device)
     print(_table(rows, args.model, not args.rgb))

@@ -111,13 +111,19 @@ def run(args) -> int:
     from napari_resolve.train.finetuning import finetune_measured_iter
 
     threads.apply(getattr(args, "threads", None))  # the cores free now (threads.py)
-    _train.check_output(args)
+    source = Path(str(args.source))
+    _train.check_output(args, extra_inputs=[source] if source.exists() else [])
     kwargs = _train.common_kwargs(args)
-    if args.resume is not None:
-        gen = train_iter(
-            None, _train._data(args) if args.data else None, resume=args.resume, **kwargs
-        )
-        return _train.report(_train.drive(gen, args.quiet), args.output)
+    from napari_resolve.train.interrupt import StopOnSignal
+
+    if args.resume is not None:  # the state records the data's paths: --hr is optional
+        with StopOnSignal() as stop:
+            gen = train_iter(
+                None, _train._data(args) if args.data else None, resume=args.resume,
+                stop=stop, **kwargs
+            )
+            result = _train.drive(gen, args.quiet)
+        return _train.report(result, args.output, stop.signal)
     if not args.data:
         raise InputError("--hr/--data is required: the images to fine-tune on")
     if args.epochs is None and args.minutes is None and args.max_steps is None:
@@ -133,15 +139,24 @@ def run(args) -> int:
         val_images = load_images(args.val if len(args.val) > 1 else args.val[0], scale=s,
                                  in_channels=channels, pixel_size_nm=args.pixel_size)
     degradation = _train._degradation(args.degradation, s) if args.degradation else None
-    gen = finetune_measured_iter(
-        args.source, images, val_images=val_images, val_fraction=args.val_fraction,
-        epochs=kwargs["epochs"], minutes=args.minutes, max_steps=args.max_steps,
-        learning_rate=args.learning_rate, patch_size=kwargs["patch_size"],
-        batch_size=args.batch_size, degradation=degradation, output=args.output,
-        device=args.device, seed=args.seed, note="napari-resolve finetune (command line)",
-    )
-    report = _train.drive(gen, args.quiet)
-    if report is None:  # Ctrl-C
+    def absolute(paths):
+        return None if paths is None else [str(Path(p).absolute()) for p in paths]
+
+    with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: save at the next step, then stop
+        gen = finetune_measured_iter(
+            args.source, images, val_images=val_images, val_fraction=args.val_fraction,
+            epochs=kwargs["epochs"], minutes=args.minutes, max_steps=args.max_steps,
+            learning_rate=args.learning_rate, patch_size=kwargs["patch_size"],
+            batch_size=args.batch_size, degradation=degradation, output=args.output,
+            device=args.device, seed=args.seed, note="napari-resolve finetune (command line)",
+            stop=stop, checkpoint_interval_s=args.checkpoint_every,
+            data_source=_data_spec(absolute(args.data), absolute(args.lr_images),
+                                   absolute(args.labels)),
+            val_source=(absolute(args.val) if args.val and len(args.val) > 1
+                        else absolute(args.val)[0] if args.val else None),
+        )
+        report = _train.drive(gen, args.quiet)
+    if report is None:  # a second Ctrl-C: aborted
         return _train.report(None, args.output)
     if report.result is None:
         if report.traceback:  # a crash before training
@@ -162,4 +177,7 @@ def run(args) -> int:
     if report.bundle is not None:
         note = f" ({report.result.message})" if report.stopped else ""
         print(f"wrote {report.bundle}{note}", file=sys.stderr)
+    if stop.signal is not None and report.stopped == "user":
+        print(_train.interrupted_message(args.output), file=sys.stderr)
+        return 130
     return 0

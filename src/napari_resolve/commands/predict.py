@@ -31,6 +31,9 @@ import numpy as np
 
 from napari_resolve.errors import InputError
 
+#: largest SR factor a command accepts (the papers go to x8; bundles may declare up to x16)
+MAX_SCALE = 16
+
 NAME = "predict"
 HELP = "super-resolve an image (TIFF, PNG/JPEG, zarr) with a model"
 
@@ -122,8 +125,8 @@ def _load_model(args):
 
     model_arg = args.model
     scale = args.scale
-    if scale is not None and scale < 1:
-        raise InputError(f"--scale must be a positive integer, got {scale}")
+    if scale is not None and not 1 <= scale <= MAX_SCALE:
+        raise InputError(f"--scale must be an integer 1..{MAX_SCALE}, got {scale}")
     path = Path(model_arg)
     is_file_or_pretrained = path.exists() or any(
         p["name"] == model_arg for p in bundle.pretrained()
@@ -218,16 +221,33 @@ class _Bar:
             self.bar.close()
 
 
-def _check_paths(args) -> tuple[Path, Path]:
-    """``(input, output)`` of a command that reads one image and writes another."""
+def _model_inputs(args) -> list:
+    """The model file among the inputs (a pretrained name is not a path of the user's)."""
+    path = Path(str(args.model))
+    return [path] if path.exists() else []
+
+
+def _check_paths(args, *, kind: str = "file") -> tuple[Path, Path]:
+    """``(input, output)`` of a command that reads one image and writes another.
+
+    Checked before any work (:func:`napari_resolve.commands._paths.check_outputs`):
+    the output is no input (path, link, inside an input folder, containing
+    it), does not exist unless ``--overwrite``, and its folder is writable.
+    """
+    from napari_resolve.commands._paths import check_outputs
+
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
         raise InputError(f"input not found: {src}")
-    if dst.exists() and not args.overwrite:
-        raise InputError(f"output {dst} exists; pass --overwrite to replace it")
-    if src.resolve() == dst.resolve():
-        raise InputError("output must differ from the input")
+    inputs = [src, getattr(args, "prior", None), *_model_inputs(args)]
+    kind = "folder" if kind == "folder" or _is_zarr(dst) else "file"
+    check_outputs(inputs, [(dst, "output", kind)], overwrite=args.overwrite)
     return src, dst
+
+
+def labels_path_for(dst: Path) -> Path:
+    """``OUT.tif`` -> ``OUT_labels.tif`` (``OUT.ome.tif`` -> ``OUT_labels.tif``)."""
+    return dst.with_name(f"{dst.name[: -len(''.join(dst.suffixes))] or dst.stem}_labels.tif")
 
 
 def run(args) -> int:
@@ -238,6 +258,13 @@ def run(args) -> int:
     if not _is_zarr(dst) and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"output must be a .tif (OME-TIFF) or a .zarr folder, got {dst.name}")
     model, meta = _load_model(args)
+    labels_path = labels_path_for(dst)
+    if getattr(model, "predicts_parsing", False) and not _is_zarr(dst):
+        from napari_resolve.commands._paths import check_outputs
+
+        check_outputs([src, args.prior, *_model_inputs(args)],
+                      [(dst, "output", "file"), (labels_path, "labels output", "file")],
+                      overwrite=args.overwrite)
     s = int(model.scale)
     kwargs = dict(
         tile=args.tile,
@@ -283,13 +310,15 @@ def run(args) -> int:
     if info.get("rgb") and arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]  # alpha carries no image content
     arr, channel_axis, axes = _layout_for_axes(arr, info.get("axes", ""))
+    from napari_resolve.io import check_pixels
+
+    # the SR image (float32, s^2 x the input) is held in memory too: estimate before allocating
+    check_pixels(arr.shape, f"the x{s} result of {src.name}", factor=s * s // 4 or 1,
+                 hint="write a .zarr output instead (computed chunk by chunk)")
     prior = None
     if args.prior is not None:
         prior, _ = read_image(args.prior)
         prior = np.squeeze(prior)
-    labels_path = dst.with_name(f"{dst.name[: -len(''.join(dst.suffixes))] or dst.stem}_labels.tif")
-    if getattr(model, "predicts_parsing", False) and labels_path.exists() and not args.overwrite:
-        raise InputError(f"output {labels_path} exists; pass --overwrite to replace it")
 
     bar = _Bar("tile")
     try:

@@ -82,6 +82,11 @@ def run(args) -> int:
         raise InputError(
             f"--magnifications takes low [mid] high (3 values with --mid), got {mags}"
         )
+    from napari_resolve.commands._paths import check_outputs
+
+    # existence and --overwrite are judged by the registration (an empty folder is fine)
+    check_outputs([args.low, args.mid, args.high], [(args.output, "pairs folder", "folder")],
+                  overwrite=True)
     low, low_px = read_scan(args.low, "low")
     mid, mid_px = read_scan(args.mid, "mid") if args.mid is not None else (None, None)
     high, high_px = read_scan(args.high, "high")

@@ -52,6 +52,8 @@ def add_arguments(parser) -> None:
                         help="save the decorrelation (or FRC) curves to this image file")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the results to this JSON file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --plot / --json file")
 
 
 def _load(path: Path, *, mean: bool) -> tuple[np.ndarray, dict]:
@@ -170,6 +172,13 @@ def run(args) -> int:
         raise InputError("--second is for FRC; use --method frc (or leave --method out)")
     if args.plot is not None and args.plot.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise InputError(f"--plot must end in .png, .pdf, .svg or .jpg, got {args.plot.name}")
+    from napari_resolve.commands._paths import check_outputs
+
+    if not Path(args.image).exists():
+        raise InputError(f"image file not found: {args.image}")
+    check_outputs([args.image, args.second],
+                  [(args.plot, "--plot", "file"), (args.json, "--json", "file")],
+                  overwrite=getattr(args, "overwrite", False))
     image, meta = _load(args.image, mean=args.mean)
     pixel_size, unit, origin = _pixel_size(args, meta)
     if pixel_size is not None:

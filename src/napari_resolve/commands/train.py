@@ -110,6 +110,9 @@ def add_data_arguments(parser, *, required: bool) -> None:
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     d.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     d.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    d.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
+                   help="also write the resume state every S seconds of training (default 60), "
+                   "so a killed run loses at most that much")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     from napari_resolve.commands.predict import add_threads_argument
 
@@ -148,6 +151,8 @@ def parse_config(items) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+        except RecursionError:
+            raise InputError(f"--config {key}: value nested too deeply") from None
     return out
 
 
@@ -167,8 +172,10 @@ def _degradation(text, scale):
     if text.strip().startswith("{"):
         try:
             spec = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise InputError(f"--degradation is not valid JSON: {exc}") from None
+        if not isinstance(spec, dict):
+            raise InputError("--degradation JSON must be an object like {\"kind\": ...}")
     else:
         spec = {"kind": text}
     if scale:
@@ -207,6 +214,7 @@ def common_kwargs(args) -> dict:
         seed=args.seed,
         workers=args.workers,
         output=args.output,
+        checkpoint_interval_s=args.checkpoint_every,
     )
     if args.val:
         kw["val_data"] = args.val if len(args.val) > 1 else args.val[0]
@@ -221,12 +229,42 @@ def common_kwargs(args) -> dict:
     return kw
 
 
-def check_output(args) -> None:
+def check_output(args, extra_inputs=()) -> None:
+    """Check ``-o`` and its resume state against every input before training starts.
+
+    The model file and ``OUT.state.safetensors`` are refused when they are (or
+    lie inside, or contain) a data file or folder, or exist without
+    ``--overwrite``; with ``--resume`` both may exist (the run continues them).
+    """
+    from napari_resolve.commands._paths import check_outputs
+    from napari_resolve.train.checkpoint import state_path
+
     out = Path(args.output)
     if out.suffix.lower() != ".safetensors":
         raise InputError(f"-o must be a .safetensors file, got {out.name}")
-    if out.exists() and not args.overwrite and args.resume is None:
-        raise InputError(f"output {out} exists; pass --overwrite to replace it (or --resume)")
+    if getattr(args, "checkpoint_every", None) is not None and not args.checkpoint_every >= 0:
+        raise InputError(f"--checkpoint-every must be >= 0 seconds, got {args.checkpoint_every}")
+    if getattr(args, "workers", 0) is not None and args.workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {args.workers}")
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size must be 1 or more, got {args.batch_size}")
+    vf = getattr(args, "val_fraction", None)
+    if vf is not None and not (0.0 < vf < 1.0):
+        raise InputError(f"--val-fraction must be between 0 and 1 (exclusive), got {vf}")
+    inputs = [*(args.data or []), *(args.lr_images or []), *(args.labels or []),
+              *(args.val or []), *extra_inputs]
+    outputs = [(out, "output", "file"), (state_path(out), "resume state", "file")]
+    if args.resume is not None:
+        if not Path(args.resume).exists() and not state_path(args.resume).exists():
+            raise InputError(f"resume checkpoint not found: {args.resume}")
+        check_outputs(inputs, outputs, overwrite=True)
+        return
+    try:
+        check_outputs(inputs, outputs, overwrite=args.overwrite)
+    except InputError as exc:
+        if "exists" in str(exc) and not args.overwrite:
+            raise InputError(f"{exc} (or --resume {state_path(out)} to continue)") from None
+        raise
 
 
 def drive(gen, quiet: bool = False):
@@ -309,14 +347,20 @@ def metrics_table(result) -> str:
     return "\n".join(lines)
 
 
-def report(result, output) -> int:
+def interrupted_message(output) -> str:
+    """What a stopped run left behind, and how to continue it."""
+    from napari_resolve.train.checkpoint import state_path
+
+    state = state_path(output)
+    kept = f"the best model so far is in {output}" if Path(output).exists() else "no model yet"
+    if state.exists():
+        return f"interrupted: {kept}; continue with --resume {state}"
+    return f"interrupted: {kept}; no resume state was written (start again)"
+
+
+def report(result, output, signalled: int | None = None) -> int:
     if result is None:
-        state = Path(output).with_name(f"{Path(output).stem}.state.safetensors")
-        print(
-            f"interrupted: the best model so far is in {output} (if one was validated); "
-            f"continue with --resume {state}",
-            file=sys.stderr,
-        )
+        print(interrupted_message(output), file=sys.stderr)
         return 130
     print(metrics_table(result))
     best = result.best
@@ -333,6 +377,9 @@ def report(result, output) -> int:
             f"wrote {result.bundle}" + (f" ({result.message})" if result.stopped else ""),
             file=sys.stderr,
         )
+    if signalled is not None and result.stopped == "user":
+        print(interrupted_message(output), file=sys.stderr)
+        return 130
     return 0
 
 
@@ -351,13 +398,18 @@ def run(args) -> int:
     scale = args.scale
     if args.data:
         kwargs["degradation"] = _degradation(args.degradation, scale)
-    gen = train_iter(
-        args.arch,
-        _data(args) if args.data else None,
-        config=parse_config(args.config),
-        scale=scale,
-        in_channels=args.in_channels,
-        resume=args.resume,
-        **kwargs,
-    )
-    return report(drive(gen, args.quiet), args.output)
+    from napari_resolve.train.interrupt import StopOnSignal
+
+    with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: save at the next step, then stop
+        gen = train_iter(
+            args.arch,
+            _data(args) if args.data else None,
+            config=parse_config(args.config),
+            scale=scale,
+            in_channels=args.in_channels,
+            resume=args.resume,
+            stop=stop,
+            **kwargs,
+        )
+        result = drive(gen, args.quiet)
+    return report(result, args.output, stop.signal)

@@ -102,12 +102,27 @@ def _check_image(image, name="image") -> np.ndarray:
     return arr
 
 
+#: largest output plane imresize builds (2**28 px = 1 GB as float32): checked before allocating
+MAX_OUTPUT_PIXELS = 2**28
+
+
+def _bounded(sh, sw, oh, ow, shape_hw):
+    """Refuse, before any allocation, a resize whose output or kernel would not fit in memory."""
+    if sh * shape_hw[0] < 1 or sw * shape_hw[1] < 1:
+        raise InputError(f"scale {sh:g} x {sw:g} shrinks a {shape_hw[0]} x {shape_hw[1]} image "
+                         "below one pixel")
+    if oh * ow > MAX_OUTPUT_PIXELS:
+        raise InputError(f"resizing to {oh} x {ow} px ({oh * ow / 1e6:.0f} M px) exceeds the "
+                         f"{MAX_OUTPUT_PIXELS / 1e6:.0f} M px limit; use a smaller scale")
+    return sh, sw, oh, ow
+
+
 def _scales(scale, shape_hw, out_shape):
     if out_shape is not None:
         oh, ow = (int(v) for v in out_shape)
         if oh < 1 or ow < 1:
             raise InputError(f"output_shape must be positive, got {out_shape}")
-        return oh / shape_hw[0], ow / shape_hw[1], oh, ow
+        return _bounded(oh / shape_hw[0], ow / shape_hw[1], oh, ow, shape_hw)
     if isinstance(scale, (tuple, list)):
         sh, sw = (float(s) for s in scale)
     else:
@@ -117,7 +132,7 @@ def _scales(scale, shape_hw, out_shape):
     oh, ow = output_size(shape_hw[0], sh), output_size(shape_hw[1], sw)
     if oh < 1 or ow < 1:
         raise InputError(f"scale {scale} shrinks a {shape_hw} image to nothing")
-    return sh, sw, oh, ow
+    return _bounded(sh, sw, oh, ow, shape_hw)
 
 
 def imresize(image, scale=None, *, output_shape=None, channel_axis=None, antialiasing=True):

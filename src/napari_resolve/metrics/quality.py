@@ -11,8 +11,11 @@ in common SR practice (e.g. the benchmark code of EDSR / BasicSR):
   the mean over channels).
 * ``crop`` pixels are removed from every border before measuring (callers
   pass ``crop=scale``: the border is where padding, not the method, decides).
-* ``data_range`` (MAX) defaults from the reference ``hr``'s dtype: 255 for
-  uint8, 65535 for uint16, the full range of other integers, 1.0 for floats.
+* ``data_range`` (MAX) defaults from the reference ``hr``: 255 for uint8,
+  65535 for uint16, 1.0 for floats inside [0, 1]; for every other type
+  (int16, int32, int64, uint32, uint64, floats beyond [0, 1]) the range of
+  ``hr``'s values (max - min, at least 1 for integers): the full range of
+  int64 made any error read as ~150 dB (issue 15).
   ``sr`` is compared on ``hr``'s intensity scale (a float SR output of an
   8-bit image is expected on 0..255).
 * SSIM: ``skimage.metrics.structural_similarity`` with an 11 x 11 Gaussian
@@ -34,9 +37,24 @@ __all__ = ["psnr", "ssim", "evaluate_pair", "default_data_range", "SSIM_WINDOW"]
 SSIM_WINDOW = 11  # 2 * int(3.5 * sigma + 0.5) + 1 for sigma = 1.5, as skimage computes it
 
 
-def default_data_range(dtype) -> float:
-    """MAX of the PSNR: 255 for uint8, 65535 for uint16, integer range, 1.0 for floats."""
+def default_data_range(dtype, hr=None) -> float:
+    """MAX of the PSNR: 255 for uint8, 65535 for uint16, 1.0 for floats in [0, 1], else ``hr``'s range.
+
+    Without ``hr`` other integers get their type's range (the old rule, kept
+    for callers that only know the dtype).
+    """
     dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    if hr is not None:
+        vals = np.asarray(hr)
+        lo, hi = float(vals.min()), float(vals.max())
+        if np.issubdtype(dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+            return 1.0
+        span = hi - lo
+        return max(span, 1.0) if np.issubdtype(dtype, np.integer) else (span if span > 0 else 1.0)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return float(info.max) - float(min(info.min, 0))
@@ -68,7 +86,7 @@ def _prepare(sr, hr, data_range, crop, y_channel):
     sr_arr, hr_arr = _as_image(sr, "sr"), _as_image(hr, "hr")
     if sr_arr.shape != hr_arr.shape:
         raise InputError(f"sr {sr_arr.shape} and hr {hr_arr.shape} must have the same shape")
-    rng = default_data_range(hr_arr.dtype) if data_range is None else data_range
+    rng = default_data_range(hr_arr.dtype, hr_arr) if data_range is None else data_range
     try:
         rng = float(rng)
     except (TypeError, ValueError):
@@ -145,5 +163,6 @@ def evaluate_pair(sr, hr, *, scale: int | None = None, crop: int | None = None,
         "ssim": ssim(sr, hr_arr, **kw),
         "crop": int(crop),
         "y_channel": used_y,
-        "data_range": float(default_data_range(hr_arr.dtype) if data_range is None else data_range),
+        "data_range": float(default_data_range(hr_arr.dtype, hr_arr) if data_range is None
+                            else data_range),
     }

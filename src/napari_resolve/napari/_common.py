@@ -15,7 +15,10 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushBut
 
 from napari_resolve.errors import ResolveError
 
-MODEL_FILE_FILTER = "Model files (*.safetensors);;All files (*)"
+MODEL_FILE_FILTER = (
+    "Model files (*.safetensors);;BioImage Model Zoo package (*.zip rdf.yaml bioimageio.yaml);;"
+    "TorchScript with a declared scale (*.pt *.ts *.torchscript);;All files (*)"
+)
 
 
 def watch_layers(viewer, refresh) -> None:
@@ -70,7 +73,8 @@ def model_row(parent, tooltip: str, on_file) -> tuple[QHBoxLayout, QComboBox, QP
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(16)
     button = QPushButton("Load file…")
-    button.setToolTip("Open a .safetensors model file (pickled .pt/.pth files are refused)")
+    button.setToolTip("Open a .safetensors model file, a BioImage Model Zoo package or a TorchScript "
+                      "model (pickled .pt/.pth checkpoints are refused)")
 
     def ask():
         path, _ = QFileDialog.getOpenFileName(parent, "Open a model file", "", MODEL_FILE_FILTER)
@@ -96,3 +100,89 @@ def pretrained_entries() -> list[dict]:
     except ResolveError as exc:  # a broken install: still usable with files
         show_error(f"cannot list the bundled models: {exc}")
         return []
+
+
+# ----------------------------------------------------------------------------- lazy imports
+#: what a run needs that is slow to import (torch alone takes 2-5 s on a 2-core PC). Opening a
+#: panel imports none of it; the first action that needs it (loading a model, Start) does,
+#: after saying so. A background import was tried and rejected: torch's initialisation holds
+#: Python's GIL for seconds, so the window froze anyway, at a moment the user did not choose
+#: (benchmarks/ui_freeze.py, docs/benchmarks.md).
+WARM_MODULES = (
+    "torch",
+    "napari_resolve.models",
+    "napari_resolve.predict",
+    "napari_resolve.train.engine",
+    "napari_resolve.train.finetuning",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_qtagg",
+)
+_when_warm: list = []
+
+
+def is_warm() -> bool:
+    """True when every module of :data:`WARM_MODULES` is imported."""
+    import sys
+
+    return all(name in sys.modules for name in WARM_MODULES)
+
+
+def when_warm(callback) -> None:
+    """Call ``callback()`` once the heavy modules are imported (now, if they are).
+
+    Panels use it to fill what needs torch (devices, the degradation line of
+    a card) whichever panel triggered the import. A callback of a panel
+    closed meanwhile is skipped (Qt raises RuntimeError for a deleted widget).
+    """
+    if is_warm():
+        callback()
+    else:
+        _when_warm.append(callback)
+
+
+def ensure_warm(status_label=None) -> None:
+    """Import :data:`WARM_MODULES` now (the first action that needs them), saying so first."""
+    if is_warm():
+        return
+    import importlib
+
+    if status_label is not None:
+        from qtpy.QtWidgets import QApplication
+
+        status_label.setText("Loading PyTorch (first use only, a few seconds)…")
+        status_label.repaint()
+        QApplication.processEvents()
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    callbacks = list(_when_warm)
+    _when_warm.clear()
+    for cb in callbacks:
+        try:
+            cb()
+        except RuntimeError:  # the panel was closed meanwhile
+            pass
+
+
+def known_devices() -> list[str]:
+    """Devices torch can use, best first, without importing torch (CPU only until it is)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return ["cpu"]
+    from napari_resolve.napari._widget import available_devices
+
+    return available_devices()
+
+
+def fill_devices(combo) -> None:
+    """(Re)fill a device combo: 'auto (best)', then each device; keeps the choice."""
+    current = combo.currentData()
+    devices = known_devices()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItem(f"auto ({devices[0].upper()})", "auto")
+    for dev in devices:
+        combo.addItem(dev.upper(), dev)
+    index = combo.findData(current) if current is not None else 0
+    combo.setCurrentIndex(max(index, 0))
+    combo.blockSignals(False)

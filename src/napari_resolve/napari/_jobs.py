@@ -146,11 +146,18 @@ class Outcome:
 
 @dataclass
 class Step:
-    """Progress over all planes: ``done`` of ``total`` tiles, and what is running."""
+    """Progress over all planes: ``done`` of ``total`` tiles, and what is running.
+
+    ``fraction`` (0-1, finer than tiles when the engine reports progress inside
+    a tile) and ``eta_s`` (seconds left) are the engine's when its events carry
+    them, else None (the panel then estimates the time left from the rate).
+    """
 
     done: int
     total: int
     stage: str
+    fraction: float | None = None
+    eta_s: float | None = None
 
 
 class JobFailed(Exception):
@@ -225,7 +232,12 @@ def run_sr(job: SRJob) -> Iterator[Step]:
                     break
                 label = f"stack {k + 1}/{n}: {ev.stage}" if n > 1 else str(ev.stage)
                 total = max(int(ev.total), 1)
-                yield Step(k * total + int(ev.done), n * total, label)
+                inner = getattr(ev, "fraction", None)  # engines that report inside a tile
+                fraction = None if inner is None else (k + float(inner)) / n
+                # the engine's estimate covers this call only: with several calls the panel
+                # estimates from the rate over all of them
+                eta = getattr(ev, "eta_s", None) if n == 1 else None
+                yield Step(k * total + int(ev.done), n * total, label, fraction, eta)
             images.append(result.image)
             labels.append(result.labels)
             mrs.append(result.extras.get("mr") if mr_factor else None)

@@ -4,6 +4,9 @@
   size (µm) goes into ``layer.scale`` of the two image axes, with ``units``
   µm; files without a calibration open with scale 1 (pixels). Files written by
   our labels writer (OME ``Description`` = :data:`LABELS_MARK`) open as Labels.
+* MRC (``.mrc``, e.g. SIM raw data such as rDL-SIM's ``MT.mrc``;
+  :func:`napari_resolve.io.read_image` through ``mrcfile``): the pixel size
+  from the header goes into ``layer.scale`` (µm), as for TIFF.
 * LabelMe JSON (how paper 000 §3.1 annotated nucleus and cytoplasm): polygons
   painted by :func:`napari_resolve.data.labels.labelme_to_labels` into a
   Labels layer with our values (0 background, 1 cytoplasm, 2 nucleus) and the
@@ -23,6 +26,7 @@ from napari_resolve.errors import ResolveError
 
 LABELS_MARK = "napari-resolve labels"
 TIFF_SUFFIXES = (".tif", ".tiff")
+MRC_SUFFIXES = (".mrc",)
 _MAX_JSON_BYTES = 50 * 1024 * 1024  # a LabelMe file with embedded image data can be large
 
 
@@ -51,12 +55,14 @@ def get_reader(path):
         return read_labelme if p.is_file() and _is_labelme(p) else None
     if name.endswith(TIFF_SUFFIXES):
         return read_tiff
+    if name.endswith(MRC_SUFFIXES):
+        return read_tiff  # io.read_image reads both, with the pixel size
     return None
 
 
 def _stem(path: Path) -> str:
     name = path.name
-    for sfx in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".json"):
+    for sfx in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".json", ".mrc"):
         if name.lower().endswith(sfx):
             return name[: -len(sfx)]
     return path.stem
@@ -96,7 +102,7 @@ def layer_scale(ndim: int, pixel_size_yx) -> tuple[tuple, dict]:
 
 
 def read_tiff(path):
-    """Read a (OME-)TIFF as an Image layer (or Labels, for files our writer marked)."""
+    """Read a (OME-)TIFF or MRC as an Image layer (or Labels, for TIFFs our writer marked)."""
     from napari_resolve import io
 
     path = Path(path)
@@ -108,7 +114,8 @@ def read_tiff(path):
     spatial_ndim = data.ndim - (1 if rgb else 0)
     scale, extra = layer_scale(spatial_ndim, meta.get("pixel_size_yx"))
     kwargs = {"name": _stem(path), "scale": scale, "metadata": {"io": meta}, **extra}
-    if not rgb and _ome_description(path) == LABELS_MARK:
+    if not rgb and path.name.lower().endswith(TIFF_SUFFIXES) and \
+            _ome_description(path) == LABELS_MARK:
         from napari_resolve.napari._style import parsing_style
 
         kwargs.update(parsing_style() if data.max(initial=0) <= 2 else {})

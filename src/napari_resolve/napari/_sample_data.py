@@ -39,16 +39,17 @@ def leukocyte():
     lr = imresize(hr, 1.0 / SCALE, channel_axis=-1)
     lr_scale, lr_translate = lr_geometry((1.0, 1.0), (0.0, 0.0), SCALE)
     about = _about(meta)
+    # layer order: the mask last, so that it lies above the opaque LR layer when switched on
     return [
         (hr, {"name": "leukocyte (HR)", "rgb": True, "visible": False, "metadata": about}, "image"),
+        (lr, {"name": "leukocyte (LR)", "rgb": True, "scale": lr_scale, "translate": lr_translate,
+              "metadata": {**about, "degradation": {"kind": "matlab-bicubic", "scale": SCALE}}},
+         "image"),
         # on the x4 grid of the LR layer: usable as its prior ("Re-run with edited parsing map")
         (labels, {"name": "leukocyte mask (HR)", "visible": False,
                   "metadata": {**about, "napari_resolve": {"source_layer": "leukocyte (LR)",
                                                            "kind": "parsing", "plane": None}},
                   **parsing_style()}, "labels"),
-        (lr, {"name": "leukocyte (LR)", "rgb": True, "scale": lr_scale, "translate": lr_translate,
-              "metadata": {**about, "degradation": {"kind": "matlab-bicubic", "scale": SCALE}}},
-         "image"),
     ]
 
 

@@ -21,3 +21,36 @@ def parsing_style(label_names: dict | None = None) -> dict:
         "features": {"index": index, "name": [names[i] for i in index]},
         "opacity": 0.5,
     }
+
+
+def theme_colors(viewer=None) -> dict:
+    """napari's theme as matplotlib colours: ``background``, ``axes`` and ``text`` (hex)."""
+    from napari.utils.theme import get_theme
+
+    name = getattr(viewer, "theme", None) or "dark"
+    try:
+        theme = get_theme(name)
+    except (KeyError, ValueError):
+        theme = get_theme("dark")
+    return {"background": theme.background.as_hex(), "axes": theme.foreground.as_hex(),
+            "text": theme.text.as_hex()}
+
+
+def theme_figure(figure, viewer=None) -> None:
+    """Colour a matplotlib ``figure`` (and its axes, legends) like napari's dark / light theme."""
+    colors = theme_colors(viewer)
+    figure.set_facecolor(colors["background"])
+    for ax in figure.axes:
+        ax.set_facecolor(colors["axes"])
+        for spine in ax.spines.values():
+            spine.set_color(colors["text"])
+        ax.tick_params(colors=colors["text"], which="both")
+        ax.xaxis.label.set_color(colors["text"])
+        ax.yaxis.label.set_color(colors["text"])
+        ax.title.set_color(colors["text"])
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.get_frame().set_facecolor(colors["background"])
+            legend.get_frame().set_edgecolor(colors["text"])
+            for text in legend.get_texts():
+                text.set_color(colors["text"])

@@ -34,10 +34,12 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -46,10 +48,13 @@ from qtpy.QtWidgets import (
 from napari_resolve.errors import InputError, ResolveError
 from napari_resolve.napari import _jobs
 from napari_resolve.napari._common import (
+    fill_devices,
+    known_devices,
     layer_names,
     model_row,
     pretrained_entries,
     refill_combo,
+    when_warm,
     watch_layers,
 )
 from napari_resolve.napari._style import parsing_style
@@ -58,9 +63,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 META_KEY = "napari_resolve"  # layer.metadata key with what made the layer
-
-COLOR_MODES = {"grey": "grey", "y": "Y of YCbCr (colour images: Cb, Cr bicubic)", "rgb": "RGB"}
-
 
 def available_devices() -> list[str]:
     """Devices torch can use here, best first (CUDA, Apple MPS, CPU)."""
@@ -76,51 +78,6 @@ def available_devices() -> list[str]:
     return found
 
 
-def _fmt_number(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _summarise(obj, limit: int = 160) -> str:
-    """A short, readable line for a metadata value (dicts as ``key value`` pairs)."""
-    if obj in (None, "", {}, []):
-        return "—"
-    if isinstance(obj, dict):
-        parts = []
-        for key, value in obj.items():
-            if isinstance(value, dict):
-                value = ", ".join(f"{k} {_fmt_number(v)}" for k, v in value.items())
-            elif isinstance(value, (list, tuple)):
-                value = ", ".join(str(v) for v in value)
-            parts.append(f"{key}: {_fmt_number(value)}")
-        text = "; ".join(parts)
-    else:
-        text = str(obj)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _training_summary(training) -> str:
-    """What the model was trained on, in one line (bundle key ``training``)."""
-    if not isinstance(training, dict):
-        return _summarise(training)
-    parts = [str(training["data"])] if training.get("data") else []
-    run = [f"{training[k]} {k}" for k in ("epochs", "steps") if isinstance(training.get(k), int)]
-    if training.get("device"):
-        run.append(f"on {str(training['device']).upper()}")
-    if run:
-        parts.append(" ".join(run))
-    return _summarise("; ".join(parts)) if parts else _summarise(training)
-
-
-def _metrics_summary(metrics) -> str:
-    """Validation numbers (bundle key ``metrics``): the measures, not the bookkeeping."""
-    if not isinstance(metrics, dict):
-        return _summarise(metrics)
-    shown = {k: v for k, v in metrics.items() if k not in ("epoch", "step")}
-    return _summarise(shown)
-
-
 def _baseline_label(scale: int) -> str:
     return f"bicubic ×{scale} (baseline, no learning)"
 
@@ -133,6 +90,32 @@ def _fmt_params(n: int) -> str:
     if n >= 1e3:
         return f"{n / 1e3:.1f} k"
     return str(n)
+
+
+def _weights(n: int) -> str:
+    return "no learned weights" if n == 0 else f"{_fmt_params(n)} learned weights"
+
+
+def _short(name: str, n: int = 18) -> str:
+    return name if len(name) <= n else name[: n - 1] + "…"
+
+
+def _fmt_left(seconds: float) -> str:
+    s = int(round(max(seconds, 0.0)))
+    return f"{s} s" if s < 90 else f"{s // 60} min {s % 60:02d} s"
+
+
+def _rgb_in_input_type(outcome, dtype):
+    """The outcome's images cast to an integer input ``dtype`` (floats stay as they are)."""
+    from dataclasses import replace as _replace
+
+    from napari_resolve.data.normalize import to_dtype
+
+    if not np.issubdtype(np.dtype(dtype), np.integer):
+        return outcome
+    cast = {k: to_dtype(getattr(outcome, k), dtype) for k in ("image", "mr")
+            if getattr(outcome, k) is not None}
+    return _replace(outcome, **cast)
 
 
 class ResolveWidget(QWidget):
@@ -155,7 +138,18 @@ class ResolveWidget(QWidget):
         self._cancel_requested = False
         self._memory_models: dict = {}
 
-        layout = QVBoxLayout(self)
+        self._finished_status = False
+        self._rate = None  # (time, fraction) at the first progress event of a run
+        # docked with other panels the dock may be short: the panel scrolls, never squeezes
+        self.scroll = scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        content = QWidget()
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         layout.addWidget(self._build_model_section())
         layout.addWidget(self._build_sr_section())
         layout.addWidget(self._build_parsing_section())
@@ -170,6 +164,11 @@ class ResolveWidget(QWidget):
         self._on_active_layer()
         self._update_card()
         self._set_running(False)
+        when_warm(self._on_warm)  # torch loads at the first model (the panel opens at once)
+
+    def _on_warm(self) -> None:
+        fill_devices(self.device_combo)
+        self._update_card()
 
     # ------------------------------------------------------------------ layout
 
@@ -180,6 +179,10 @@ class ResolveWidget(QWidget):
             self, "A model shipped with napari-resolve, or a file you loaded", self.load_model_file
         )
         self.model_combo.activated.connect(self._on_model_chosen)
+        from napari_resolve.napari._export import export_button
+
+        self.export_button = export_button(self)
+        row.addWidget(self.export_button)
         form.addLayout(row)
         self.card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         form.addWidget(self.card)
@@ -192,6 +195,7 @@ class ResolveWidget(QWidget):
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The image layer to super-resolve (the active layer by default)")
         self.image_combo.currentIndexChanged.connect(self._update_planes_row)
+        self.image_combo.currentIndexChanged.connect(self._update_domain_warning)
         form.addRow("image", self.image_combo)
 
         self.planes_combo = QComboBox()
@@ -208,7 +212,8 @@ class ResolveWidget(QWidget):
         self.tile_spin.setToolTip(
             "Input pixels per tile side. 'auto': about 1024 output pixels on the CPU, 2048 on a "
             "GPU. Smaller tiles need less memory; a tile larger than the image runs it in one "
-            "piece (paper 000 §2.4 feeds whole cells)."
+            "piece (paper 000 §2.4 feeds whole cells). A tile must be larger than twice the "
+            "overlap: the box starts there."
         )
         form.addRow("tile", self.tile_spin)
 
@@ -221,13 +226,11 @@ class ResolveWidget(QWidget):
             "Input pixels each tile reads beyond its border (blended). 'auto': the model's "
             "receptive field, so tiled = untiled; 32 for models with global operations."
         )
+        self.overlap_spin.valueChanged.connect(self._bound_tile)
         form.addRow("overlap", self.overlap_spin)
 
         self.device_combo = QComboBox()
-        devices = available_devices()
-        self.device_combo.addItem(f"auto ({devices[0].upper()})", "auto")
-        for dev in devices:
-            self.device_combo.addItem(dev.upper(), dev)
+        fill_devices(self.device_combo)
         self.device_combo.currentIndexChanged.connect(self._update_card)
         form.addRow("device", self.device_combo)
         outer.addLayout(form)
@@ -239,7 +242,12 @@ class ResolveWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         buttons.addWidget(self.run_button, 2)
         buttons.addWidget(self.cancel_button, 1)
+        self.buttons_row = buttons  # room for more actions (e.g. Export…)
         outer.addLayout(buttons)
+        self.domain_label = QLabel("")
+        self.domain_label.setWordWrap(True)
+        self.domain_label.setVisible(False)
+        outer.addWidget(self.domain_label)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         outer.addWidget(self.status)
@@ -292,7 +300,9 @@ class ResolveWidget(QWidget):
 
     def _use_baseline(self, scale: int) -> None:
         from napari_resolve import bundle, models
+        from napari_resolve.napari._common import ensure_warm
 
+        ensure_warm(self.status)
         model = models.build("bicubic", scale=scale, in_channels=1)
         meta = bundle.default_meta(model)
         meta["color_mode"] = "y"  # colour images: Y bicubic, Cb/Cr bicubic = plain bicubic
@@ -309,11 +319,14 @@ class ResolveWidget(QWidget):
         architecture gives a notification and keeps the current model.
         """
         from napari_resolve import bundle
+        from napari_resolve.napari._common import ensure_warm
 
+        ensure_warm(self.status)
         try:
             model, meta = bundle.load(src)
         except ResolveError as exc:
-            self._error(f"{exc}. Choose a napari-resolve .safetensors model file.")
+            self._error(f"{exc}. Choose a napari-resolve .safetensors model, a BioImage Model Zoo "
+                        "package or a TorchScript model with a declared scale.")
             return False
         if isinstance(src, Path):
             self._set(model, meta, src.name, ("file", str(src)), f"{src.name} (file)")
@@ -335,12 +348,56 @@ class ResolveWidget(QWidget):
         self.model = model
         self.meta = dict(meta)
         self.model_source = source
+        if "e05050" in self.status.text():  # an earlier load error is over
+            self.status.setText(f"Model: {source}")
         index = self.model_combo.findData(choice)
         if index < 0:
             self.model_combo.addItem(label, choice)
             index = self.model_combo.count() - 1
         self.model_combo.setCurrentIndex(index)
         self._update_card()
+        self._bound_tile()
+        self._update_domain_warning()
+
+    def _bound_tile(self, *_) -> None:
+        """The tile box starts above 2 × overlap (the model's, for 'auto'): no value it offers fails."""
+        ov = self.overlap_spin.value()
+        if ov < 0:
+            ov = 0
+            if self.model is not None:
+                from napari_resolve.predict import default_overlap
+
+                ov = int(default_overlap(self.model))
+        value = self.tile_spin.value()
+        auto = value <= self.tile_spin.minimum()
+        self.tile_spin.setMinimum(2 * ov)  # this minimum reads 'auto'
+        self.tile_spin.setValue(2 * ov if auto else max(value, 2 * ov + 1))
+
+    def tile(self) -> int | None:
+        """The tile side chosen (LR px), None for 'auto'."""
+        value = self.tile_spin.value()
+        return None if value <= self.tile_spin.minimum() else value
+
+    def _update_domain_warning(self, *_) -> None:
+        """Warn (in the panel) when the chosen image does not look like the model's data."""
+        from napari_resolve.cards import domain_warning
+
+        layer = self._layer(self.image_combo, Image)
+        text = None
+        if self.model is not None and layer is not None and not layer.multiscale:
+            try:
+                lead = _jobs.leading_shape(layer.data.shape, layer.rgb)
+                plane = np.asarray(layer.data[self._current_plane(layer)] if lead else layer.data)
+                from napari_resolve.napari.resolution_widget import pixel_sizes_nm
+
+                sizes, unit, _ = pixel_sizes_nm([layer])
+                text = domain_warning({**(self.meta or {}), "name": self.model_source}, plane,
+                                      rgb=bool(layer.rgb),
+                                      pixel_size_nm=sizes[0] if unit == "nm" else None)
+            except Exception:  # noqa: BLE001 - advice only, never in the way of a run
+                text = None
+        self.domain_label.setText(f"<span style='color:#e0a030'>⚠ {text}</span>" if text else "")
+        self.domain_label.setVisible(bool(text))
 
     def _predicts_parsing(self) -> bool:
         return bool(self.model is not None and getattr(self.model, "predicts_parsing", False))
@@ -348,7 +405,7 @@ class ResolveWidget(QWidget):
     def device(self) -> str:
         """The device a run will use: the choice, or the best available for 'auto'."""
         choice = self.device_combo.currentData()
-        return available_devices()[0] if choice in (None, "auto") else choice
+        return known_devices()[0] if choice in (None, "auto") else choice
 
     def _update_card(self, *_) -> None:
         dev = self.device().upper()
@@ -361,26 +418,16 @@ class ResolveWidget(QWidget):
             )
             self.parsing_box.setEnabled(False)
             return
+        from napari_resolve.cards import card_html
         from napari_resolve.models import count_parameters
 
-        meta = self.meta or {}
-        labels = meta.get("labels")
-        rows = [
-            ("Model", self.model_source),
-            ("Architecture", meta.get("architecture") or getattr(self.model, "arch", "")),
-            ("Paper", meta.get("paper") or "—"),
-            ("Scale", f"×{meta.get('scale', getattr(self.model, 'scale', '?'))}"),
-            ("Parameters", _fmt_params(count_parameters(self.model))),
-            ("Colour mode", COLOR_MODES.get(meta.get("color_mode"), str(meta.get("color_mode")))),
-            ("Parsing map", ", ".join(f"{k} {v}" for k, v in labels.items()) if labels else "no"),
-            ("Training data", _training_summary(meta.get("training"))),
-            ("Validation", _metrics_summary(meta.get("metrics"))),
-            ("Device", f"<b>{dev}</b> ({dev_note})"),
-        ]
-        html = "".join(
-            f"<tr><td style='padding-right:8px;color:#aaa'>{k}</td><td>{v}</td></tr>" for k, v in rows
-        )
-        self.card.setText(f"<table>{html}</table>")
+        meta = dict(self.meta or {})
+        meta.setdefault("scale", getattr(self.model, "scale", "?"))
+        extra = (f"<tr><td style='padding-right:8px;color:#999'>Size</td><td>"
+                 f"{_weights(count_parameters(self.model))} · runs on <b>{dev}</b> "
+                 f"({dev_note})</td></tr>")
+        self.card.setText(f"<b>{self.model_source}</b>" + card_html(meta).replace(
+            "</table>", extra + "</table>"))
         self.parsing_box.setEnabled(self._predicts_parsing())
 
     # ------------------------------------------------------------------ layers
@@ -396,6 +443,20 @@ class ResolveWidget(QWidget):
             self.image_combo.setCurrentText(active.name)
         elif isinstance(active, Labels):
             self.parsing_combo.setCurrentText(active.name)
+        self._update_image_hint()
+
+    def _update_image_hint(self) -> None:
+        """Say which image a run uses when the active layer is not that image (e.g. a Labels layer)."""
+        active = self.viewer.layers.selection.active
+        chosen = self.image_combo.currentText()
+        if active is not None and not isinstance(active, Image) and chosen:
+            self.run_button.setToolTip(
+                f"Runs on the image chosen above, '{chosen}' (the active layer "
+                f"'{active.name}' is not an image)")
+            self.run_button.setText(f"Super-resolve '{_short(chosen)}'")
+        else:
+            self.run_button.setToolTip("Run the model on the image chosen above")
+            self.run_button.setText("Super-resolve")
 
     def _layer(self, combo: QComboBox, kind):
         name = combo.currentText()
@@ -426,7 +487,16 @@ class ResolveWidget(QWidget):
         return self._worker is not None
 
     def super_resolve(self) -> None:
-        """Run the chosen model on the chosen image layer (button *Super-resolve*)."""
+        """Run the chosen model on the chosen image layer (button *Super-resolve*).
+
+        When the active layer is not an image (a Labels layer, points…), the
+        run uses the image chosen under 'image' and says so.
+        """
+        active = self.viewer.layers.selection.active
+        chosen = self.image_combo.currentText()
+        if active is not None and not isinstance(active, Image) and chosen:
+            show_info(f"Super-resolving '{chosen}' (the image chosen in the panel); the active "
+                      f"layer '{active.name}' is not an image")
         self._start(prior_layer=None)
 
     def rerun_with_parsing(self) -> None:
@@ -504,7 +574,7 @@ class ResolveWidget(QWidget):
             )
         job = _jobs.SRJob(
             model=self.model, meta=meta, data=layer.data, rgb=rgb, plane=plane,
-            tile=self.tile_spin.value() or None,
+            tile=self.tile(),
             overlap=None if self.overlap_spin.value() < 0 else self.overlap_spin.value(),
             device=self.device(), prior=prior,
         )
@@ -536,6 +606,8 @@ class ResolveWidget(QWidget):
             self._error(str(exc))
             return
         self._run_info = info
+        self._finished_status = False
+        self._rate = None
         worker = thread_worker(_jobs.run_sr, start_thread=False)(job)
         worker.yielded.connect(self._on_step)
         worker.returned.connect(self._on_returned)
@@ -549,18 +621,42 @@ class ResolveWidget(QWidget):
         worker.start()
 
     def _on_step(self, step: _jobs.Step) -> None:
-        if self._cancel_requested:
+        if self._cancel_requested or self._finished_status:
             return
+        # the status first: napari's progress display below processes events, and the
+        # run's end (with its "Added …" status) may be handled inside it
+        left = self._time_left(step)
+        self.status.setText(f"{step.stage}: {step.done}/{step.total}"
+                            + (f" · about {_fmt_left(left)} left" if left is not None else ""))
         pbar = self._pbar  # may be closed while napari's progress display runs events
         if pbar is not None:
             pbar.total = step.total
             pbar.n = step.done
             pbar.set_description(step.stage)  # also refreshes the display
-        self.status.setText(f"{step.stage}: {step.done}/{step.total}")
+
+    def _time_left(self, step) -> float | None:
+        """Seconds left: the engine's estimate when the event has one, else from the rate so far."""
+        import time
+
+        eta = getattr(step, "eta_s", None)
+        if eta is not None:
+            return float(eta)
+        fraction = getattr(step, "fraction", None)
+        if fraction is None:
+            fraction = step.done / step.total if step.total else 0.0
+        now = time.monotonic()
+        if self._rate is None:
+            self._rate = (now, fraction)
+            return None
+        t0, f0 = self._rate
+        if fraction <= f0 or now - t0 < 0.5:
+            return None
+        return (1.0 - fraction) * (now - t0) / (fraction - f0)
 
     def _on_returned(self, outcome: _jobs.Outcome) -> None:
         if outcome is None:
             return
+        self._finished_status = True
         if outcome.error:
             self._error(outcome.error)
             return
@@ -613,6 +709,10 @@ class ResolveWidget(QWidget):
                   "axis_labels": src.axis_labels, "affine": src.affine.affine_matrix}
         look = {"rgb": src.rgb, "colormap": None if src.rgb else src.colormap,  # the input's
                 "contrast_limits": src.contrast_limits, "gamma": src.gamma, "blending": src.blending}
+        if src.rgb:
+            # colour results in the input's integer type: napari draws float RGB as 0-1
+            # (a 0-255 float result would be a white thumbnail)
+            outcome = _rgb_in_input_type(outcome, src.dtype)
         added = []
         if outcome.mr is not None:  # PathSRGAN's ×2 image: its own layer on its own grid,
             # added first so that the finer ×4 layer lies on top of it

@@ -68,13 +68,23 @@ from qtpy.QtWidgets import (
 
 from napari_resolve.errors import InputError, ResolveError
 from napari_resolve.napari._common import (
+    ensure_warm,
+    fill_devices,
+    is_warm,
     layer_names,
     model_row,
     pretrained_entries,
     refill_combo,
+    when_warm,
     watch_layers,
 )
-from napari_resolve.napari._widget import META_KEY, available_devices
+from napari_resolve.napari._widget import META_KEY
+
+#: on the CPU the panel proposes steps of about a second (the recipe's batch and patch
+#: suit a GPU; a batch of 8 × 128 px takes 5 CPU-seconds a step for MHTCUN-lite)
+CPU_BATCH, CPU_PATCH = 4, 96
+#: the loss plot is redrawn at most this often (ms): drawing runs in the GUI thread
+PLOT_INTERVAL_MS = 1000
 
 __all__ = ["FinetuneWidget", "layer_images"]
 
@@ -152,6 +162,42 @@ def layer_images(hr_layer, partner=None, form: str = "hr"):
     return out
 
 
+def worker_threads() -> int:
+    """torch threads for a run started from napari: the free cores, one left to the GUI on 2.
+
+    :func:`napari_resolve.threads.choose` (an explicit ``NAPARI_RESOLVE_THREADS``
+    wins); on a machine with two usable cores the viewer keeps one, so that
+    the window stays responsive while training.
+    """
+    import os
+
+    from napari_resolve import threads
+
+    n = threads.choose()
+    if not os.environ.get(threads.ENV_VAR, "").strip() and threads.usable_cores() <= 2:
+        n = min(n, max(1, threads.usable_cores() - 1))
+    return n
+
+
+def _on_input_scale(image, target, normalization) -> np.ndarray:
+    """A [0, 1] network output (grey) on the intensity scale and dtype family of ``target``.
+
+    The inverse of the bundle's normalisation fitted to the target (as
+    :mod:`napari_resolve.data.normalize` does for predictions), cast to the
+    target's integer type when it has one, so the layer sits on its input
+    without a brightness seam.
+    """
+    from napari_resolve.data.normalize import Normalizer, to_dtype
+
+    target = np.asarray(target)
+    if target.ndim == 3:  # colour: the model's grey / Y output against the luminance range
+        target = target[..., :3].mean(axis=-1).astype(target.dtype)
+    out = Normalizer.from_meta(normalization).fit(target).inverse(np.asarray(image))
+    if np.issubdtype(target.dtype, np.integer):
+        return to_dtype(out, target.dtype)
+    return np.asarray(out, dtype=np.float32)
+
+
 def _hms(seconds: float) -> str:
     s = int(max(0, round(seconds)))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
@@ -196,10 +242,12 @@ class FinetuneWidget(QWidget):
         self._pause_event = threading.Event()
         self._run = {}
         self._files: dict[str, str] = {}
+        self._recipe_note = ""
+        self._warmed = False
         self._history = {"step": [], "loss": [], "val_step": [], "psnr": []}
         self._plot_timer = QTimer(self)
         self._plot_timer.setSingleShot(True)
-        self._plot_timer.setInterval(400)
+        self._plot_timer.setInterval(PLOT_INTERVAL_MS)
         self._plot_timer.timeout.connect(self._draw_plot)
 
         # the panel is tall (plot, resolution curves): it scrolls inside its dock
@@ -221,6 +269,17 @@ class FinetuneWidget(QWidget):
         self._add_row()
         self._on_form_changed()
         self._set_running(False)
+        # torch, the training engine and matplotlib load at Start (the panel opens at once)
+        when_warm(self._on_warm)
+
+    def _on_warm(self) -> None:
+        """The background imports are done: devices, the plot, the model card's last line."""
+        if self._warmed:
+            return
+        self._warmed = True
+        fill_devices(self.device_combo)
+        self._ensure_canvas()
+        self._update_model_card()
 
     # ------------------------------------------------------------------ building
 
@@ -326,10 +385,8 @@ class FinetuneWidget(QWidget):
         )
         form.addRow("epochs", self.epochs_spin)
         self.device_combo = QComboBox()
-        devices = available_devices()
-        self.device_combo.addItem(f"auto ({devices[0].upper()})", "auto")
-        for dev in devices:
-            self.device_combo.addItem(dev.upper(), dev)
+        fill_devices(self.device_combo)
+        self.device_combo.currentIndexChanged.connect(self._apply_recipe)
         form.addRow("device", self.device_combo)
         row = QHBoxLayout()
         self.output_edit = QLineEdit()
@@ -345,9 +402,6 @@ class FinetuneWidget(QWidget):
         return box
 
     def _build_run_section(self) -> QGroupBox:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
         box = QGroupBox("4 · Run")
         outer = QVBoxLayout(box)
         buttons = QHBoxLayout()
@@ -371,15 +425,29 @@ class FinetuneWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         outer.addWidget(self.status)
+        # the plot (matplotlib) is made once matplotlib is imported in the background
+        self.figure = self.canvas = self.loss_ax = self.psnr_ax = None
+        self._plot_layout = outer
+        return box
+
+    def _ensure_canvas(self) -> None:
+        """Make the loss / PSNR plot (matplotlib) the first time it is needed."""
+        if self.canvas is not None:
+            return
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        from napari_resolve.napari._style import theme_figure
+
         self.figure = Figure(figsize=(4.2, 2.2), layout="constrained")
         self.loss_ax = self.figure.add_subplot(1, 2, 1)
         self.psnr_ax = self.figure.add_subplot(1, 2, 2)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        outer.addWidget(self.canvas)
+        theme_figure(self.figure, self.viewer)
+        self._plot_layout.addWidget(self.canvas)
         self._draw_plot()
-        return box
 
     def _build_results_section(self) -> QGroupBox:
         from napari_resolve.napari.resolution_widget import ResolutionWidget
@@ -396,7 +464,7 @@ class FinetuneWidget(QWidget):
         self.use_button.clicked.connect(self.use_in_super_resolve)
         self.use_button.setEnabled(False)
         outer.addWidget(self.use_button)
-        self.resolution = ResolutionWidget(self.viewer)
+        self.resolution = ResolutionWidget(self.viewer, scrolling=False)
         self.resolution.setVisible(False)
         outer.addWidget(self.resolution, stretch=1)
         return box
@@ -458,31 +526,61 @@ class FinetuneWidget(QWidget):
         except ResolveError:
             return None
 
-    def _on_model_changed(self, *_) -> None:
+    def _on_cpu(self) -> bool:
+        choice = self.device_combo.currentData()
+        if choice in (None, "auto"):
+            from napari_resolve.napari._common import known_devices
+
+            choice = known_devices()[0]
+        return choice == "cpu"
+
+    def _apply_recipe(self, *_) -> None:
+        """Schedule defaults: the fine-tuning recipe, with CPU-sized steps on the CPU."""
         from napari_resolve.train import recipes as R
-        from napari_resolve.train.finetuning import self_supervised_degradation
+
+        meta = self._base_meta()
+        if meta is None:
+            return
+        rec = R.finetune_recipe(R.default_for(str(meta.get("architecture"))))
+        patch, batch = int(rec.patch_size or 0), int(rec.batch_size)
+        if self._on_cpu():
+            patch = min(patch, CPU_PATCH) if patch else 0
+            batch = min(batch, CPU_BATCH)
+        self.patch_spin.setValue(patch)
+        self.batch_spin.setValue(batch)
+        self.lr_spin.setValue(float(rec.lr))
+        self._recipe_note = (
+            f"recipe: {rec.description} (batch {rec.batch_size} × {rec.patch_size or 'whole'} px"
+            + (f"; batch {batch} × {patch} px on the CPU so that a step takes seconds"
+               if (patch, batch) != (int(rec.patch_size or 0), int(rec.batch_size)) else "")
+            + ")"
+        )
+
+    def _on_model_changed(self, *_) -> None:
+        self._apply_recipe()
+        self._update_model_card()
+        meta = self._base_meta()
+        if meta is not None:
+            self._suggest_output(meta)
+
+    def _update_model_card(self) -> None:
+        from napari_resolve.cards import card_html
 
         meta = self._base_meta()
         if meta is None:
             self.model_card.setText("<i>Choose the model to fine-tune.</i>")
             return
-        arch, s = meta.get("architecture"), int(meta.get("scale", 1))
-        rec = R.finetune_recipe(R.default_for(str(arch)))
-        self.patch_spin.setValue(int(rec.patch_size or 0))
-        self.batch_spin.setValue(int(rec.batch_size))
-        self.lr_spin.setValue(float(rec.lr))
-        deg = self_supervised_degradation(meta)
-        deg_text = ", ".join(f"{k} {v}" for k, v in deg.items() if k != "kind")
-        training = meta.get("training") or {}
-        data = training.get("data") if isinstance(training, dict) else None
-        parsing = "predicts a parsing map" if meta.get("labels") else "no parsing map"
-        self.model_card.setText(
-            f"<b>{arch}</b> ×{s}, {meta.get('color_mode', 'grey')}, {parsing}"
-            + (f"; trained on {data}" if data else "")
-            + f"<br>HR-only data are degraded with <b>{deg['kind']}</b> ({deg_text})"
-            + f"<br>recipe: {rec.description}"
-        )
-        self._suggest_output(meta)
+        html = card_html(meta, short=True)
+        if is_warm():  # the degradation rule lives in the training engine (torch)
+            from napari_resolve.train.finetuning import self_supervised_degradation
+
+            deg = self_supervised_degradation(meta)
+            words = {"widefield": "a wide-field microscope model (blur, binning, noise)",
+                     "matlab-bicubic": "bicubic shrinking (as the papers)"}
+            html += ("<br>Your HR-only images are shrunk for it with "
+                     f"<b>{words.get(deg['kind'], deg['kind'])}</b>")
+        html += f"<br><span style='color:#999'>{self._recipe_note}</span>"
+        self.model_card.setText(html)
 
     def _suggest_output(self, meta=None) -> None:
         try:
@@ -666,11 +764,13 @@ class FinetuneWidget(QWidget):
         """
         from napari.qt.threading import thread_worker
 
-        from napari_resolve.train.finetuning import finetune_measured_iter
-
         if self._worker is not None:
             show_info("Fine-tuning is already running: wait for it or click Stop")
             return None
+        ensure_warm(self.status)  # the first run loads torch (saying so)
+        self._on_warm()
+        from napari_resolve.train.finetuning import finetune_measured_iter
+
         try:
             run = self._collect()
             run["output"].parent.mkdir(parents=True, exist_ok=True)
@@ -695,7 +795,7 @@ class FinetuneWidget(QWidget):
             max_steps=max_steps, learning_rate=run["learning_rate"],
             patch_size=run["patch_size"], batch_size=run["batch_size"], output=run["output"],
             device=run["device"], stop=self._stop_event, pause=self._pause_event,
-            note="fine-tuned in the napari-resolve Fine-tune widget",
+            note="fine-tuned in the napari-resolve Fine-tune widget", threads=worker_threads(),
         )
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_report)
@@ -710,11 +810,11 @@ class FinetuneWidget(QWidget):
         return worker
 
     def stop(self) -> None:
-        """Stop after the current step (button *Stop*); the best weights so far are kept."""
+        """Stop now, inside the step in flight (button *Stop*); the best weights so far are kept."""
         if self._worker is not None:
             self._stop_event.set()
             self._pause_event.clear()
-            self.status.setText("Stopping after this step…")
+            self.status.setText("Stopping: measuring the fine-tuned model…")
 
     def pause(self) -> None:
         """Hold training between two steps (paused time does not count against the minutes)."""
@@ -770,11 +870,15 @@ class FinetuneWidget(QWidget):
             self.status.setText(ev.message)
 
     def _draw_plot(self) -> None:
+        if self.canvas is None:
+            return
         h = self._history
         self.loss_ax.clear()
         self.psnr_ax.clear()
         if h["step"]:
-            self.loss_ax.plot(h["step"], h["loss"], lw=1, color="tab:blue")
+            # a marker on every point: the first loss point is visible on its own
+            self.loss_ax.plot(h["step"], h["loss"], "o-", lw=1, ms=3 if len(h["step"]) < 50 else 0,
+                              color="tab:blue")
             finite = [v for v in h["loss"] if math.isfinite(v)]
             if finite and min(finite) > 0 and max(finite) > 20 * min(finite):
                 self.loss_ax.set_yscale("log")  # only when the loss spans decades
@@ -786,6 +890,9 @@ class FinetuneWidget(QWidget):
         for ax in (self.loss_ax, self.psnr_ax):
             ax.set_xlabel("step", fontsize="small")
             ax.tick_params(labelsize="x-small")
+        from napari_resolve.napari._style import theme_figure
+
+        theme_figure(self.figure, self.viewer)
         self.canvas.draw_idle()
 
     def _on_report(self, report) -> None:
@@ -851,7 +958,15 @@ class FinetuneWidget(QWidget):
         ]
         text = "<table>" + "".join(rows) + "</table>"
         if report.psnr_gain is not None:
+            history = getattr(report.result, "history", None) or []
+            steps = history[-1].get("step") if history else None
             text += f"PSNR gain <b>{report.psnr_gain:+.2f} dB</b>"
+            if steps:
+                # the same data and seed give the same figure: runs are reproducible
+                text += f" after {steps} step{'s' if steps != 1 else ''}"
+            fit_gain = a.psnr_affine - b.psnr_affine
+            if math.isfinite(fit_gain):
+                text += f" ({fit_gain:+.2f} dB after the intensity fit)"
         refs = report.references or {}
         hr = [r for r in refs.get("hr", []) if r is not None]
         lr = [r for r in refs.get("lr", []) if r is not None]
@@ -881,13 +996,18 @@ class FinetuneWidget(QWidget):
         translate = (translate[0] + oy * scale[0], translate[1] + ox * scale[1])
         units = tuple(src.units[-2:]) if src is not None else None
         arch = str(run["meta"].get("architecture"))
+        y0c, x0c, hc, wc = report.val_crops[0]
+        target = np.asarray(val.hr)[y0c:y0c + hc, x0c:x0c + wc]
         added = []
         for label, m in (("base", report.before), ("fine-tuned", report.after)):
-            name = f"{val.name} ×{run['meta']['scale']} {label} ({arch})"
-            image = m.images[0]
+            # the distinguishing word first: napari's layer list cuts long names
+            name = f"{label} ×{run['meta']['scale']} ({arch}): {val.name}"
+            image = _on_input_scale(m.images[0], target, run["meta"].get("normalization"))
             layer = self.viewer.add_image(
                 image, name=name, scale=scale, translate=translate, units=units,
                 colormap=src.colormap if src is not None and not src.rgb else "gray",
+                contrast_limits=(tuple(src.contrast_limits) if src is not None and not src.rgb
+                                 else None),
                 metadata={META_KEY: {"kind": "finetune-" + label.replace("-", ""),
                                      "bundle": str(report.bundle), "source_layer": val.source}},
             )

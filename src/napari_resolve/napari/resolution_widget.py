@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 NO_LAYER = "—"
+#: a cut-off this close to the sampling limit (kc = 1) is noise reaching the highest frequencies
+NYQUIST_KC = 0.95
 
 
 # ----------------------------------------------------------------------------- pixel sizes
@@ -149,9 +151,23 @@ class ResolutionReport:
             rows.append(f"<tr><td>gain (input / result)</td><td align='right'><b>×{self.gain:.2f}</b>"
                         "</td><td></td><td></td></tr>")
         text = "<table>" + "".join(rows) + "</table>"
+        for warning in self.warnings():
+            text += f"<br><span style='color:#e0a030'>⚠ {warning}</span>"
         if self.note:
             text += f"<br><i>{self.note}</i>"
         return text
+
+    def warnings(self) -> list[str]:
+        """Readings not to trust: a cut-off at the sampling limit (kc ≥ :data:`NYQUIST_KC`)."""
+        out = []
+        for e in self.entries:
+            r = e.result
+            if r.found and r.kc >= NYQUIST_KC:
+                out.append(
+                    f"'{e.name}' reads at the sampling limit (kc {r.kc:.2f}): noise fills the "
+                    "highest frequencies, so this is the pixel size, not the optics' resolution. "
+                    "Measure an averaged or denoised frame.")
+        return out
 
 
 def _current_plane(layer, viewer) -> tuple:
@@ -231,10 +247,9 @@ class ResolutionWidget(QWidget):
     #: emitted with the :class:`ResolutionReport` when a computation ends
     computed = Signal(object)
 
-    def __init__(self, napari_viewer, parent=None):
+    def __init__(self, napari_viewer, parent=None, *, scrolling: bool = True):
         super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+        from qtpy.QtWidgets import QFrame, QScrollArea
 
         self.viewer = napari_viewer
         self.report: ResolutionReport | None = None
@@ -261,16 +276,25 @@ class ResolutionWidget(QWidget):
         self.results_label = QLabel("Pick a layer and click <i>Compute resolution</i>.")
         self.results_label.setWordWrap(True)
 
-        self.figure = Figure(figsize=(4, 3), layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        # the plot (matplotlib) is made with the first result: the panel opens at once
+        self.figure = self.canvas = None
 
-        layout = QVBoxLayout(self)
+        if scrolling:  # docked with other panels: scroll, never squeeze
+            self.scroll = QScrollArea()
+            self.scroll.setWidgetResizable(True)
+            self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+            content = QWidget()
+            self.scroll.setWidget(content)
+            outer = QVBoxLayout(self)
+            outer.setContentsMargins(0, 0, 0, 0)
+            outer.addWidget(self.scroll)
+            layout = QVBoxLayout(content)
+        else:
+            layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.compute_button)
         layout.addWidget(self.results_label)
-        layout.addWidget(self.canvas, stretch=1)
+        self._layout = layout
 
         watch_layers(self.viewer, self._refresh_layer_choices)
         self._refresh_layer_choices()
@@ -349,9 +373,23 @@ class ResolutionWidget(QWidget):
         self._worker = None
         self.compute_button.setEnabled(True)
 
+    def _ensure_canvas(self) -> None:
+        if self.canvas is not None:
+            return
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 3), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self._layout.addWidget(self.canvas, stretch=1)
+
     def _plot(self, report: ResolutionReport) -> None:
         from napari_resolve.metrics.resolution import plot_decorrelation
+        from napari_resolve.napari._style import theme_figure
 
+        self._ensure_canvas()
         self.figure.clear()
         n = len(report.entries)
         for i, entry in enumerate(report.entries):
@@ -361,9 +399,10 @@ class ResolutionWidget(QWidget):
             ax.xaxis.label.set_fontsize("small")
             ax.yaxis.label.set_fontsize("small")
             ax.tick_params(labelsize="x-small")
-            legend = ax.get_legend()
-            if legend is not None:
-                for text in legend.get_texts():
-                    text.set_fontsize("x-small")
-        self.canvas.setMinimumHeight(220 * max(n, 1))
+            if ax.get_legend() is not None:
+                # below the axes, so that it never hides the chosen peak
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3,
+                          fontsize="x-small", frameon=False)
+        theme_figure(self.figure, self.viewer)  # napari's dark / light theme
+        self.canvas.setMinimumHeight(260 * max(n, 1))
         self.canvas.draw_idle()

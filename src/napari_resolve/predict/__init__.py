@@ -58,11 +58,16 @@ Data
   through the network, Cb and Cr upsampled with MATLAB bicubic, back to RGB
   (paper 000 §3.1). ``ycbcr_to_rgb`` clips RGB to [0, 1] in the normalised
   scale.
-* Intensities go through the bundle's ``normalization``
-  (:class:`~napari_resolve.data.normalize.Normalizer`, fitted on the whole
-  image or stack) and back, so ``result.image`` (float32) is on the input's
-  intensity scale. For integer inputs it is clipped to the dtype's range, so
-  that casting back loses nothing but rounding; float inputs are not clipped.
+* Intensities go through the bundle's ``normalization`` and back with the
+  same fitted parameters (:func:`~napari_resolve.data.normalize.to_model_scale`
+  / :func:`~napari_resolve.data.normalize.from_model_scale`, fitted on the
+  whole image or stack, by the data for every type but uint8), so
+  ``result.image`` is on the input's intensity scale: float32 (float64 for
+  float64 and 32/64-bit integer inputs), clipped to an integer input's range
+  (unsigned stays >= 0, signed keeps its sign); float inputs are not clipped.
+  ``"match-lr"`` bundles (fluorescence) also fit one gain / offset so that
+  the SR shrunk back matches the input (``result.meta["predict"]["intensity"]``;
+  the lazy paths fit it once on a centre crop).
 * Tiny images: sides below 4 px are refused (nothing to super-resolve; a
   1-px axis is usually a wrong axis order); sides from 4 to 15 px are padded
   (mirror, bottom/right) to 16 px and the output cropped back.
@@ -109,6 +114,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_resolve._generators import run_to_end
+from napari_resolve.data.normalize import output_dtype
 from napari_resolve.errors import InputError
 from napari_resolve.predict.engine import (  # noqa: F401  (re-exported)
     PredictResult,
@@ -367,13 +373,13 @@ def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, 
         return arr[..., : f * h, : f * w]
 
     sr = crop(outputs["sr"], s)  # (Z, C, sH, sW) normalised
-    sr = np.moveaxis(sr, 1, -1)  # (Z, sH, sW, C)
+    sr = norm.adjust(np.moveaxis(sr, 1, -1))  # (Z, sH, sW, C); "match-lr" level, network space
     if lay.via_y:
         from napari_resolve.data.color import ycbcr_to_rgb
 
         cbcr = imresize(chroma, s, channel_axis=-1)  # (Z, sH, sW, 2), MATLAB bicubic
         sr = ycbcr_to_rgb(np.concatenate([sr, cbcr.astype(np.float32)], axis=-1).astype(np.float32))
-    image = _clip_to_dtype(norm.inverse(sr), image_dtype)
+    image = norm.restore(sr, image_dtype)  # data/normalize.from_model_scale without adjust
     image = _from_zhwc(image, lay)
     labels = None
     if "parsing" in outputs:
@@ -389,8 +395,8 @@ def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, 
             f = arr.shape[-1] // (w + pad[1])
             a = np.moveaxis(crop(arr, f), 1, -1)
             if a.shape[-1] == lay.channels and not lay.via_y and a.shape[-1] == net_channels:
-                a = _clip_to_dtype(norm.inverse(a), image_dtype)
-            a = np.asarray(a, dtype=np.float32)
+                a = norm.restore(norm.adjust(a), image_dtype)
+            a = np.asarray(a, dtype=output_dtype(image_dtype))
             if a.shape[-1] == lay.channels and not lay.via_y:
                 a = _from_zhwc(a, lay)
             else:  # e.g. Y only for an RGB image
@@ -401,15 +407,7 @@ def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, 
                 extras.setdefault(name, []).append(a)
             else:
                 extras[name] = a
-    return image.astype(np.float32, copy=False), labels, extras
-
-
-def _clip_to_dtype(arr, dtype) -> np.ndarray:
-    arr = np.asarray(arr, dtype=np.float32)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        arr = np.clip(arr, info.min, info.max)
-    return arr
+    return image, labels, extras
 
 
 def predict_iter(
@@ -494,6 +492,10 @@ def predict_iter(
     finally:
         if _restore_mode and was_training:
             model.train()
+    if norm.matches_lr:  # "match-lr": one gain / offset so that the SR shrunk back ~ the input
+        h, w = lay.hw
+        s = int(model.scale)
+        norm = norm.fit_output(outputs["sr"][..., : s * h, : s * w], planes[..., :h, :w], s)
     image_out, labels, extra_out = _finish(
         model, outputs, lay, pad, chroma, norm, arr.dtype, extras
     )
@@ -507,6 +509,8 @@ def predict_iter(
         "via_y": lay.via_y,
         "backend": backend_used,
         "threads": opts.threads,
+        "intensity": None if norm.out_gain is None else {
+            "gain": norm.out_gain, "offset": norm.out_offset},
     }
     return PredictResult(image_out, labels, extra_out, run_meta)
 
@@ -587,6 +591,7 @@ from napari_resolve.predict.lazy import (  # noqa: E402, F401  (re-exported)
     _open_zarr,
     _predict_dask,
     _sr_block,
+    fit_output_level,
     predict_dask,
     predict_to_zarr,
 )

@@ -16,6 +16,37 @@ from napari_resolve.predict.engine import Progress, _engine, _resolve_opts, reso
 from napari_resolve.predict.tiling import MIN_SIZE
 
 
+def fit_output_level(model_meta, array, norm, *, channel_axis=None, stack=False, side=256, **opts):
+    """``norm`` with its ``"match-lr"`` level fitted once on a centre crop of ``array``.
+
+    For the region-by-region paths (:func:`predict_dask`, the slide command),
+    which must apply one gain / offset to the whole image (a fit per region
+    would leave seams). ``array``: NumPy or dask, channels last when
+    ``channel_axis`` is given; ``stack``: the first axis is Z (the middle
+    plane is used). Returns ``norm`` unchanged when it does not match levels.
+    """
+    import dataclasses
+
+    from napari_resolve.predict import predict
+
+    if not norm.matches_lr:
+        return norm
+    idx = [slice(None)] * array.ndim
+    if stack:
+        idx[0] = array.shape[0] // 2
+    first = 1 if stack else 0
+    for ax in (first, first + 1):
+        n = array.shape[ax]
+        c = min(n, side)
+        idx[ax] = slice((n - c) // 2, (n - c) // 2 + c)
+    crop = array[tuple(idx)]
+    crop = np.asarray(crop.compute() if hasattr(crop, "compute") else crop)
+    res = predict(model_meta, crop, _norm=norm,
+                  channel_axis=(crop.ndim - 1) if channel_axis is not None else None, **opts)
+    fit = res.meta["predict"]["intensity"]
+    return dataclasses.replace(norm, out_gain=fit["gain"], out_offset=fit["offset"])
+
+
 _SR_NAME = "napari-resolve-sr"
 _WORKER_MODELS: dict = {}
 _WORKER_LOCK = threading.Lock()
@@ -104,7 +135,7 @@ def _sr_block(block, *, ref, norm, spatial, depth, scale, lay_kw, opts_kw, block
         lo = scale * d if (d and loc[ax] > 0) else 0
         hi = scale * d if (d and loc[ax] < nchunks[ax] - 1) else 0
         index[ax] = slice(lo, image.shape[ax] - hi)
-    return np.ascontiguousarray(image[tuple(index)])
+    return np.ascontiguousarray(image[tuple(index)], dtype=np.float32)
 
 
 def _axis_chunks(n: int, target: int, depth: int) -> tuple:
@@ -198,6 +229,9 @@ def _predict_dask(
     ndim = array.ndim
     spatial = (1, 2) if lay.stack else (0, 1)
     norm = Normalizer.from_meta(meta.get("normalization")).fit(array)
+    norm = fit_output_level((model, meta), array, norm, channel_axis=lay.channel_axis,
+                            stack=lay.stack, tile=tile, overlap=overlap, batch=batch,
+                            device=device, amp=amp)
     ov = opts.overlap
     new_chunks = {}
     for ax in spatial:

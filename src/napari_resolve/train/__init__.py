@@ -8,15 +8,22 @@ See :mod:`napari_resolve.train.engine` (the loop), :mod:`~.recipes` (each
 paper's schedule) and :mod:`~.checkpoint` (resume files).
 """
 
-from napari_resolve.train.engine import (
-    TrainEvent,
-    TrainResult,
-    finetune,
-    finetune_iter,
-    train,
-    train_iter,
-)
-from napari_resolve.train.recipes import RECIPES, Phase, Recipe, default_for, finetune_recipe
+import importlib
+
+# imported on first use (PEP 562), so that ``train.recipes`` loads without torch (issue 18)
+_LAZY = {
+    "TrainEvent": "engine", "TrainResult": "engine", "finetune": "engine",
+    "finetune_iter": "engine", "train": "engine", "train_iter": "engine",
+    "RECIPES": "recipes", "Phase": "recipes", "Recipe": "recipes",
+    "default_for": "recipes", "finetune_recipe": "recipes",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"napari_resolve.train.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'napari_resolve.train' has no attribute {name!r}")
+
 
 __all__ = [
     "TrainEvent",

@@ -106,7 +106,72 @@ def read_state_meta(path) -> dict:
         ) from None
     if raw is None:
         raise BundleError(f"{path.name} is not a napari-resolve training checkpoint")
-    return json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{path.name} has a corrupt training state "
+                          f"({' '.join(str(exc).split())[:120]}); start a new run") from None
+    return validate_state_meta(meta, path.name)
+
+
+#: the keys a resume acts on, with their types
+_STATE_KEYS = {
+    "architecture": str, "config": dict, "step": int, "epoch": int, "phase_index": int,
+    "epoch_in_phase": int, "batch_in_epoch": int, "optimizers": dict,
+}
+
+
+def validate_state_meta(meta, name: str = "checkpoint") -> dict:
+    """One :class:`BundleError` line when a resume state lacks a key or has a wrong type."""
+    if not isinstance(meta, dict):
+        raise BundleError(f"{name} has a corrupt training state (not a JSON object); "
+                          "start a new run")
+    for key, typ in _STATE_KEYS.items():
+        value = meta.get(key)
+        if not isinstance(value, typ) or isinstance(value, bool) or (
+                typ is int and value < 0):
+            raise BundleError(f"{name} has a corrupt training state: {key!r} is missing or "
+                              "invalid; start a new run")
+    for key, info in meta["optimizers"].items():
+        if not isinstance(info, dict) or not isinstance(info.get("param_groups"), list):
+            raise BundleError(f"{name} has a corrupt training state: optimizer {key!r}")
+    for key in ("run", "best", "training"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise BundleError(f"{name} has a corrupt training state: {key!r} is not an object")
+    if meta.get("history") is not None and not isinstance(meta["history"], list):
+        raise BundleError(f"{name} has a corrupt training state: 'history' is not a list")
+    from napari_resolve.bundle import validate_meta
+
+    validate_meta({"architecture": meta["architecture"], "config": meta["config"]}, name)
+    return meta
+
+
+def build_model(path, meta: dict):
+    """The checkpoint's network, built only after its shapes match the file's header.
+
+    As :func:`napari_resolve.bundle.load`: a skeleton on torch's ``meta``
+    device is compared with the ``model/`` tensors of the header first, so a
+    crafted config cannot allocate more than the file holds.
+    """
+    from napari_resolve import bundle, models
+    from napari_resolve.errors import ResolveError
+
+    path = state_path(path)
+    arch, config = meta["architecture"], meta["config"]
+    try:
+        with torch.device("meta"):
+            skeleton = models.build(arch, **config)
+    except ResolveError as exc:
+        raise BundleError(f"{path.name}: cannot rebuild the model: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        raise BundleError(f"{path.name}: the state's config does not build {arch!r}: "
+                          f"{' '.join(str(exc).split())[:150]}") from None
+    shapes = {k[len("model/"):]: v for k, v in bundle.header_shapes(path).items()
+              if k.startswith("model/")}
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if torch.is_tensor(v)}
+    bundle._compare_shapes(expected, shapes, path.name, arch)
+    del skeleton
+    return models.build(arch, **config)
 
 
 def load_state(path) -> tuple[dict, dict]:
@@ -115,16 +180,25 @@ def load_state(path) -> tuple[dict, dict]:
 
     path = state_path(path)
     meta = read_state_meta(path)
-    tensors = load_file(str(path), device="cpu")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - truncated / corrupt tensor data
+        raise BundleError(f"{path.name} is not a readable checkpoint: "
+                          f"{' '.join(str(exc).split())[:150]}") from None
     model_sd = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     discs: dict[str, dict] = {}
     for k, v in tensors.items():
         if k.startswith("disc/"):
             dname, key = k[len("disc/") :].split("/", 1)
             discs.setdefault(dname, {})[key] = v
-    opts = {
-        name: _unflatten_optimizer(name, info, tensors) for name, info in meta["optimizers"].items()
-    }
+    try:
+        opts = {
+            name: _unflatten_optimizer(name, info, tensors)
+            for name, info in meta["optimizers"].items()
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{path.name} has a corrupt optimiser state ({exc}); "
+                          "start a new run") from None
     return meta, {
         "model": model_sd,
         "discriminators": discs,

@@ -418,6 +418,9 @@ def train_iter(
     task_model: nn.Module | None = None,
     stop=None,
     meta: dict | None = None,
+    checkpoint_interval_s: float | None = 60.0,
+    data_source=None,
+    val_source=None,
 ):
     """Train ``model`` on ``data`` with a paper's recipe; a generator (see the module docstring).
 
@@ -447,8 +450,16 @@ def train_iter(
         training HR patches for ``feature_steps`` steps when a perceptual
         term is used) or None (perceptual terms left out).
     task_model : frozen task network for ``task`` terms (paper 002 §IV-E).
-    stop : ``threading.Event`` or callable; set/true = stop after this step.
+    stop : ``threading.Event`` or callable; set/true = stop after this step (the CLI
+        sets it on Ctrl-C / SIGTERM: :class:`~napari_resolve.train.interrupt.StopOnSignal`);
+        the run then validates, keeps the best model and writes the resume state.
     meta : extra bundle metadata.
+    checkpoint_interval_s : also write the resume state at the first step boundary
+        after this many seconds since the last one (None: only per epoch), so a
+        killed run (SIGKILL, power cut) loses at most this much.
+    data_source, val_source : paths (JSON-able, as ``data``) recorded in the resume
+        state when ``data`` / ``val_data`` are in-memory datasets built from them,
+        so that ``--resume`` alone finds the data again.
     """
     from napari_resolve.data import datasets as D
 
@@ -465,13 +476,17 @@ def train_iter(
     # ---- resume: the checkpoint decides architecture, recipe and position
     state_meta, parts = None, None
     if resume is not None:
+        state_meta = ckpt.read_state_meta(resume)
+        if model is None:  # shapes checked against the file before anything is allocated
+            model = ckpt.build_model(resume, state_meta)
         state_meta, parts = ckpt.load_state(resume)
-        if model is None:
-            model = _build_model(state_meta["architecture"], state_meta["config"], None, None)
         if recipe is None:
             recipe = state_meta.get("recipe_name")
-        if output is None and state_meta.get("output"):
-            output = Path(state_meta["output"])
+        if output is None:
+            # beside the state the caller named, never the path stored in the file
+            # (a crafted state must not choose where this run writes)
+            sp = ckpt.state_path(resume)
+            output = sp.with_name(sp.name[: -len(".state.safetensors")] + ".safetensors")
         seed = int(state_meta.get("seed", seed))
         run = state_meta.get("run") or {}
         # what the interrupted run used, unless given again
@@ -564,7 +579,11 @@ def train_iter(
     pending_opts = None
     opt_phase = -1
     if state_meta is not None:
-        net.load_state_dict(parts["model"])
+        try:
+            net.load_state_dict(parts["model"])
+        except RuntimeError as exc:  # a state from another architecture or config
+            raise InputError(f"{ckpt.state_path(resume).name} does not fit the model: "
+                             f"{' '.join(str(exc).split())[:160]}") from None
         history = list(state_meta.get("history", []))
         best = dict(state_meta.get("best") or best)
         if best.get("psnr") is None:
@@ -660,7 +679,10 @@ def train_iter(
             "stopped": stopped,
         }
 
+    last_ckpt = [time.monotonic()]
+
     def save_checkpoint():
+        last_ckpt[0] = time.monotonic()
         if state_file is None or rank != 0:
             return
         m = {
@@ -679,8 +701,10 @@ def train_iter(
             "history": history,
             "best": {k: _json_num(v) for k, v in best.items()},
             "run": {
-                "data": _source_spec(data),
-                "val_data": _source_spec(val_data),
+                "data": _source_spec(data) if _source_spec(data) is not None
+                else _source_spec(data_source),
+                "val_data": _source_spec(val_data) if _source_spec(val_data) is not None
+                else _source_spec(val_source),
                 "epochs": epochs,
                 "minutes": minutes,
                 "normalization": train_ds.normalization,
@@ -922,12 +946,18 @@ def train_iter(
                     scaler.update()
                     step += 1
                     batch_in_epoch += 1
+                    phase_elapsed = time.monotonic() - phase_t0  # a mid-epoch state resumes here
                     logs.update({k: float(v.detach()) for k, (w, v) in gparts.items()})
                     logs["total"] = float(total.detach())
                     for k, v in logs.items():
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
                     step_times.append(time.monotonic() - t0)
+                    if (
+                        checkpoint_interval_s is not None
+                        and time.monotonic() - last_ckpt[0] >= float(checkpoint_interval_s)
+                    ):
+                        save_checkpoint()  # a killed run loses at most this interval
                     yield TrainEvent(
                         epoch + 1, step, total_steps, phase.name, logs, None, eta(), "", "step"
                     )

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from napari_resolve import threads as _threads
 from napari_resolve._generators import run_to_end
 from napari_resolve.errors import InputError, ResolveError
 
@@ -67,6 +68,7 @@ __all__ = [
     "finetune_measured_iter",
     "hold_out",
     "measure",
+    "add_resolutions",
     "measure_references",
     "self_supervised_degradation",
     "validation_dataset",
@@ -369,12 +371,14 @@ def _grey(chw: np.ndarray) -> np.ndarray:
     return rgb_to_y(np.clip(np.moveaxis(chw, 0, -1), 0.0, 1.0))
 
 
-def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu") -> Measurement:
+def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu", *,
+            resolution: bool = True) -> Measurement:
     """``model`` on every sample of the validation dataset ``val_ds`` (see :class:`Measurement`).
 
     PSNR / SSIM as the training engine validates (Y / grey channel, ``scale``
     px border cropped, outputs clipped); resolution of each SR image at the HR
-    pixel size ``pixel_size_nm`` (None: in SR pixels).
+    pixel size ``pixel_size_nm`` (None: in SR pixels). ``resolution=False``
+    leaves the (slower) decorrelation estimates for :func:`add_resolutions`.
     """
     import torch
 
@@ -395,7 +399,7 @@ def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu") -> 
             fitted.append(_psnr_affine(_grey(sr.numpy()), _grey(smp["hr"].numpy()), model.scale))
             img = np.clip(sr[0].numpy(), 0.0, None)
             images.append(img)
-            resolutions.append(_resolution(img, pixel_size_nm))
+            resolutions.append(_resolution(img, pixel_size_nm) if resolution else None)
     model.train(was)
     finite = [p for p in psnrs if math.isfinite(p)]
     return Measurement(
@@ -404,6 +408,12 @@ def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu") -> 
         resolutions, "nm" if pixel_size_nm else "px", images, psnrs,
         float(np.mean([f for f in fitted if math.isfinite(f)] or [math.nan])),
     )
+
+
+def add_resolutions(m: Measurement, pixel_size_nm: float | None = None) -> Measurement:
+    """Fill ``m.resolutions`` from its SR images (a measurement made with ``resolution=False``)."""
+    m.resolutions = [_resolution(img, pixel_size_nm) for img in m.images]
+    return m
 
 
 def measure_references(val_ds, pixel_size_nm: float | None = None) -> dict:
@@ -538,6 +548,10 @@ def finetune_measured_iter(
     pause=None,
     val_patch="auto",
     note: str = "",
+    data_source=None,
+    val_source=None,
+    checkpoint_interval_s: float | None = 60.0,
+    threads: int | None = None,
 ):
     """Fine-tune bundle ``source`` on ``images``; a generator of ``TrainEvent``, returns a report.
 
@@ -545,11 +559,17 @@ def finetune_measured_iter(
     ``val_images``, :func:`hold_out` with ``val_fraction``). ``stop`` /
     ``pause``: ``threading.Event`` (pause holds training between two steps).
     ``degradation``: overrides :func:`self_supervised_degradation` for HR-only
-    data. The other arguments are those of :func:`napari_resolve.train.train_iter`.
-    Events: ``"info"`` messages, an ``"epoch"`` event at step 0 with the base
-    model's validation metrics, then the engine's events (``eta_s`` from the
-    time budget when one is given). User problems (and crashes) come back as
-    :attr:`FinetuneReport.error`; the best bundle written so far stays.
+    data. ``data_source`` / ``val_source``: the paths the images came from,
+    recorded in the resume state so that ``--resume`` alone continues.
+    ``threads``: torch's CPU threads (default :func:`napari_resolve.threads.choose`,
+    the cores free now). The other arguments are those of
+    :func:`napari_resolve.train.train_iter`.
+    Events: ``"info"`` messages, the engine's events (``eta_s`` from the time
+    budget when one is given) and, right after the first step, an ``"epoch"``
+    event at step 0 with the base model's validation metrics (measured then,
+    so that the first step is not kept waiting). ``stop`` also acts *inside* a
+    step (:func:`_stop_inside_steps`). User problems (and crashes) come back
+    as :attr:`FinetuneReport.error`; the best bundle written so far stays.
     """
     from napari_resolve import bundle
     from napari_resolve.train import TrainEvent
@@ -616,17 +636,21 @@ def finetune_measured_iter(
         report.data = data_info
         val_ds = _dataset(val_images, s, channels, norm, deg, seed)
         dev = str(_device(device))
+        used = _threads.apply(threads)
 
-        # ---- before
+        def measure_base():
+            # PSNR / SSIM only (the resolution estimates wait for the end of the run)
+            base, _ = bundle.load(path)
+            report.before = measure(base, val_ds.as_validation(val_patch), val_px, dev,
+                                    resolution=False)
+            return TrainEvent(0, 0, None, "base", {},
+                              {"psnr": report.before.psnr, "ssim": report.before.ssim}, None,
+                              "base model", "epoch")
+
+        # the base model is measured after the first step, so that training starts at once
         yield TrainEvent(0, 0, None, "", {}, None, None,
-                         "measuring the base model on the validation images", "info")
-        base, _ = bundle.load(path)
-        report.before = measure(base, val_ds.as_validation(val_patch), val_px, dev)
-        del base
-        report.references = measure_references(val_ds.as_validation(val_patch), val_px)
-        yield TrainEvent(0, 0, None, "base", {},
-                         {"psnr": report.before.psnr, "ssim": report.before.ssim}, None,
-                         "base model", "epoch")
+                         f"starting ({used} CPU thread{'s' if used > 1 else ''}); the base model "
+                         "is measured after the first step", "info")
 
         # ---- train (own time budget: pauses do not count)
         paused_s = [0.0]
@@ -659,24 +683,34 @@ def finetune_measured_iter(
             max_steps=max_steps, learning_rate=learning_rate, patch_size=ps,
             batch_size=batch_size, device=device, seed=seed, stop=should_stop,
             val_patch=val_patch, parent=parent, meta={"finetune": data_info},
+            data_source=data_source, val_source=val_source,
+            checkpoint_interval_s=checkpoint_interval_s,
             **({"degradation": deg} if form != "pairs" else {}),
             **({"pixel_size": lr_px} if lr_px else {}),
         )
         t0[0] = time.monotonic()
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as done:
-                result = done.value
-                break
-            step_box[0] = ev.step
-            if budget_hit[0] and ev.message == "stopped by the user":
-                ev = replace(ev, message=f"time budget of {float(minutes):g} min spent")
-            if minutes is not None:
-                left = max(0.0, 60.0 * float(minutes) - active_s())
-                eta = left if (ev.eta_s is None or epochs is None) else min(left, ev.eta_s)
-                ev = replace(ev, eta_s=eta, total_steps=ev.total_steps if epochs else None)
-            yield ev
+        with _stop_inside_steps(stop) as interrupt:
+            while True:
+                try:
+                    interrupt.owner = threading.get_ident()
+                    ev = next(gen)
+                except StopIteration as done:
+                    result = done.value
+                    break
+                step_box[0] = ev.step
+                if budget_hit[0] and ev.message == "stopped by the user":
+                    ev = replace(ev, message=f"time budget of {float(minutes):g} min spent")
+                if minutes is not None:
+                    left = max(0.0, 60.0 * float(minutes) - active_s())
+                    eta = left if (ev.eta_s is None or epochs is None) else min(left, ev.eta_s)
+                    ev = replace(ev, eta_s=eta, total_steps=ev.total_steps if epochs else None)
+                yield ev
+                if report.before is None and ev.kind == "step":
+                    p0 = time.monotonic()
+                    yield measure_base()
+                    paused_s[0] += time.monotonic() - p0  # not training time
+        if report.before is None:  # stopped (or failed) before the first step
+            yield measure_base()
         if budget_hit[0] and result.stopped == "user":
             result.stopped, result.message = "time", f"time budget of {float(minutes):g} min spent"
         report.result, report.stopped = result, result.stopped
@@ -687,7 +721,13 @@ def finetune_measured_iter(
         # ---- after
         yield TrainEvent(0, step_box[0], None, "", {}, None, 0.0,
                          "measuring the fine-tuned model on the validation images", "info")
-        report.after = measure(result.model, val_ds.as_validation(val_patch), val_px, "cpu")
+        report.after = measure(result.model, val_ds.as_validation(val_patch), val_px, "cpu",
+                               resolution=False)
+        yield TrainEvent(0, step_box[0], None, "", {}, None, 0.0,
+                         "estimating the resolution before and after", "info")
+        add_resolutions(report.before, val_px)
+        add_resolutions(report.after, val_px)
+        report.references = measure_references(val_ds.as_validation(val_patch), val_px)
         if report.psnr_gain is not None and report.psnr_gain <= 0:
             # the engine keeps the best *fine-tuned* weights, which may still trail the base
             note_ = (f"the fine-tuned model does not beat the base model on the validation "
@@ -708,6 +748,61 @@ def finetune_measured_iter(
     if output is not None and Path(output).exists():
         report.bundle = Path(output)
     return report
+
+
+class _stop_inside_steps:
+    """While active, a set ``stop`` interrupts the training step in flight.
+
+    The engine checks ``stop`` between steps; a step of a large model on a
+    busy CPU can take a minute. A global forward hook (cheap: one flag test
+    per module call) raises the engine's user-stop inside the forward pass,
+    and a gradient hook on each module output does the same inside the
+    backward pass; the engine then keeps the weights of the last whole step,
+    validates and returns as for a stop between steps. Only modules in
+    training mode on the thread that runs the session (``owner``) are
+    affected: validation, measurements and other threads' predictions never.
+    """
+
+    def __init__(self, stop):
+        self.stop = stop
+        self.owner = None
+        self._handle = None
+
+    def _stopping(self, module) -> bool:
+        return (module.training and self.stop is not None and _is_set(self.stop)
+                and threading.get_ident() == self.owner)
+
+    def _raise(self):
+        from napari_resolve.train.engine import _Stop
+
+        raise _Stop("user", "stopped by the user")
+
+    def _hook(self, module, args, output):
+        if self._stopping(module):
+            self._raise()
+        if module.training and threading.get_ident() == self.owner:
+            import torch
+
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(self._grad_hook)
+
+    def _grad_hook(self, grad):
+        if self.stop is not None and _is_set(self.stop):
+            self._raise()
+        return None
+
+    def __enter__(self):
+        from torch.nn.modules.module import register_module_forward_hook
+
+        if self.stop is not None:
+            self._handle = register_module_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        return False
 
 
 def _is_set(stop) -> bool:
