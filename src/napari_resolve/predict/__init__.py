@@ -545,7 +545,8 @@ def _make_runner(model, planes, has_prior: bool, extras: bool, opts):
 
     if opts.device.type == "cpu":
         opts.threads = thread_rule.apply(opts.threads)
-    sr_px = int(planes.shape[0]) * int(planes.shape[-2]) * int(planes.shape[-1]) * int(model.scale) ** 2
+    z, h, w = int(planes.shape[0]), int(planes.shape[-2]), int(planes.shape[-1])
+    sr_px = z * h * w * int(model.scale) ** 2
     box: dict = {}
 
     def work():

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 
 from napari_resolve.errors import BundleError, InputError, ResolveError
-from napari_resolve.predict.tiling import _profile, _snap_down, default_overlap, default_tile, tile_plan
+from napari_resolve.predict.tiling import (
+    _profile,
+    _snap_down,
+    default_overlap,
+    default_tile,
+    tile_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -341,7 +347,9 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
                 out = stop.value
                 break
             elapsed = time.perf_counter() - t_batch
-            inner, batch_left = _inside_batch(inner, elapsed, clock, rate_hint, len(chunk) * tile_px)
+            inner, batch_left = _inside_batch(
+                inner, elapsed, clock, rate_hint, len(chunk) * tile_px
+            )
             frac = (done * tile_px + (inner or 0.0) * len(chunk) * tile_px) / total_px
             eta = None
             if batch_left is not None:
@@ -370,7 +378,8 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
         done += len(chunk)
         rate = clock["busy"] / clock["px_done"]
         eta = rate * (total_px - done * tile_px)
-        yield Progress(done, total, "tiles", done / total, eta, _message(done, total, done / total, eta))
+        frac = done / total
+        yield Progress(done, total, "tiles", frac, eta, _message(done, total, frac, eta))
     try:
         RATES.setdefault(model, {})[runner.name] = clock["busy"] / max(clock["px_done"], 1)
     except TypeError:  # a model that cannot be weakly referenced: no memory of its speed

@@ -192,7 +192,8 @@ def calibrate(model, *, threads: int | None = None, backends=None, force: bool =
         except Exception:  # noqa: BLE001 - a runtime that fails here is simply not chosen
             continue
     choice = min(seconds, key=seconds.get) if seconds else "eager"
-    if choice != "eager" and "eager" in seconds and seconds[choice] * AUTO_MARGIN > seconds["eager"]:
+    eager_s = seconds.get("eager")
+    if choice != "eager" and eager_s is not None and seconds[choice] * AUTO_MARGIN > eager_s:
         choice = "eager"
     result = {"choice": choice, "seconds": seconds, "probe": side, "threads": n}
     try:
