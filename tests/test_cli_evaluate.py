@@ -103,7 +103,7 @@ def test_bundle_model_and_scale_check(sample_dir, tmp_path, capsys):
         (["--hr-only", "{cell}", "--model", "weights.pth"], "pickle"),
         (["--hr-only", "{cell}", "--model", "nosuchmodel"], "nosuchmodel"),
         (["--hr-only", "{cell}", "--scale", "0"], "positive"),
-        (["--hr-only", "{cell}", "--scale", "200"], "smaller than the scale"),
+        (["--hr-only", "{cell}", "--scale", "200"], "at most 16"),  # issue 15: scale bound
     ],
 )
 def test_bad_input_exits_2_with_one_line(sample_dir, capsys, argv, message):

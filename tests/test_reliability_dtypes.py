@@ -127,12 +127,20 @@ def test_match_lr_corrects_a_network_that_shifts_the_level(rng):
     assert Normalizer.from_meta({"mode": "dtype"}).to_meta() == {"mode": "dtype"}
 
 
-def test_bundled_fluorescence_model_keeps_the_input_scale(sample_dir):
+def test_bundled_fluorescence_model_keeps_the_input_scale(sample_dir, tmp_path, capsys):
     """The API and the CLI: a real uint16 two-photon image, mean within 5 % of bicubic's."""
-    from napari_resolve.io import read_image
+    from napari_resolve.cli import main
+    from napari_resolve.io import read_image, write_image
 
     path = sorted((sample_dir / "nd-twophoton-srrf").rglob("*_t1.tif"))[0]
     image = read_image(path)[0][:96, :96]
     sr = predict("mhtcun-lite-x2", image).image
     bic = predict(models.build("bicubic", scale=2), image).image
     assert abs(sr.mean() / bic.mean() - 1) < 0.05
+    crop = tmp_path / "crop.tif"
+    write_image(crop, image)
+    out = tmp_path / "sr.tif"
+    assert main(["predict", str(crop), "-o", str(out), "--model", "mhtcun-lite-x2"]) == 0
+    capsys.readouterr()
+    cli_sr = read_image(out)[0]
+    assert cli_sr.min() >= 0 and abs(cli_sr.mean() / bic.mean() - 1) < 0.05

@@ -103,5 +103,5 @@ def test_huge_scale_for_bicubic_is_refused(tmp_path, rng, capsys):
     rc = main(["predict", str(path), "-o", str(tmp_path / "o.tif"), "--model", "bicubic",
                "--scale", "5000"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: --scale must be an integer 1..16")
+    assert rc == 2 and err.startswith("error: --scale must be a positive integer (at most 16)")
     assert not (tmp_path / "o.tif").exists()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from napari_resolve import __version__
 from napari_resolve.errors import ResolveError
@@ -47,6 +49,17 @@ def os_error_message(exc: OSError) -> str:
     return f"{what}{where} ({hint})"
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C, so temporary files are removed (training stops cleanly)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def _load(name):
     return importlib.import_module(f"napari_resolve.commands.{name}")
 
@@ -70,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--max-pixels", type=int, default=None, metavar="N",
             help="largest image (values: pixels x planes x channels) read into memory "
-            "(default 2**26; bigger images: use zarr, read lazily)",
+            "(default 2**27; bigger images: use zarr, read lazily)",
         )
         p.set_defaults(_run=mod.run)
     return parser
@@ -82,6 +95,7 @@ def main(argv=None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    old_term = _sigterm_as_interrupt()
     try:
         if getattr(args, "max_pixels", None) is not None:
             from napari_resolve.io import set_pixel_limit
@@ -102,6 +116,8 @@ def main(argv=None) -> int:
               "lazily), smaller --tile or --batch", file=sys.stderr)
         return 2
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         if getattr(args, "max_pixels", None) is not None:
             from napari_resolve.io import set_pixel_limit
 

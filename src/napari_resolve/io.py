@@ -28,7 +28,8 @@ without being opened: unpickling runs arbitrary code.
 Bounded memory (issue 15): the image size is read from the file's header
 (TIFF series, ``.npy`` header, MRC header, Pillow's lazy open) and an image
 of more than :func:`pixel_limit` values (all planes and channels; default
-:data:`MAX_PIXELS`, 2**26 = 67 M, 256 MB as float32) is refused *before* it
+:data:`MAX_PIXELS`, 2**27 = 134 M, 512 MB as float32: an 11585² grey or
+6688² RGB image) is refused *before* it
 is decoded, so a deflate bomb or a ``.npy`` header claiming 100000² never
 allocates. Bigger images go through the lazy zarr path, or raise the limit
 with ``--max-pixels`` / ``$NAPARI_RESOLVE_MAX_PIXELS`` / :func:`set_pixel_limit`.
@@ -51,13 +52,13 @@ __all__ = ["read_image", "write_image", "READ_SUFFIXES", "WRITE_SUFFIXES", "to_m
            "MAX_PIXELS", "pixel_limit", "set_pixel_limit", "check_pixels"]
 
 #: default limit of values (pixels x planes x channels) read into memory
-MAX_PIXELS = 2**26
+MAX_PIXELS = 2**27
 ENV_MAX_PIXELS = "NAPARI_RESOLVE_MAX_PIXELS"
 _LIMIT: list = [None]
 
 
 def set_pixel_limit(n: int | None) -> None:
-    """Set this process's limit (``None``: back to ``$NAPARI_RESOLVE_MAX_PIXELS`` or the default)."""
+    """Set this process's limit (``None``: ``$NAPARI_RESOLVE_MAX_PIXELS`` or the default)."""
     if n is not None and int(n) < 1:
         raise InputError(f"--max-pixels must be positive, got {n}")
     _LIMIT[0] = None if n is None else int(n)
@@ -76,6 +77,9 @@ def pixel_limit() -> int:
     return MAX_PIXELS
 
 
+_ZARR_HINT = "use a zarr input, which is read lazily (predict IN.zarr -o OUT.zarr)"
+
+
 def check_pixels(shape, what: str, *, factor: int = 1, hint: str = "") -> None:
     """Refuse an array of ``shape`` (times ``factor``) above :func:`pixel_limit`, in one line."""
     n = int(np.prod([int(d) for d in shape], dtype=object)) * int(factor)
@@ -84,7 +88,7 @@ def check_pixels(shape, what: str, *, factor: int = 1, hint: str = "") -> None:
         raise InputError(
             f"{what} holds {n:,} values ({'x'.join(str(int(d)) for d in shape)}"
             f"{f' x {factor}' if factor != 1 else ''}), above the {limit:,} limit for "
-            f"in-memory work; {hint or 'use a zarr input, which is read lazily (predict IN.zarr -o OUT.zarr)'}"
+            f"in-memory work; {hint or _ZARR_HINT}"
             f", or raise the limit with --max-pixels N (or {ENV_MAX_PIXELS})"
         )
 
@@ -200,7 +204,7 @@ def _read_tiff(path: Path):
             yx = _tiff_pixel_size(tif)
     except (MemoryError, InputError):
         raise
-    except Exception as exc:  # noqa: BLE001 - corrupt data raise zlib.error, struct.error, codec errors...
+    except Exception as exc:  # noqa: BLE001 - corrupt data: zlib.error, struct.error, codecs...
         raise InputError(f"{path.name} is not a readable TIFF: {_one_line(exc)}") from None
     return arr, _meta(path, "tiff", axes, arr, yx)
 

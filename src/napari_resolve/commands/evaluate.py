@@ -147,7 +147,7 @@ def evaluate_images(pairs, *, model: str = "bicubic", scale=None, crop=None, y_c
     from napari_resolve.metrics.quality import evaluate_pair
 
     if scale is not None and (int(scale) != scale or not 1 <= scale <= 16):
-        raise InputError(f"--scale must be an integer 1..16, got {scale}")
+        raise InputError(f"--scale must be a positive integer (at most 16), got {scale}")
     if crop is not None and crop < 0:
         raise InputError(f"--crop must be >= 0, got {crop}")
     model_meta = load_model(model, None if scale is None else int(scale))

@@ -114,10 +114,11 @@ def run(args) -> int:
     source = Path(str(args.source))
     _train.check_output(args, extra_inputs=[source] if source.exists() else [])
     kwargs = _train.common_kwargs(args)
+    from napari_resolve._atomic import output_lock
     from napari_resolve.train.interrupt import StopOnSignal
 
     if args.resume is not None:  # the state records the data's paths: --hr is optional
-        with StopOnSignal() as stop:
+        with output_lock(args.output), StopOnSignal() as stop:
             gen = train_iter(
                 None, _train._data(args) if args.data else None, resume=args.resume,
                 stop=stop, **kwargs
@@ -142,7 +143,7 @@ def run(args) -> int:
     def absolute(paths):
         return None if paths is None else [str(Path(p).absolute()) for p in paths]
 
-    with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: save at the next step, then stop
+    with output_lock(args.output), StopOnSignal() as stop:  # Ctrl-C / SIGTERM: save, then stop
         gen = finetune_measured_iter(
             args.source, images, val_images=val_images, val_fraction=args.val_fraction,
             epochs=kwargs["epochs"], minutes=args.minutes, max_steps=args.max_steps,

@@ -126,7 +126,7 @@ def _load_model(args):
     model_arg = args.model
     scale = args.scale
     if scale is not None and not 1 <= scale <= MAX_SCALE:
-        raise InputError(f"--scale must be an integer 1..{MAX_SCALE}, got {scale}")
+        raise InputError(f"--scale must be a positive integer (at most {MAX_SCALE}), got {scale}")
     path = Path(model_arg)
     is_file_or_pretrained = path.exists() or any(
         p["name"] == model_arg for p in bundle.pretrained()
@@ -251,12 +251,19 @@ def labels_path_for(dst: Path) -> Path:
 
 
 def run(args) -> int:
-    from napari_resolve.io import read_image, write_image
-    from napari_resolve.predict import predict, predict_to_zarr
-
     src, dst = _check_paths(args)
     if not _is_zarr(dst) and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"output must be a .tif (OME-TIFF) or a .zarr folder, got {dst.name}")
+    from napari_resolve._atomic import output_lock
+
+    with output_lock(dst):  # a second run to the same output is refused, not raced
+        return _run_locked(args, src, dst)
+
+
+def _run_locked(args, src, dst) -> int:
+    from napari_resolve.io import read_image, write_image
+    from napari_resolve.predict import predict, predict_to_zarr
+
     model, meta = _load_model(args)
     labels_path = labels_path_for(dst)
     if getattr(model, "predicts_parsing", False) and not _is_zarr(dst):

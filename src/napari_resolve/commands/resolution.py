@@ -73,6 +73,12 @@ def _load(path: Path, *, mean: bool) -> tuple[np.ndarray, dict]:
 def _pixel_size(args, meta) -> tuple[float | None, str | None, str]:
     """(pixel size, unit, where it came from)."""
     if args.pixel_size is not None:
+        from napari_resolve.io import to_micrometre
+
+        if not (args.pixel_size > 0 and math.isfinite(args.pixel_size)):
+            raise InputError(f"--pixel-size must be a positive number, got {args.pixel_size}")
+        if to_micrometre(1.0, args.unit or "um") is None:
+            raise InputError(f"unknown --unit {args.unit!r}; use nm, um (µm) or mm")
         return args.pixel_size, args.unit or "um", "--pixel-size"
     if args.unit is not None:
         raise InputError("--unit needs --pixel-size")

@@ -58,6 +58,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from napari_resolve.commands.predict import _check_paths
+
+    src, dst = _check_paths(args)
+    if dst.suffix.lower() != ".zarr":
+        raise InputError(f"output must be a .zarr folder, got {dst.name}")
+    from napari_resolve._atomic import output_lock
+
+    with output_lock(dst):  # a second run to the same output is refused, not raced
+        return _run_locked(args, src, dst)
+
+
+def _run_locked(args, src, dst) -> int:
     from napari_resolve.commands.predict import (
         _Bar,
         _check_paths,
@@ -67,9 +79,6 @@ def run(args) -> int:
     )
     from napari_resolve.slide import super_resolve_slide
 
-    src, dst = _check_paths(args)
-    if dst.suffix.lower() != ".zarr":
-        raise InputError(f"output must be a .zarr folder, got {dst.name}")
     model, meta = _load_model(args)
     levels = args.levels or (("mr", "sr") if getattr(model, "mr_scale", None) else ("sr",))
     pixel = args.pixel_size

@@ -398,9 +398,10 @@ def run(args) -> int:
     scale = args.scale
     if args.data:
         kwargs["degradation"] = _degradation(args.degradation, scale)
+    from napari_resolve._atomic import output_lock
     from napari_resolve.train.interrupt import StopOnSignal
 
-    with StopOnSignal() as stop:  # Ctrl-C / SIGTERM: save at the next step, then stop
+    with output_lock(args.output), StopOnSignal() as stop:  # Ctrl-C / SIGTERM: save, then stop
         gen = train_iter(
             args.arch,
             _data(args) if args.data else None,

@@ -167,7 +167,7 @@ class Normalizer:
         return self.intensity == "match-lr" and self.out_gain is None
 
     def fit_output(self, sr, lr, scale: int) -> "Normalizer":
-        """Fit the ``"match-lr"`` gain / offset: ``sr`` shrunk by ``scale`` ~ ``lr`` (network space).
+        """Fit the ``"match-lr"`` gain / offset: ``sr`` shrunk by ``scale`` ~ ``lr``.
 
         ``sr`` (..., sH, sW) and ``lr`` (..., H, W) are network-space arrays
         with the same leading axes (e.g. (Z, C, H, W)); returns a copy whose
@@ -237,8 +237,15 @@ class Normalizer:
         if np.issubdtype(arr.dtype, np.floating) and not hasattr(arr, "compute"):
             if not np.isfinite(arr).all():
                 raise InputError(f"{what} contains NaN or infinite values")
-        out = (arr.astype(np.float64) - offset) * gain
-        return out.astype(out_dtype)
+        if hasattr(arr, "compute"):  # dask: lazy, element-wise
+            return ((arr.astype(np.float64) - offset) * gain).astype(out_dtype)
+        # float64 maths only where float32 would lose values (wide inputs or outputs);
+        # in place, so a region costs one working copy
+        wide = np.dtype(out_dtype) == np.float64 or output_dtype(arr.dtype) == np.float64
+        out = arr.astype(np.float64 if wide else np.float32)  # a copy: the input is never modified
+        out -= offset
+        out *= gain
+        return out.astype(out_dtype, copy=False)
 
     def forward(self, x):
         """Image intensities -> float32 network input, about [0, 1] (not clipped)."""
@@ -252,11 +259,11 @@ class Normalizer:
         ``"match-lr"`` level is *not* applied here (see :func:`from_model_scale`).
         """
         dtype = np.dtype(like_dtype)
-        out = self.inverse(y, out_dtype=np.float64)
-        if np.issubdtype(dtype, np.integer):
+        out = self.inverse(y, out_dtype=output_dtype(dtype))
+        if np.issubdtype(dtype, np.integer) and not _is_torch(out):
             info = np.iinfo(dtype)
-            out = np.clip(out, float(info.min), float(info.max))
-        return out.astype(output_dtype(dtype), copy=False)
+            np.clip(out, float(info.min), float(info.max), out=out)
+        return out
 
     def inverse(self, y, out_dtype=np.float32):
         """Network output -> the fitted image's intensity scale (``out_dtype``, not clipped)."""

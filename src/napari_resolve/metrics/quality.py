@@ -38,7 +38,7 @@ SSIM_WINDOW = 11  # 2 * int(3.5 * sigma + 0.5) + 1 for sigma = 1.5, as skimage c
 
 
 def default_data_range(dtype, hr=None) -> float:
-    """MAX of the PSNR: 255 for uint8, 65535 for uint16, 1.0 for floats in [0, 1], else ``hr``'s range.
+    """MAX of the PSNR: 255 (uint8), 65535 (uint16), 1.0 (floats in [0, 1]), else ``hr``'s range.
 
     Without ``hr`` other integers get their type's range (the old rule, kept
     for callers that only know the dtype).

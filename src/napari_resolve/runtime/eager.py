@@ -37,7 +37,9 @@ class EagerRunner(Runner):
             channels_last = CHANNELS_LAST and device.type == "cpu"
         self.channels_last = channels_last
         self._calls = 0
-        self._leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+        # TorchScript modules (an imported .pt) take no hooks: progress per tile only there
+        self._leaves = [m for m in model.modules() if not any(True for _ in m.children())
+                        and not isinstance(m, torch.jit.ScriptModule)]
         # leaf calls of one forward: learned after a run; until then one call per leaf
         self._per_forward = _CALLS_PER_FORWARD.get(model) or len(self._leaves) or None
 

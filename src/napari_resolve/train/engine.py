@@ -472,6 +472,10 @@ def train_iter(
         raise InputError(f"output must be a .safetensors file, got {output.name}")
     if max_steps is not None and int(max_steps) < 1:
         raise InputError(f"max_steps must be >= 1, got {max_steps}")
+    if val_fraction is not None and not 0.0 < float(val_fraction) < 1.0:
+        raise InputError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if int(workers) < 0:
+        raise InputError(f"workers must be 0 or more, got {workers}")
 
     # ---- resume: the checkpoint decides architecture, recipe and position
     state_meta, parts = None, None
@@ -563,6 +567,11 @@ def train_iter(
         train_ds = full
     else:
         train_ds, val_ds = full.split(val_fraction, seed=seed, val_patch=val_patch)
+    for i, item in enumerate(train_ds.items):  # a constant image teaches nothing (issue 15)
+        hr = np.asarray(train_ds._load(i)["hr"])
+        if hr.size and float(hr.max()) == float(hr.min()):
+            raise InputError(f"training image {item.name} is constant (every pixel the same); "
+                             "it has nothing to learn from: remove it")
     rgb_input = bool(train_ds._load(0)["rgb"])
     has_labels = train_ds.has_labels
 
