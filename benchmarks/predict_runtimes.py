@@ -40,7 +40,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,6 +194,7 @@ def bench_threads(rounds) -> dict:
 
 
 def markdown(before, after, rows, e2e, thr, args, seconds) -> str:
+    command = (" " + " ".join(args.argv)) if args.argv else ""
     vers = [f"torch {torch.__version__}"]
     for mod in ("onnxruntime", "openvino"):
         if runtime.available()[mod]:
@@ -203,7 +203,7 @@ def markdown(before, after, rows, e2e, thr, args, seconds) -> str:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu_name()} "
         f"({threads.usable_cores()} usable cores), {', '.join(vers)}, "
         f"{args.threads or 'rule'} threads, in {seconds:.0f} s "
-        f"(`python benchmarks/predict_runtimes.py{' ' + ' '.join(args.argv) if args.argv else ''}`).",
+        f"(`python benchmarks/predict_runtimes.py{command}`).",
         "",
         f"- load before: `{before}`",
         f"- load after: `{after}`",

@@ -38,3 +38,17 @@ def wbc_cell():
     from napari_resolve.data.samples import wbc
 
     return wbc(2, ids=[1])[0]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _runtime_cache(tmp_path_factory):
+    """Exported graphs and runtime calibrations go to a temporary folder, not ~/.cache."""
+    import os
+
+    old = os.environ.get("NAPARI_RESOLVE_CACHE")
+    os.environ["NAPARI_RESOLVE_CACHE"] = str(tmp_path_factory.mktemp("runtime-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NAPARI_RESOLVE_CACHE", None)
+    else:
+        os.environ["NAPARI_RESOLVE_CACHE"] = old

@@ -37,6 +37,14 @@ class SlowBlocks(SRModel):
         return {"sr": torch.repeat_interleave(torch.repeat_interleave(x, 2, -1), 2, -2)}
 
 
+def _next_tile_event(gen):
+    """The next event of the tile stage (choosing the runtime may report first)."""
+    for ev in gen:
+        if ev.stage == "tiles":
+            return ev
+    raise AssertionError("no tile event")
+
+
 @pytest.fixture
 def fast_events(monkeypatch):
     monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.01)
@@ -47,14 +55,14 @@ def test_progress_inside_one_tile_has_fraction_and_time_left(fast_events):
     model.gate = threading.Semaphore(0)
     gen = predict_iter(model, np.zeros((16, 16), np.float32), tile=0, device="cpu",
                        backend="eager")
-    first = next(gen)
+    first = _next_tile_event(gen)
     assert (first.done, first.total, first.fraction) == (0, 1, 0.0)
     seen = []
     try:
         for _ in range(6):  # let six of twelve blocks run, one at a time
             model.gate.release()
             for _ in range(100_000):  # bounded: a failure, never a hang
-                ev = next(gen)
+                ev = _next_tile_event(gen)
                 if ev.fraction and ev.fraction >= (len(seen) + 1) / 12 - 1e-9:
                     break
             seen.append(ev)
@@ -76,8 +84,8 @@ def test_cancel_acts_inside_a_tile(fast_events):
     model.gate = threading.Semaphore(3)  # three blocks may run, then the tile waits
     gen = predict_iter(model, np.zeros((16, 16), np.float32), tile=0, device="cpu",
                        backend="eager")
-    next(gen)
-    next(gen)  # an event from inside the (blocked) tile
+    _next_tile_event(gen)
+    _next_tile_event(gen)  # an event from inside the (blocked) tile
     releaser = threading.Timer(0.05, lambda: model.gate.release(1000))
     releaser.start()  # the tile may go on while the engine cancels it
     gen.close()  # Cancel: the running tile stops at its next block

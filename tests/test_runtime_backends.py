@@ -182,3 +182,26 @@ def test_unknown_or_missing_backend_is_refused(monkeypatch):
     # no extra installed: auto is eager
     model, _ = bundle.load("np-x4")
     assert runtime.select(model, "auto", torch.device("cpu"), sr_px=1 << 30) == "eager"
+
+
+def test_calibration_key_ignores_the_weights_but_not_the_architecture():
+    from napari_resolve import models
+
+    model, _ = bundle.load("np-x4")
+    arch = cache.model_hash(model, weights=False)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # fine-tuned: same architecture
+    assert cache.model_hash(model, weights=False) == arch
+    assert cache.model_hash(models.build("np", scale=8), weights=False) != arch
+
+
+def test_cache_keeps_the_most_recent_graphs(fresh_cache):
+    import os
+    import time
+
+    for i in range(5):
+        f = cache.cache_dir() / f"g{i}.onnx"
+        f.write_bytes(b"x")
+        os.utime(f, (time.time() - 100 + i, time.time() - 100 + i))
+    cache.prune("*.onnx", keep=2)
+    assert sorted(p.name for p in cache.cache_dir().glob("*.onnx")) == ["g3.onnx", "g4.onnx"]

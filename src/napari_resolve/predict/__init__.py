@@ -485,7 +485,10 @@ def predict_iter(
         runner, backend_used = yield from _make_runner(
             model, planes, prior_arr is not None, extras, opts
         )
-        outputs, tile_used = yield from _engine(model, planes, prior_arr, opts, extras, runner)
+        rate_hint = _rate_hint(model, backend_used, opts)
+        outputs, tile_used = yield from _engine(
+            model, planes, prior_arr, opts, extras, runner, rate_hint
+        )
     finally:
         if _restore_mode and was_training:
             model.train()
@@ -512,6 +515,20 @@ def predict_iter(
     return PredictResult(image_out, labels, extra_out, run_meta)
 
 
+def _rate_hint(model, backend: str, opts) -> float | None:
+    """Seconds per LR pixel expected (last run of this model, else its calibration)."""
+    from napari_resolve import runtime
+    from napari_resolve.predict import engine
+
+    try:
+        seen = engine.RATES.get(model, {}).get(backend)
+    except TypeError:
+        seen = None
+    if seen or opts.device.type != "cpu":
+        return seen
+    return runtime.calibration_rate(model, backend, opts.threads)
+
+
 def _make_runner(model, planes, has_prior: bool, extras: bool, opts):
     """Apply the thread rule and build the runner of the backend this job gets.
 
@@ -528,7 +545,8 @@ def _make_runner(model, planes, has_prior: bool, extras: bool, opts):
 
     if opts.device.type == "cpu":
         opts.threads = thread_rule.apply(opts.threads)
-    sr_px = int(planes.shape[0]) * int(planes.shape[-2]) * int(planes.shape[-1]) * int(model.scale) ** 2
+    z, h, w = int(planes.shape[0]), int(planes.shape[-2]), int(planes.shape[-1])
+    sr_px = z * h * w * int(model.scale) ** 2
     box: dict = {}
 
     def work():

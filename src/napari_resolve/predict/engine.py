@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,13 @@ import numpy as np
 import torch
 
 from napari_resolve.errors import BundleError, InputError, ResolveError
-from napari_resolve.predict.tiling import _profile, _snap_down, default_overlap, default_tile, tile_plan
+from napari_resolve.predict.tiling import (
+    _profile,
+    _snap_down,
+    default_overlap,
+    default_tile,
+    tile_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,8 @@ def _flatten_outputs(out: dict, want_extras: bool) -> dict:
 
 
 PROGRESS_EVERY_S = 1.0  # progress events inside a tile at least this often (issue 18: <= 3 s)
+# seconds per LR tile pixel last seen, per model and backend (first estimate of the next run)
+RATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _run_tile(runner, xt, pt, want_extras, clock):
@@ -243,6 +252,26 @@ def _run_tile(runner, xt, pt, want_extras, clock):
     if "err" in box:
         raise box["err"]
     return box["out"]
+
+
+def _inside_batch(reported, elapsed, clock, rate_hint, batch_px):
+    """(fraction of the running batch, its seconds left) from what is known.
+
+    The runtime's own count (eager: layers run) when it gives one, else the
+    expected batch time (seconds per pixel of the tiles already run, or the
+    hint: the last run of this model, its calibration). Past the expected
+    time the fraction stops at 0.9 and the time left stays a tenth of the time
+    spent: a late estimate never claims to be done.
+    """
+    rate = clock["busy"] / clock["px_done"] if clock["px_done"] else rate_hint
+    if reported is not None and reported > 0.02:
+        return reported, elapsed / reported * (1 - reported)
+    if not rate:
+        return reported, None
+    expected = rate * batch_px
+    if elapsed < 0.9 * expected:
+        return elapsed / expected, expected - elapsed
+    return 0.9, 0.1 * elapsed
 
 
 def _message(done, total, frac, eta) -> str:
@@ -276,6 +305,7 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
         return min(m, band // 2)
 
     jobs = [(z, iy, ix) for z in range(zn) for iy in range(len(ys)) for ix in range(len(xs))]
+    single = len(ys) == 1 and len(xs) == 1
     total = len(jobs)
     acc: dict[str, np.ndarray] = {}
     factors: dict[str, int] = {}
@@ -317,16 +347,14 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
                 out = stop.value
                 break
             elapsed = time.perf_counter() - t_batch
-            rate = clock["busy"] / clock["px_done"] if clock["px_done"] else rate_hint
-            batch_px = len(chunk) * tile_px
-            if inner is None and rate:  # no word from the runtime: estimate from the time
-                inner = min(elapsed / (rate * batch_px), 0.99)
-            frac = (done * tile_px + (inner or 0.0) * batch_px) / total_px
+            inner, batch_left = _inside_batch(
+                inner, elapsed, clock, rate_hint, len(chunk) * tile_px
+            )
+            frac = (done * tile_px + (inner or 0.0) * len(chunk) * tile_px) / total_px
             eta = None
-            if rate:
-                eta = max(rate * (total_px - done * tile_px) - elapsed, 0.0)
-            elif inner:
-                eta = elapsed / inner * (1 - inner) + elapsed / inner * (total - done - len(chunk)) / len(chunk)
+            if batch_left is not None:
+                per_px = (elapsed + batch_left) / (len(chunk) * tile_px)
+                eta = batch_left + per_px * (total - done - len(chunk)) * tile_px
             yield Progress(done, total, "tiles", frac, eta, _message(done, total, frac, eta))
         clock["busy"] += time.perf_counter() - t_batch
         clock["px_done"] += len(chunk) * tile_px
@@ -343,11 +371,21 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
             arr = val.detach().float().cpu().numpy()
             for j, (z, iy, ix) in enumerate(chunk):
                 y0, x0 = f * ys[iy], f * xs[ix]
+                if single:  # one tile per plane: its weights are all 1
+                    acc[key][z] = arr[j]
+                    continue
                 acc[key][z, :, y0 : y0 + f * th, x0 : x0 + f * tw] += arr[j] * weight(iy, ix, f)
         done += len(chunk)
         rate = clock["busy"] / clock["px_done"]
         eta = rate * (total_px - done * tile_px)
-        yield Progress(done, total, "tiles", done / total, eta, _message(done, total, done / total, eta))
+        frac = done / total
+        yield Progress(done, total, "tiles", frac, eta, _message(done, total, frac, eta))
+    try:
+        RATES.setdefault(model, {})[runner.name] = clock["busy"] / max(clock["px_done"], 1)
+    except TypeError:  # a model that cannot be weakly referenced: no memory of its speed
+        pass
+    if single:
+        return acc
     # normalise by the summed weights (the same grid for every plane)
     wsums = {}
     for key, arr in acc.items():

@@ -119,7 +119,9 @@ def available_memory() -> int:
     return 4 << 30
 
 
-def memory_tile(model, overlap: int | None = None, *, share: int = 1, free: int | None = None) -> int:
+def memory_tile(
+    model, overlap: int | None = None, *, share: int = 1, free: int | None = None
+) -> int:
     """The largest CPU tile side whose forward fits :data:`MEMORY_SHARE` of the free memory.
 
     ``share``: tiles that run at the same time (dask workers). Never below

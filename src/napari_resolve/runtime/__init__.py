@@ -14,9 +14,11 @@ on the CLI):
 * ``"compile"``: ``torch.compile``; explicit only (15-60 s of compilation per
   tile shape).
 * ``"auto"`` (default): on the CPU, for a job of at least
-  :data:`AUTO_MIN_SR_PX` output pixels, the fastest of eager and the installed
+  :data:`AUTO_MIN_SR_PX` output pixels (:data:`AUTO_CACHED_MIN_SR_PX` once
+  the architecture was measured), the fastest of eager and the installed
   ONNX runtimes as measured once per model, thread count and versions on a
-  small probe (:func:`calibrate`, cached in ``calibration.json``); eager for
+  small probe (:func:`calibrate`, cached in ``calibration.json`` per
+  architecture: a fine-tuned model reuses it); eager for
   small jobs, GPUs, priors and extras.
 """
 
@@ -47,7 +49,8 @@ BACKENDS = ("auto", "eager", "onnxruntime", "openvino", "compile")
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 EXTRA = {"onnxruntime": "onnx", "openvino": "openvino"}
 MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
-AUTO_MIN_SR_PX = 1 << 20  # below ~1 MP of output the one-off export does not pay
+AUTO_MIN_SR_PX = 1 << 20  # below ~1 MP of output a first calibration does not pay
+AUTO_CACHED_MIN_SR_PX = 1 << 16  # with a cached calibration, from 256 x 256 output px
 AUTO_MARGIN = 1.15  # a runtime must beat eager by this factor to be chosen
 PROBE_SIDE = 96  # LR px of the calibration probe
 
@@ -107,16 +110,56 @@ def select(model, backend, device: torch.device, *, sr_px: int, prior=False, ext
             raise InputError(f"backend {backend!r} cannot run this model: {FFT_REASON}")
         return backend
     # auto
-    if device.type != "cpu" or prior or extras or sr_px < AUTO_MIN_SR_PX:
+    if device.type != "cpu" or prior or extras or sr_px < AUTO_CACHED_MIN_SR_PX:
         return "eager"
     candidates = [b for b in ONNX_BACKENDS if available()[b]]
     if not candidates or not _exportable(model):
         return "eager"
+    known = cached_calibration(model, threads)
+    if known is not None:  # measured before (this architecture): worth it from a small job
+        return known["choice"]
+    if sr_px < AUTO_MIN_SR_PX:
+        return "eager"
     return calibrate(model, threads=threads)["choice"]
 
 
+def _calibration_key(model, n: int, names) -> str:
+    from napari_resolve.runtime import cache
+
+    vers = []
+    for b in names:
+        mod = importlib.import_module(MODULE[b])
+        vers.append(f"{b}={getattr(mod, '__version__', '?')}")
+    # speed does not depend on the weights: a fine-tuned model reuses its architecture's
+    arch = cache.model_hash(model, weights=False)
+    return cache.key("calibration", arch, n, cache.versions(*vers), PROBE_SIDE)
+
+
+def cached_calibration(model, threads: int | None = None) -> dict | None:
+    """The cached :func:`calibrate` result of this architecture and thread count, or None."""
+    from napari_resolve import threads as thread_rule
+    from napari_resolve.runtime import cache
+
+    names = [b for b in ONNX_BACKENDS if available()[b]]
+    try:
+        return cache.read_json("calibration.json").get(
+            _calibration_key(model, thread_rule.choose(threads), names)
+        )
+    except Exception:  # noqa: BLE001 - a missing or unreadable cache: not measured
+        return None
+
+
+def calibration_rate(model, backend: str, threads: int | None = None) -> float | None:
+    """Seconds per LR pixel of ``backend`` from a cached calibration, else None (no timing)."""
+    entry = cached_calibration(model, threads)
+    if not entry or backend not in entry.get("seconds", {}):
+        return None
+    return float(entry["seconds"][backend]) / float(entry["probe"]) ** 2
+
+
 def calibrate(model, *, threads: int | None = None, backends=None, force: bool = False) -> dict:
-    """Time eager and each installed ONNX runtime on a probe; cached per model and threads.
+    """Time eager and each installed ONNX runtime on a probe; cached per architecture
+    (config and code, not the weights), thread count and versions.
 
     Returns ``{"choice": name, "seconds": {name: s per probe}, "probe": side}``.
     One warm-up and the best of two timed runs each (export and compilation
@@ -127,11 +170,7 @@ def calibrate(model, *, threads: int | None = None, backends=None, force: bool =
 
     n = thread_rule.choose(threads)
     names = list(backends or [b for b in ONNX_BACKENDS if available()[b]])
-    vers = []
-    for b in names:
-        mod = importlib.import_module(MODULE[b])
-        vers.append(f"{b}={getattr(mod, '__version__', '?')}")
-    entry = cache.key("calibration", cache.model_hash(model), n, cache.versions(*vers), PROBE_SIDE)
+    entry = _calibration_key(model, n, names)
     if not force:
         hit = cache.read_json("calibration.json").get(entry)
         if hit:
@@ -153,7 +192,8 @@ def calibrate(model, *, threads: int | None = None, backends=None, force: bool =
         except Exception:  # noqa: BLE001 - a runtime that fails here is simply not chosen
             continue
     choice = min(seconds, key=seconds.get) if seconds else "eager"
-    if choice != "eager" and "eager" in seconds and seconds[choice] * AUTO_MARGIN > seconds["eager"]:
+    eager_s = seconds.get("eager")
+    if choice != "eager" and eager_s is not None and seconds[choice] * AUTO_MARGIN > eager_s:
         choice = "eager"
     result = {"choice": choice, "seconds": seconds, "probe": side, "threads": n}
     try:

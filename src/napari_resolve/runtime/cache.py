@@ -47,8 +47,12 @@ def _code_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def model_hash(model) -> str:
-    """SHA-256 (hex, 24 chars) of the weights, architecture, config and model code."""
+def model_hash(model, *, weights: bool = True) -> str:
+    """SHA-256 (hex, 24 chars) of the weights, architecture, config and model code.
+
+    ``weights=False``: the architecture only (tensor names, dtypes and shapes),
+    for what does not depend on the values, such as a runtime's speed.
+    """
     h = hashlib.sha256()
     h.update(type(model).__qualname__.encode())
     h.update(str(getattr(model, "arch", "")).encode())
@@ -57,7 +61,8 @@ def model_hash(model) -> str:
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if weights and t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:24]
 
 
@@ -71,6 +76,19 @@ def versions(*extra: str) -> str:
 def key(*parts) -> str:
     """A short file-name-safe key of ``parts``."""
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:24]
+
+
+MAX_GRAPHS = 32  # exported graphs kept; the least recently used go first
+
+
+def prune(pattern: str = "*.onnx", keep: int = MAX_GRAPHS) -> None:
+    """Remove all but the ``keep`` most recently used files matching ``pattern``."""
+    files = sorted(cache_dir().glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
 
 
 def read_json(name: str) -> dict:

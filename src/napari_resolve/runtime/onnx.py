@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -77,17 +78,28 @@ def _engine_facts(model) -> dict:
     }
 
 
-def _uses_fft(model) -> bool:
-    import inspect
+def _code_names(code) -> set:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _code_names(const)
+    return names
 
-    for m in model.modules():
-        try:
-            src = inspect.getsource(type(m))
-        except (OSError, TypeError):
-            continue
-        if "torch.fft" in src or "fft." in src:
+
+@lru_cache(maxsize=256)
+def _class_uses_fft(cls) -> bool:
+    """True when a method of ``cls`` (not its bases) reads ``torch.fft`` (bytecode names)."""
+    for value in vars(cls).values():
+        func = getattr(value, "__func__", value)
+        code = getattr(func, "__code__", None)
+        if code is not None and "fft" in _code_names(code):
             return True
     return False
+
+
+def _uses_fft(model) -> bool:
+    """Whether any module of ``model`` calls ``torch.fft`` (which does not export)."""
+    return any(_class_uses_fft(type(m)) for m in model.modules())
 
 
 def export_onnx(model_or_bundle, path, *, dynamic_hw: bool = True, opset: int = ONNX_OPSET,
@@ -296,6 +308,9 @@ def cached_export(model, meta=None) -> Path:
 
     k = cache.key("onnx", cache.model_hash(model), cache.versions(onnx.__version__), ONNX_OPSET)
     path = cache.cache_dir() / f"{k}.onnx"
-    if not path.is_file():
+    if path.is_file():
+        path.touch()  # recently used: pruned last
+    else:
         export_onnx((model, meta or {}), path)
+        cache.prune("*.onnx")
     return path
