@@ -253,6 +253,40 @@ _add(
     )
 )
 
+# Issue 13: the fluorescence bundles, trained for minutes on a shared CPU on real
+# pairs + calibrated simulation (scripts/train_fluorescence.py). Same losses as
+# the papers; the rate is 3x the paper's 1e-4 for the short budget and halves
+# every 8 epochs (an epoch here is ~50 steps); 64-px HR patches at x2, 128 at x4.
+_add(
+    Recipe(
+        name="mhtcun-fluo",
+        paper="Gong et al. 2021 (paper 003) §3, §4.6; CPU budget of issue 13",
+        description="MHTCUN staged loss, Adam 3e-4 halved every 8 epochs, batch 8",
+        phases=(Phase("staged", 40, {"staged": 1.0}),),
+        lr=3e-4,
+        batch_size=8,
+        patch_size=64,
+        schedule="step",
+        step_epochs=8,
+        gamma=0.5,
+    )
+)
+_add(
+    Recipe(
+        name="mse-ssim-fluo",
+        paper="paper 003 §4.6 settings for DFCAN; CPU budget of issue 13",
+        description="MSE + 0.1·(1−SSIM), Adam 3e-4 halved every 8 epochs, batch 8 (same budget "
+        "as mhtcun-fluo)",
+        phases=(Phase("mse-ssim", 40, {"mse_ssim": 1.0}),),
+        lr=3e-4,
+        batch_size=8,
+        patch_size=64,
+        schedule="step",
+        step_epochs=8,
+        gamma=0.5,
+    )
+)
+
 _DEFAULTS = {
     "gp": "gp",
     "np": "gp",
