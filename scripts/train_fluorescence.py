@@ -131,7 +131,7 @@ def run_job(name: str, minutes: float, root: Path, out_dir: Path, resume: bool, 
     out = out_dir / f"{name}.safetensors"
     data, select, desc = job_data(name, root)
     n_items = len(data["lr"])
-    ppi = max(1, int(round(400 / n_items)))  # ~50 steps of batch 8 per epoch
+    ppi = max(1, int(round(400 / n_items)))  # ~100 steps of batch 4 per epoch
     t0 = time.monotonic()
     last = [0.0]
 
