@@ -39,12 +39,7 @@ import numpy as np
 
 from napari_resolve.errors import InputError
 
-__all__ = [
-    "psnr", "ssim", "evaluate_pair", "default_data_range", "SSIM_WINDOW",
-    "percentile_normalize", "affine_fit", "fit_metrics", "wants_fit_metric", "FIT_PERCENTILES",
-]
-
-FIT_PERCENTILES = (0.1, 99.9)  # CSBDeep's normalisation of the ground truth for comparisons
+__all__ = ["psnr", "ssim", "evaluate_pair", "default_data_range", "SSIM_WINDOW"]
 
 SSIM_WINDOW = 11  # 2 * int(3.5 * sigma + 0.5) + 1 for sigma = 1.5, as skimage computes it
 
@@ -162,6 +157,12 @@ def evaluate_pair(sr, hr, *, scale: int | None = None, crop: int | None = None,
         "y_channel": used_y,
         "data_range": float(default_data_range(hr_arr.dtype) if data_range is None else data_range),
     }
+
+
+# --------------------------------------------------------------------------- fluorescence (issue 13)
+__all__ += ["percentile_normalize", "affine_fit", "fit_metrics", "wants_fit_metric", "FIT_PERCENTILES"]
+
+FIT_PERCENTILES = (0.1, 99.9)  # CSBDeep's normalisation of the ground truth for comparisons
 
 
 def percentile_normalize(image, low: float = FIT_PERCENTILES[0], high: float = FIT_PERCENTILES[1]):
