@@ -195,6 +195,14 @@ def main(argv=None) -> int:
         extra = (f"Fine-tuning: {info['minutes']:g} min of CPU training ({info['steps']} steps, "
                  "batch 4, 64-px patches) on the DL-SIM train + select regions at both light levels, "
                  "checkpoint chosen on the select quadrant.")
+    elif finetuned is not None:
+        from napari_resolve import bundle
+
+        tr = bundle.read_meta(str(finetuned)).get("training") or {}
+        extra = (f"Fine-tuning (reused {finetuned.name}): {tr.get('time_s', 0) / 60:.1f} min of CPU "
+                 f"training ({tr.get('steps')} steps, batch {tr.get('batch_size')}, "
+                 f"{tr.get('patch_size')}-px patches) on the DL-SIM train + select regions at both "
+                 "light levels, checkpoint chosen on the select quadrant.")
     rows = measure(args.models, args.data, finetuned)
     text = table(rows, extra)
     print(text)
