@@ -15,10 +15,11 @@ branch, prior U-Net with 16 base channels, i.e. a quarter of the paper's
 prior width) and 96-px HR patches instead of whole images. Everything else is
 the paper's. The bundle records config, recipe, budget and device.
 
-``mhtcun-lite-x2`` trains on simulated fluorescence (microtubules, vesicles,
-ER; widefield Airy PSF, NA 1.3, 520 nm; Poisson + Gaussian noise; 31.3 nm HR
-pixels, i.e. 62.6 nm LR pixels like the rDL-SIM microtubule data) with
-MHTCUN's staged loss.
+``mhtcun-lite-x2-sim`` is the former simulation-only fluorescence recipe
+(microtubules, vesicles, ER; widefield Airy PSF, NA 1.3, 520 nm; Poisson +
+Gaussian noise; 31.3 nm HR pixels) with MHTCUN's staged loss, written under
+that name; the bundled ``mhtcun-lite-x2`` is trained on real pairs +
+calibrated simulation by ``scripts/train_fluorescence.py`` (issue 13).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ JOBS = {
     # name: (architecture, scale, minutes)
     "gp-x4": ("gp", 4, 16),
     "np-x4": ("np", 4, 10),
-    "mhtcun-lite-x2": ("mhtcun-lite", 2, 20),
+    "mhtcun-lite-x2-sim": ("mhtcun-lite", 2, 20),
     "gp-x8": ("gp", 8, 11),
     "np-x8": ("np", 8, 12),
 }

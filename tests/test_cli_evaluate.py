@@ -70,9 +70,10 @@ def test_pairs_equal_hr_only_and_json(wbc2, tmp_path, capsys):
 
 def test_grey_fluorescence_all_channels_and_crop(sample_dir, capsys):
     avg = next((sample_dir / "nd-twophoton-srrf" / "bpae_fov08").glob("*AVG*.tif"))
-    assert main(["evaluate", "--hr-only", str(avg), "--scale", "2", "--crop", "0"]) == 0
+    # raw figures (uint16 grey defaults to the fluorescence fit metric, tests/test_fluorescence_real.py)
+    assert main(["evaluate", "--hr-only", str(avg), "--scale", "2", "--crop", "0", "--metric", "raw"]) == 0
     p0 = _rows(capsys.readouterr().out)[avg.name][0]
-    assert main(["evaluate", "--hr-only", str(avg), "--scale", "2"]) == 0
+    assert main(["evaluate", "--hr-only", str(avg), "--scale", "2", "--metric", "raw"]) == 0
     p2 = _rows(capsys.readouterr().out)[avg.name][0]
     hr = read_image(avg)[0]
     sr = imresize(imresize(hr, 0.5).astype(np.float64), 2)

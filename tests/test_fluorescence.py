@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -115,11 +114,9 @@ def test_each_structure_renders_sparse_bright_content(structure):
     assert 0.005 < fg < 0.6  # curvilinear / punctate, not a flat field
 
 
-def test_simulate_is_fast_and_checks_input():
-    fl.simulate((64, 64), seed=0)  # warm-up
-    t0 = time.perf_counter()
+def test_simulate_varies_photons_and_checks_input():
+    # (no timed assertion: speed belongs to benchmarks, helper rules; ~0.05 s per 256² pair idle)
     pairs = fl.simulate_pairs(4, shape=(256, 256), scale=2, seed=1)
-    assert (time.perf_counter() - t0) / 4 < 0.5  # ~0.05 s on one core
     photons = [p.meta["photons"] for p in pairs]
     assert len(set(photons)) == 4 and all(100 <= p <= 400 for p in photons)
     with pytest.raises(InputError, match="structure"):

@@ -18,6 +18,13 @@ integer images to their dtype's range. The SR output is not rounded (paper
 000 §3.4 measures "in a float32 format"). PSNR / SSIM follow
 :mod:`napari_resolve.metrics.quality`: Y channel of MATLAB YCbCr for RGB
 (``--rgb``: all channels), border crop of ``--crop`` px (default: the scale).
+
+Fluorescence (grey images that are not 8-bit, or ``--metric fit``): the
+main figures are CARE's fair comparison (:func:`napari_resolve.metrics.quality.fit_metrics`:
+percentile-normalised reference, affine least-squares fit of the SR output,
+then PSNR / SSIM / NRMSE), the raw PSNR / SSIM beside them; with a known
+pixel size (LR image metadata, or the model's) every row also gets the
+decorrelation resolution of the SR output in nm.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ def add_arguments(parser) -> None:
                         help="border pixels left out of the metrics (default: the scale)")
     parser.add_argument("--rgb", action="store_true",
                         help="measure RGB images on all channels instead of the Y channel")
+    parser.add_argument("--metric", choices=("auto", "fit", "raw"), default="auto",
+                        help="fit: CARE's affine-fit PSNR/SSIM/NRMSE (fluorescence); raw: plain "
+                             "PSNR/SSIM; auto (default): fit for grey non-8-bit images")
     parser.add_argument("--device", default="auto", help="torch device for the model (default: auto)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the results (per image and mean) to this JSON file")
@@ -140,11 +150,47 @@ def _pairs(args):
     return list(zip(args.lr, args.hr))
 
 
+def _fit_row(sr, hr, crop, metric, pixel_nm) -> dict:
+    """The fluorescence figures of one row (``fit``, ``resolution_nm``), or {} for ``raw``."""
+    from napari_resolve.metrics.quality import fit_metrics, wants_fit_metric
+
+    channels = hr.shape[-1] if hr.ndim == 3 else 1
+    if metric == "raw" or (metric == "auto" and not wants_fit_metric(hr.dtype, channels)):
+        return {}
+    out = {"fit": fit_metrics(sr, hr, crop=crop)}
+    if pixel_nm:
+        from napari_resolve.metrics.resolution import decorrelation
+
+        res = decorrelation(np.asarray(sr, dtype=np.float64), pixel_size=pixel_nm, unit="nm")
+        out["resolution_nm"] = float(res.resolution) if res.found else None
+    return out
+
+
+def _lr_pixel_nm(path, meta) -> float | None:
+    """LR pixel size in nm: the image's metadata, else the model's ``pixel_size``."""
+    from napari_resolve.io import read_image, to_micrometre
+
+    um = None
+    if path is not None:
+        m = read_image(path)[1]
+        um = to_micrometre(m.get("pixel_size"), m.get("unit"))
+    if um is None and isinstance(meta.get("pixel_size"), dict):
+        um = to_micrometre(meta["pixel_size"].get("value"), meta["pixel_size"].get("unit"))
+    return None if um is None else 1000.0 * um
+
+
 def evaluate_images(pairs, *, model: str = "bicubic", scale=None, crop=None, y_channel=True,
-                    device: str = "auto") -> list[dict]:
-    """Evaluate ``model`` on ``pairs`` of paths ``(lr or None, hr)``; one dict per image."""
+                    device: str = "auto", metric: str = "auto") -> list[dict]:
+    """Evaluate ``model`` on ``pairs`` of paths ``(lr or None, hr)``; one dict per image.
+
+    ``metric``: "auto" adds the fluorescence fit figures (``fit``,
+    ``resolution_nm``) for grey non-8-bit references, "fit" always, "raw" never.
+    """
     from napari_resolve.data.degrade import imresize
     from napari_resolve.metrics.quality import evaluate_pair
+
+    if metric not in ("auto", "fit", "raw"):
+        raise InputError(f"metric must be auto, fit or raw, got {metric!r}")
 
     if scale is not None and (int(scale) != scale or not 1 <= scale <= 16):
         raise InputError(f"--scale must be a positive integer (at most 16), got {scale}")
@@ -175,8 +221,10 @@ def evaluate_images(pairs, *, model: str = "bicubic", scale=None, crop=None, y_c
         if sr.shape != hr.shape:
             raise InputError(f"model output {sr.shape} does not match {hr_path.name} {hr.shape}")
         res = evaluate_pair(sr, hr, scale=scale, crop=crop, y_channel=y_channel)
+        lr_nm = _lr_pixel_nm(lr_path, model_meta[1]) if metric != "raw" else None
+        fit = _fit_row(sr, hr, res["crop"], metric, lr_nm / scale if lr_nm else None)
         rows.append({"image": str(hr_path), "lr": str(lr_path) if lr_path else None,
-                     "shape": list(hr.shape), "scale": scale, **res})
+                     "shape": list(hr.shape), "scale": scale, **res, **fit})
     return rows
 
 
@@ -185,14 +233,40 @@ def _table(rows: list[dict], model: str, y_channel: bool) -> str:
     space = "RGB on the Y channel (MATLAB BT.601)" if y_channel else "RGB on all channels"
     head = f"model {model}, x{first['scale']}, crop {first['crop']} px, {space}"
     width = max(24, *(len(Path(r["image"]).name) for r in rows))
-    lines = [head, f"{'image':<{width}}  {'HR size':>11}  {'PSNR (dB)':>9}  {'SSIM':>6}"]
+    fit = all("fit" in r for r in rows)
+    if fit:
+        head += ("\nfit = reference normalised to its 0.1-99.9 percentiles, SR output affinely "
+                 "least-squares fitted to it (CARE); raw = on the images' own intensities")
+        cols = (f"{'fit PSNR':>9}  {'fit SSIM':>8}  {'NRMSE':>6}  {'raw PSNR':>9}  {'raw SSIM':>8}"
+                f"  {'res (nm)':>8}")
+    else:
+        cols = f"{'PSNR (dB)':>9}  {'SSIM':>6}"
+    lines = [head, f"{'image':<{width}}  {'HR size':>11}  {cols}"]
+
+    def fmt(vals):
+        if not fit:
+            return f"{vals['psnr']:9.3f}  {vals['ssim']:6.4f}"
+        res = vals.get("resolution_nm")
+        res_txt = f"{res:8.1f}" if res is not None else f"{'-':>8}"
+        return (f"{vals['fit_psnr']:9.3f}  {vals['fit_ssim']:8.4f}  {vals['nrmse']:6.4f}  "
+                f"{vals['psnr']:9.3f}  {vals['ssim']:8.4f}  {res_txt}")
+
+    def flat(r):
+        v = {"psnr": r["psnr"], "ssim": r["ssim"]}
+        if fit:
+            v.update(fit_psnr=r["fit"]["psnr"], fit_ssim=r["fit"]["ssim"], nrmse=r["fit"]["nrmse"],
+                     resolution_nm=r.get("resolution_nm"))
+        return v
+
     for r in rows:
         size = f"{r['shape'][0]}x{r['shape'][1]}"
-        lines.append(f"{Path(r['image']).name:<{width}}  {size:>11}  {r['psnr']:9.3f}  {r['ssim']:6.4f}")
-    mean_p = float(np.mean([r["psnr"] for r in rows]))
-    mean_s = float(np.mean([r["ssim"] for r in rows]))
+        lines.append(f"{Path(r['image']).name:<{width}}  {size:>11}  {fmt(flat(r))}")
+    vals = [flat(r) for r in rows]
+    mean = {k: float(np.mean([v[k] for v in vals])) for k in vals[0] if k != "resolution_nm"}
+    got = [v["resolution_nm"] for v in vals if v.get("resolution_nm") is not None]
+    mean["resolution_nm"] = float(np.mean(got)) if fit and len(got) == len(vals) else None
     label = f"mean ({len(rows)} image{'s' if len(rows) != 1 else ''})"
-    lines.append(f"{label:<{width}}  {'':>11}  {mean_p:9.3f}  {mean_s:6.4f}")
+    lines.append(f"{label:<{width}}  {'':>11}  {fmt(mean)}")
     return "\n".join(lines)
 
 
@@ -204,7 +278,8 @@ def run(args) -> int:
     check_outputs([*(p for pair in pairs for p in pair), *model_file],
                   [(args.json, "--json", "file")], overwrite=getattr(args, "overwrite", False))
     rows = evaluate_images(pairs, model=args.model, scale=args.scale, crop=args.crop,
-                           y_channel=not args.rgb, device=args.device)
+                           y_channel=not args.rgb, device=args.device,
+                           metric=getattr(args, "metric", "auto"))
     print(_table(rows, args.model, not args.rgb))
     if args.json is not None:
         from napari_resolve._atomic import atomic_path
@@ -214,6 +289,9 @@ def run(args) -> int:
             "images": rows,
             "mean": {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")},
         }
+        if all("fit" in r for r in rows):
+            summary["mean"]["fit"] = {k: float(np.mean([r["fit"][k] for r in rows]))
+                                      for k in ("psnr", "ssim", "nrmse")}
         with atomic_path(args.json) as tmp:
             Path(tmp).write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return 0

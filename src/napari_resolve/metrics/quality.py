@@ -24,6 +24,16 @@ in common SR practice (e.g. the benchmark code of EDSR / BasicSR):
   averaged over the "valid" part of the image (5 px in from the edge).
   Images must be at least 11 x 11 after the crop.
 * Identical images have PSNR ``inf``.
+
+Fluorescence (:func:`fit_metrics`): raw intensities of a microscope image
+have an arbitrary offset and gain (camera offset, laser power, a model's
+output scale), so PSNR on them mostly measures that. CARE / CSBDeep
+(Weigert et al. 2018, Nat. Methods 15:1090, "Evaluation") compare instead:
+the ground truth is percentile-normalised (0.1 / 99.9 %, not clipped), the
+prediction is mapped onto it by the least-squares affine fit ``a·x + b``
+(closed form: ``a = cov(x, gt) / var(x)``, ``b = mean(gt) − a·mean(x)``),
+then PSNR (MAX 1, the normalised range), SSIM (same window as above, data
+range 1) and NRMSE (``‖gt − fit‖ / ‖gt‖``, skimage's "euclidean") are taken.
 """
 
 from __future__ import annotations
@@ -166,3 +176,61 @@ def evaluate_pair(sr, hr, *, scale: int | None = None, crop: int | None = None,
         "data_range": float(default_data_range(hr_arr.dtype, hr_arr) if data_range is None
                             else data_range),
     }
+
+
+# --------------------------------------------------------------------------- fluorescence (issue 13)
+__all__ += ["percentile_normalize", "affine_fit", "fit_metrics", "wants_fit_metric", "FIT_PERCENTILES"]
+
+FIT_PERCENTILES = (0.1, 99.9)  # CSBDeep's normalisation of the ground truth for comparisons
+
+
+def percentile_normalize(image, low: float = FIT_PERCENTILES[0], high: float = FIT_PERCENTILES[1]):
+    """``(x − p_low) / (p_high − p_low)`` in float64, not clipped (CSBDeep ``normalize``)."""
+    arr = _as_image(image, "image").astype(np.float64)
+    lo, hi = np.percentile(arr, [low, high])
+    if not hi > lo:
+        raise InputError("the reference image is constant: nothing to normalise against")
+    return (arr - lo) / (hi - lo)
+
+
+def affine_fit(x, target) -> tuple[np.ndarray, float, float]:
+    """``a·x + b`` with the least-squares ``a, b`` onto ``target``; returns (fitted, a, b).
+
+    A constant ``x`` gets ``a = 0`` (the best fit is the target's mean).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    xm, tm = x.mean(), t.mean()
+    var = float(((x - xm) ** 2).mean())
+    a = float(((x - xm) * (t - tm)).mean() / var) if var > 0 else 0.0
+    b = float(tm - a * xm)
+    return a * x + b, a, b
+
+
+def fit_metrics(sr, hr, *, crop: int = 0) -> dict:
+    """CARE's fair fluorescence comparison of ``sr`` with ``hr`` (module notes).
+
+    Grey images only (a colour image is compared on its Y). Returns
+    ``{"psnr", "ssim", "nrmse", "a", "b", "crop"}``; ``psnr``/``ssim`` are on
+    the normalised ground truth (MAX 1).
+    """
+    from skimage.metrics import normalized_root_mse
+
+    sr_f, hr_f, _ = _prepare(sr, hr, None, crop, True)
+    if sr_f.ndim == 3:
+        raise InputError("the fluorescence fit metric compares grey images; give one channel")
+    gt = percentile_normalize(hr_f)
+    fitted, a, b = affine_fit(sr_f, gt)
+    return {
+        "psnr": psnr(fitted, gt, data_range=1.0),
+        "ssim": ssim(fitted, gt, data_range=1.0),
+        "nrmse": float(normalized_root_mse(gt, fitted)),
+        "a": a,
+        "b": b,
+        "crop": int(crop),
+    }
+
+
+def wants_fit_metric(dtype, channels: int = 1) -> bool:
+    """The fit metric is the default for grey images that are not 8-bit (fluorescence)."""
+    return int(channels) == 1 and np.dtype(dtype) != np.uint8

@@ -1,0 +1,215 @@
+"""Fluorescence on real data (issue 13): the table in docs/benchmarks.md.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/fluorescence.py [--data ../shared/data]
+        [--models DIR] [--finetune-minutes 10] [--calibrate] [--write]
+
+Per data set and signal level (DL-SIM microtubules at normal and low light,
+x2; SFSRM ER, x4), on the **held-out** region of each field
+(:data:`napari_resolve.data.fluorescence_pairs.REGIONS`, never trained on,
+never used to choose a checkpoint): bicubic, DFCAN (same data and budget as
+the MHTCUN bundle), the MHTCUN-lite bundles and, at x2, the bundle fine-tuned
+on the DL-SIM pairs (3/4 of the field: the train + select regions; the
+held-out quadrant stays unseen). Figures: CARE's fit-PSNR / SSIM / NRMSE
+(:func:`napari_resolve.metrics.quality.fit_metrics`) and the decorrelation
+resolution of the output (HR px; neither data set records its pixel size).
+
+``--models DIR``: where ``mhtcun-lite-x{2,4}.safetensors`` and
+``dfcan-x{2,4}.safetensors`` are (default: the bundled models for MHTCUN,
+``DIR`` = ``benchmarks/out/fluorescence`` for DFCAN, which is not shipped).
+``--finetune-minutes M``: fine-tune the x2 bundle for M minutes of CPU first
+(``--finetuned FILE`` reuses one). ``--calibrate``: also print the camera /
+PSF calibration of docs/fluorescence.md. ``--write``: put the table into
+docs/benchmarks.md between its markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+BEGIN, END = "<!-- fluorescence-real:begin -->", "<!-- fluorescence-real:end -->"
+PRETRAINED = REPO / "src" / "napari_resolve" / "pretrained"
+
+
+def calibrate(root: Path) -> str:
+    """Markdown: variance-mean lines and PSF widths of the real data (docs/fluorescence.md)."""
+    import glob
+
+    import tifffile
+
+    from napari_resolve.data.camera import FWHM_PER_RESOLUTION, fit_variance_mean, psf_fwhm_px
+    from napari_resolve.data.fluorescence_pairs import DLSIM, bin2, real_pairs
+    from napari_resolve.io import read_image
+
+    lines = ["| data | frames | slope a (DN/e⁻) | intercept b (DN²) | m0 = −b/a (DN) | R² | "
+             "levels (DN) | peak signal (e⁻) |", "|---|---|---|---|---|---|---|---|"]
+
+    def row(name, frames, note):
+        L = fit_variance_mean(frames)
+        lo, hi = L.levels[0, 0], L.levels[-1, 0]
+        peak = (hi - L.zero_level) / L.slope
+        lines.append(f"| {name} | {note} | {L.slope:.4g} | {L.intercept:.4g} | {L.zero_level:.5g} | "
+                     f"{L.r2:.3f} | {lo:.1f}–{hi:.1f} | {peak:.0f} |")
+
+    for tag, light in (("HE", "normal"), ("LE", "low")):
+        paths = sorted(glob.glob(str(root / DLSIM / f"{tag}_X2" / "Sample_1" / f"{tag}_[01][0-9].tif")))[:15]
+        row(f"DL-SIM raw frames, {light} light", np.stack([bin2(tifffile.imread(p)) for p in paths]),
+            "15, binned 2×2")
+    mt = read_image(root / "rdl-sim-microtubules-raw" / "MT.mrc")[0]
+    row("rDL-SIM MT.mrc raw frames", np.asarray(mt, dtype=np.float64), "9")
+    biosr = root / "biosr-widefield-snr" / "dataset" / "test"
+    for lvl in (1, 5, 9):
+        im = tifffile.imread(biosr / "Microtubules" / "input_wide_field_images" / f"level_{lvl:02d}.tif")
+        row(f"BioSR microtubules level {lvl}", im.astype(np.float64), "1 (mean of 9, rescaled)")
+    psf = [f"| image | decorrelation resolution (px) | PSF FWHM (px, × {FWHM_PER_RESOLUTION}) |",
+           "|---|---|---|"]
+
+    def prow(name, im):
+        fwhm, res = psf_fwhm_px(im)
+        psf.append(f"| {name} | {res:.2f} | {fwhm:.2f} |")
+
+    for p in real_pairs(root, 2)[:1] + real_pairs(root, 4):
+        prow(f"{p.name}: wide field (LR)", p.lr)
+    prow("rDL-SIM MT.mrc: mean of 9 frames", np.asarray(mt, dtype=np.float64).mean(axis=0))
+    for kind, lvl in (("Microtubules", 9), ("F-actin", 12)):
+        prow(f"BioSR {kind} level {lvl}",
+             tifffile.imread(biosr / kind / "input_wide_field_images" / f"level_{lvl:02d}.tif"))
+    return "\n".join(lines) + "\n\n" + "\n".join(psf)
+
+
+def finetune_x2(base: Path, root: Path, minutes: float, out: Path) -> dict:
+    """Fine-tune ``base`` on the DL-SIM pairs outside the held-out quadrant (both light levels)."""
+    from napari_resolve.data import fluorescence_pairs as FP
+    from napari_resolve.train.finetuning import TrainingImage, finetune_measured
+
+    images, val = [], []
+    for pair in FP.real_pairs(root, 2):
+        tag = pair.name.split(", ")[-1].replace(" ", "-")
+        for i, (lr, hr) in enumerate(FP.region(pair, "finetune")):
+            images.append(TrainingImage(f"{tag}-{i}", hr, lr=lr))
+        for lr, hr in FP.region(pair, "select"):
+            val.append(TrainingImage(f"{tag}-select", hr, lr=lr))
+    out.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    report = finetune_measured(str(base), images, val_images=val, minutes=minutes, patch_size=64,
+                               batch_size=4, output=out, device="cpu",
+                               note="benchmarks/fluorescence.py: DL-SIM 3/4 of the field")
+    if report.error:
+        raise RuntimeError(report.error)
+    return {"minutes": minutes, "wall_s": round(time.monotonic() - t0, 1),
+            "steps": (report.result.history[-1].get("step") if report.result and report.result.history
+                      else None), "file": str(out)}
+
+
+def measure(models_dir: Path, root: Path, finetuned: Path | None) -> list[dict]:
+    from napari_resolve import models
+    from napari_resolve.data import fluorescence_pairs as FP
+
+    rows = []
+    for scale in (2, 4):
+        mh = models_dir / f"mhtcun-lite-x{scale}.safetensors"
+        if not mh.is_file():
+            mh = PRETRAINED / mh.name
+        candidates = [("bicubic", models.build("bicubic", scale=scale)),
+                      (f"DFCAN (same budget)", models_dir / f"dfcan-x{scale}.safetensors"),
+                      (f"mhtcun-lite-x{scale}", mh)]
+        if scale == 2 and finetuned is not None:
+            candidates.append(("mhtcun-lite-x2 fine-tuned (DL-SIM 3/4)", finetuned))
+        for pair in FP.real_pairs(root, scale):
+            for label, spec in candidates:
+                if isinstance(spec, Path) and not spec.is_file():
+                    print(f"skip {label}: {spec} missing", file=sys.stderr)
+                    continue
+                m = spec if not isinstance(spec, Path) else str(spec)
+                r = FP.evaluate_region(m, pair, "heldout")
+                rows.append({"data": pair.name, "scale": scale, "model": label, **r})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def table(rows: list[dict], extra: str) -> str:
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    head = [
+        f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
+        f"({platform.processor() or 'cpu'}), load: `{load}`; "
+        "`PYTHONPATH=src python benchmarks/fluorescence.py --write` reproduces it.",
+        "",
+        "Held-out regions only (DL-SIM: bottom-right quadrant, 128² HR px; SFSRM ER: LR rows "
+        "480–639, 640×2560 HR px). fit = CARE: reference normalised to its 0.1–99.9 % "
+        "percentiles, output affinely least-squares fitted to it. Resolution: decorrelation of "
+        "the output, HR px (lower = finer).",
+        "",
+        "| data | model | fit-PSNR (dB) | Δ vs bicubic | SSIM | NRMSE | resolution (HR px) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    bic = {r["data"]: r["psnr"] for r in rows if r["model"] == "bicubic"}
+    for r in rows:
+        head.append(f"| {r['data']} | {r['model']} | {r['psnr']:.2f} | {r['psnr'] - bic[r['data']]:+.2f} | "
+                    f"{r['ssim']:.3f} | {r['nrmse']:.3f} | {r['resolution_px']:.2f} |")
+    return "\n".join(head) + ("\n\n" + extra if extra else "")
+
+
+def write(text: str) -> None:
+    doc = REPO / "docs" / "benchmarks.md"
+    body = doc.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in body and END in body:
+        body = body[: body.index(BEGIN)] + block + body[body.index(END) + len(END):]
+    else:
+        body = body.rstrip() + "\n\n## Fluorescence on real data (issue 13)\n\n" + block + "\n"
+    doc.write_text(body, encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--models", type=Path, default=REPO / "benchmarks" / "out" / "fluorescence")
+    ap.add_argument("--finetune-minutes", type=float, default=10.0)
+    ap.add_argument("--finetuned", type=Path, default=None, help="reuse this fine-tuned x2 bundle")
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    if args.calibrate:
+        print(calibrate(args.data))
+    extra = ""
+    finetuned = args.finetuned
+    if finetuned is None and args.finetune_minutes > 0:
+        base = args.models / "mhtcun-lite-x2.safetensors"
+        base = base if base.is_file() else PRETRAINED / base.name
+        finetuned = args.models / "mhtcun-lite-x2-dlsim-finetuned.safetensors"
+        info = finetune_x2(base, args.data, args.finetune_minutes, finetuned)
+        extra = (f"Fine-tuning: {info['minutes']:g} min of CPU training ({info['steps']} steps, "
+                 "batch 4, 64-px patches) on the DL-SIM train + select regions at both light levels, "
+                 "checkpoint chosen on the select quadrant.")
+    elif finetuned is not None:
+        from napari_resolve import bundle
+
+        tr = bundle.read_meta(str(finetuned)).get("training") or {}
+        extra = (f"Fine-tuning (reused {finetuned.name}): {tr.get('time_s', 0) / 60:.1f} min of CPU "
+                 f"training ({tr.get('steps')} steps, batch {tr.get('batch_size')}, "
+                 f"{tr.get('patch_size')}-px patches) on the DL-SIM train + select regions at both "
+                 "light levels, checkpoint chosen on the select quadrant.")
+    rows = measure(args.models, args.data, finetuned)
+    text = table(rows, extra)
+    print(text)
+    if args.write:
+        write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
