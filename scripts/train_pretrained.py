@@ -88,112 +88,17 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool) -> None:
 
 
 #: SR steps of the leukocyte bundles: GP and NP get the same number at a scale (issue 14)
-SR_STEPS = {4: 500, 8: 500}
+SR_STEPS = {4: 200, 8: 200}
 SR_LR = 3e-4
 RUNS = REPO / "bench_output" / "leukocyte_runs"
 
 
-def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None) -> dict:
-    """The bundle's ``domain`` card (helper-rules contract; issue 18)."""
-    return {
-        "summary": "Bright-field images of Wright-Giemsa (or May-Grünwald-Giemsa) stained "
-                   "blood smears around white blood cells, super-resolved on the luma (Y).",
-        "modality": "brightfield",
-        "sample": "Wright-Giemsa stained peripheral blood smear, white blood cells",
-        "microscope": "bright-field, 8-bit RGB camera (CellaVision / Jiangxi Tecom; "
-                      "objective not given by the data set)",
-        "scale": int(scale),
-        "pixel_size": None,
-        "trained_on": f"{train_cells} white-blood-cell crops of Zheng et al. 2018 (data sets 1 "
-                      "and 2, GPL-3.0) with nucleus/cytoplasm masks; LR = MATLAB bicubic; the "
-                      "prior net also on BCCD smear patches (MIT) as red-cell background",
-        "heldout": heldout,
-        "input_stats": None,  # filled by finish_bundle
-    }
-
-
-def _mean_std_y(cells, scale):
-    from napari_resolve.data.color import rgb_to_y
-    from napari_resolve.data.degrade import imresize
-
-    vals = np.concatenate([
-        rgb_to_y(imresize(hr, 1.0 / scale, channel_axis=-1)).ravel() / 255.0
-        for hr in cells["hr"]
-    ])
-    return [float(vals.mean())], [float(vals.std())]
-
-
-def evaluate_bundle(path, cells, scale):
-    """Mean PSNR / SSIM on Y of a bundle and of bicubic over ``cells``."""
-    from napari_resolve import bundle, models
-    from napari_resolve.bundle import default_meta
-    from napari_resolve.data.degrade import imresize
-    from napari_resolve.metrics.quality import evaluate_pair
-    from napari_resolve.predict import predict
-
-    model, meta = bundle.load(path)
-    bic = models.build("bicubic", scale=scale)
-    bic_meta = default_meta(bic)
-    rows = []
-    for hr in cells["hr"]:
-        hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
-        lr = imresize(hr, 1.0 / scale, channel_axis=-1)
-        m = evaluate_pair(predict((model, meta), lr).image, hr, scale=scale)
-        b = evaluate_pair(predict((bic, bic_meta), lr).image, hr, scale=scale)
-        rows.append((m["psnr"], m["ssim"], b["psnr"], b["ssim"]))
-    return dict(zip(("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"),
-                    (float(v) for v in np.mean(rows, axis=0))))
-
-
-def parsing_figures(path, sample_cells, heldout_cells, smears, scale):
-    """Parsing IoU on held-out cells and red-cell shares on held-out BCCD smears."""
-    from napari_resolve import bundle
-    from napari_resolve.metrics import parsing as MP
-
-    parse = MP.gp_parser(bundle.load(path))
-    out = {"iou_sample_cells": MP.parse_cells(parse, sample_cells, scale),
-           "iou_heldout_cells": MP.parse_cells(parse, heldout_cells, scale)}
-    for mag in (1.0, 0.5, 1.5):
-        out[f"bccd_rbc_share_mag{mag:g}"] = MP.parse_smears(parse, smears, scale, mag)
-    return out
-
-
 def finish_bundle(name, run_path, data_root, scale, arch, steps_info) -> dict:
-    """Evaluate a finished run and write its bundle with the issue-14 metadata."""
-    from napari_resolve import bundle
-    from napari_resolve.train import parsing as P
+    """Evaluate a finished run and write ``pretrained/<name>.safetensors`` with its card."""
+    from napari_resolve.train.leukocyte import finish_bundle as finish
 
-    train, sample_cells, heldout_cells = P.leukocyte_split(data_root / "wbc-zheng2018", min_size=96)
-    model, meta = bundle.load(run_path)
-    ev_sample = evaluate_bundle(run_path, sample_cells, scale)
-    ev_held = evaluate_bundle(run_path, heldout_cells, scale)
-    heldout = {"data": "the 12 data-set-2 cells of sample_data/ (never trained on, not used "
-                       "to choose the checkpoint)", "metric": "PSNR on Y (dB)",
-               "model": round(ev_sample["psnr"], 3), "bicubic": round(ev_sample["bicubic_psnr"], 3),
-               "ssim_model": round(ev_sample["ssim"], 4),
-               "ssim_bicubic": round(ev_sample["bicubic_ssim"], 4),
-               "other_cells": {"data": f"{len(heldout_cells['hr'])} more cells never trained on "
-                                       "(train.parsing.HELDOUT_RULE)",
-                               **{k: round(v, 4) for k, v in ev_held.items()}}}
-    domain = leukocyte_domain(scale, len(train["hr"]), heldout)
-    mean, std = _mean_std_y(train, scale)
-    domain["input_stats"] = {"channels": 1, "mean": mean, "std": std}
-    meta = dict(meta)
-    meta["domain"] = domain
-    meta["training_data"] = ("WBC (Zheng 2018) data sets 1+2 minus the 12 sample_data cells "
-                             "and the HELDOUT_RULE cells; checkpoint chosen on 5 % of the "
-                             "training cells")
-    meta["steps_info"] = steps_info
-    if arch == "gp":
-        _, bccd_held = P.bccd_split(data_root / "bccd")
-        smears = P.load_smears(data_root / "bccd", bccd_held[:40])
-        meta["parsing"] = parsing_figures(run_path, sample_cells, heldout_cells, smears, scale)
-    out = OUT / f"{name}.safetensors"
-    bundle.save(out, model, meta)
-    print(f"[{name}] bundle {out}: {heldout}", flush=True)
-    if arch == "gp":
-        print(f"[{name}] parsing {meta['parsing']}", flush=True)
-    return meta
+    return finish(run_path, OUT / f"{name}.safetensors", data_root, scale, steps_info,
+                  log=lambda m: print(f"[{name}] {m}", flush=True))
 
 
 def run_job(name: str, minutes: float, data_root: Path, device: str, resume: bool = False,
@@ -217,10 +122,13 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
             if arch == "gp" and PRIOR_CKPT.exists():
                 model.prior_net.load_state_dict(P.load_prior(PRIOR_CKPT).state_dict())
                 warm = str(PRIOR_CKPT.relative_to(REPO))
-        info = {"sr_steps": steps, "lr": SR_LR, "prior_warm_start": warm}
+        # GP with a pre-trained prior: the SR branch learns, the prior stays (recipe
+        # gp-pretrained-prior); NP: recipe gp (its parsing term has nothing to act on)
+        recipe = "gp-pretrained-prior" if arch == "gp" and warm else "gp"
+        info = {"sr_steps": steps, "lr": SR_LR, "prior_warm_start": warm, "recipe": recipe}
         kwargs = dict(config=None if not isinstance(model, str) else CPU_CONFIG[arch],
                       batch_size=8, patch_size=96, val_patch=128, val_fraction=0.05,
-                      learning_rate=SR_LR, max_steps=steps,
+                      learning_rate=SR_LR, max_steps=steps, recipe=recipe,
                       meta={"prior_pretraining": warm, "issue": 14})
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         t0 = time.monotonic()
@@ -293,7 +201,8 @@ def main(argv=None) -> int:
             finish_bundle(name, RUNS / f"{name}.safetensors", args.data, scale, arch,
                           {"sr_steps": args.steps or SR_STEPS[scale], "lr": SR_LR,
                            "prior_warm_start": str(PRIOR_CKPT.relative_to(REPO))
-                           if arch == "gp" else None})
+                           if arch == "gp" else None,
+                           "recipe": "gp-pretrained-prior" if arch == "gp" else "gp"})
         return 0
     if args.prior_steps:
         run_prior(args.prior_steps, args.minutes, args.data, args.resume)

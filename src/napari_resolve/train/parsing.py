@@ -284,33 +284,37 @@ def build_prior_net(base_channels: int = 16, depth: int = 4):
 def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: int = 8,
                    lr: float = 1e-3, base_channels: int = 16, minutes: float | None = None,
                    resume: bool = False, save_every_s: float = 60.0, seed: int = 0,
-                   log=print, evaluate=None, eval_every: int = 0):
+                   log=print, evaluate=None, eval_every: int = 0, device="cpu", init=None):
     """Train the prior net on ``sampler``; checkpoints to ``output`` (``.pt``, tensors only).
 
-    Returns the trained net (eval mode). ``evaluate(net) -> dict`` runs every
-    ``eval_every`` steps and at the end, and goes into the log and checkpoint.
+    Returns the trained net (eval mode, on the CPU). ``evaluate(net) -> dict``
+    runs every ``eval_every`` steps and at the end, and goes into the log and
+    checkpoint. ``init``: a checkpoint to start from (weights only).
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
     net = build_prior_net(base_channels)
+    if init is not None:
+        net.load_state_dict(load_prior(init, base_channels).state_dict())
+    net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     step, history = 0, []
     if resume and output.exists():
-        state = torch.load(output, map_location="cpu", weights_only=True)
+        state = torch.load(output, map_location=dev, weights_only=True)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         history = json.loads(state.get("history", "[]")) if isinstance(state.get("history"), str) else []
         log(f"resumed at step {step}")
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
-    )
-    for _ in range(step):
-        sched.step()
+
+    def rate(i):  # cosine from lr to lr / 100 over ``steps``
+        return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
 
     def save():
         tmp = output.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        torch.save({"model": {k: v.cpu() for k, v in net.state_dict().items()},
+                    "optimizer": opt.state_dict(), "step": step,
                     "history": json.dumps(history), "base_channels": base_channels}, tmp)
         tmp.replace(output)
 
@@ -320,17 +324,18 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
     net.train()
     while step < steps:
         rng = np.random.default_rng([seed, step])
+        for group in opt.param_groups:
+            group["lr"] = rate(step)
         x, y = sampler.batch(rng, batch_size)
-        loss = parsing_loss(net(x), y)
+        loss = parsing_loss(net(x.to(dev)), y.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         step += 1
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         now = time.monotonic()
         if step % 20 == 0:
-            log(f"step {step}/{steps} loss {np.mean(running):.4f} lr {sched.get_last_lr()[0]:.2e} "
+            log(f"step {step}/{steps} loss {np.mean(running):.4f} lr {rate(step):.2e} "
                 f"{now - t0:.0f}s")
             running = []
         if evaluate is not None and eval_every and step % eval_every == 0:
@@ -346,6 +351,8 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
             log(f"time budget spent at step {step}")
             break
     net.eval()
+    save()
+    net.cpu()
     if evaluate is not None:
         res = evaluate(net)
         history.append({"step": step, **res})
@@ -372,7 +379,8 @@ def net_parser(net, multiple: int = 16):
         ph, pw = (-h) % multiple, (-w) % multiple
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if (ph < h and pw < w) else "replicate")
-        return net(x)[0, :, :h, :w].argmax(0).numpy().astype(np.uint8)
+        x = x.to(next(net.parameters()).device)
+        return net(x)[0, :, :h, :w].argmax(0).cpu().numpy().astype(np.uint8)
 
     return parse
 
