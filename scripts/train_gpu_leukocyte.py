@@ -81,6 +81,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prior-steps", type=int, default=100_000, help="cap on the prior's steps")
     ap.add_argument("--eval-cells", type=int, default=None, help="evaluate on this many cells")
     ap.add_argument("--paper-width", action="store_true", help="the papers' widths (big bundles)")
+    ap.add_argument("--config", type=json.loads, default=None, metavar="JSON",
+                    help='architecture overrides per arch, e.g. \'{"gp": {"features": 8}}\'')
+    ap.add_argument("--prior-batch", type=int, default=16)
     ap.add_argument("--pretrained-dir", type=Path, default=PRETRAINED,
                     help="where the bundles to beat are, and where better ones go")
     args = ap.parse_args(argv)
@@ -111,16 +114,19 @@ def main(argv=None) -> int:
         cpu_prior = REPO / "bench_output" / "prior" / "prior-unet16.pt"
         smears = P.load_smears(bccd_root, P.bccd_split(bccd_root)[0])
         sampler = P.ParsingSampler(train, smears, patch=128, scales=(4, 8))
-        base = 32 if args.paper_width else 16
+        gp_config = {**({} if args.paper_width else CPU_CONFIG["gp"]),
+                     **(args.config or {}).get("gp", {})}
+        base = int(gp_config.get("prior_base_channels", 32))
         init = cpu_prior if cpu_prior.exists() and base == 16 else None
-        P.pretrain_prior(sampler, prior_ckpt, steps=args.prior_steps, batch_size=16,
+        P.pretrain_prior(sampler, prior_ckpt, steps=args.prior_steps, batch_size=args.prior_batch,
                          lr=3e-4 if init else 1e-3, base_channels=base, device=device,
                          minutes=budget * PRIOR_SHARE / 60.0, init=init,
                          log=lambda m: print(f"[prior] {m}", flush=True))
     gp_steps = {}
     for name in names:
         arch, scale, share = JOBS[name]
-        config = {} if args.paper_width else CPU_CONFIG[arch]
+        config = {**({} if args.paper_width else CPU_CONFIG[arch]),
+                  **(args.config or {}).get(arch, {})}
         model = models.build(arch, scale=scale, **config)
         kwargs = dict(recipe=None, batch_size=8 if arch != "srseg" else 16,
                       patch_size=96, val_patch=128, val_fraction=0.05)

@@ -117,7 +117,9 @@ def test_gpu_script_trains_evaluates_and_ships_on_cpu(sample_dir, tmp_path):
     rc = mod.main(["gp-x4", "np-x4", "--data", str(sample_dir), "--out", str(tmp_path / "out"),
                    "--device", "cpu", "--max-steps", "2", "--prior-steps", "2",
                    "--eval-cells", "1", "--ship", "--pretrained-dir", str(shipped),
-                   "--minutes", "5"])
+                   "--minutes", "5", "--prior-batch", "2",
+                   "--config", json.dumps({"gp": {"features": 8, "prior_base_channels": 4},
+                                           "np": {"features": 8}})])
     assert rc == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["jobs"]["np-x4"]["new"]["steps"] == summary["jobs"]["gp-x4"]["new"]["steps"]

@@ -72,10 +72,12 @@ def evaluate_bundle(model_meta, cells, scale, limit: int | None = None) -> dict:
 
 
 def parsing_figures(model_meta, sample_cells, heldout_cells, smears, scale,
-                    magnifications=(1.0, 0.5, 1.5)) -> dict:
+                    magnifications=(1.0, 0.5, 1.5), limit: int | None = None) -> dict:
     """Parsing IoU on held-out cells; red-cell shares on held-out smears per magnification."""
     from napari_resolve.metrics import parsing as MP
 
+    sample_cells = {k: v[:limit] for k, v in sample_cells.items()}
+    heldout_cells = {k: v[:limit] for k, v in heldout_cells.items()}
     parse = MP.gp_parser(model_meta)
     out = {"iou_sample_cells": MP.parse_cells(parse, sample_cells, scale),
            "iou_heldout_cells": MP.parse_cells(parse, heldout_cells, scale)}
@@ -87,7 +89,7 @@ def parsing_figures(model_meta, sample_cells, heldout_cells, smears, scale,
             for k, v in out.items()}
 
 
-def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: int = 16,
+def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: int = 10,
                   eval_limit: int | None = None, log=print) -> dict:
     """Evaluate the run ``run_path`` and write it to ``out_path`` with card and figures."""
     from napari_resolve import bundle
@@ -119,7 +121,7 @@ def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: i
         _, bccd_held = P.bccd_split(data_root / "bccd")
         smear_list = P.load_smears(data_root / "bccd", bccd_held[:smears]) if smears else []
         meta["parsing"] = parsing_figures((model, meta), sample_cells, heldout_cells,
-                                          smear_list, scale)
+                                          smear_list, scale, limit=eval_limit)
         log(f"parsing {meta['parsing']}")
     bundle.save(out_path, model, meta)
     log(f"bundle {out_path}: {heldout}")
