@@ -56,17 +56,13 @@ PRIOR_SHARE = 0.15
 def _current(name, cells, scale, folder=PRETRAINED):
     """PSNR and (GP) parsing IoU of the bundle shipped now, or None."""
     from napari_resolve import bundle
-    from napari_resolve.metrics import parsing as MP
     from napari_resolve.train.leukocyte import evaluate_bundle
 
     path = Path(folder) / f"{name}.safetensors"
     if not path.exists():
         return None
-    model_meta = bundle.load(path)
-    out = {"psnr": evaluate_bundle(model_meta, cells, scale)["psnr"]}
-    if getattr(model_meta[0], "predicts_parsing", False):
-        out["iou"] = MP.parse_cells(MP.gp_parser(model_meta), cells, scale)
-    return out
+    ev = evaluate_bundle(bundle.load(path), cells, scale)
+    return {k: ev[k] for k in ("psnr", "iou") if k in ev}
 
 
 def main(argv=None) -> int:
@@ -96,7 +92,6 @@ def main(argv=None) -> int:
 
     from napari_resolve import bundle, models
     from napari_resolve import train as T
-    from napari_resolve.metrics import parsing as MP
     from napari_resolve.train import parsing as P
     from napari_resolve.train.leukocyte import evaluate_bundle, finish_bundle
 
@@ -151,9 +146,8 @@ def main(argv=None) -> int:
             model.load_state_dict(parts["model"])
             bundle.save(out, model, meta)
         model_meta = bundle.load(out)
-        new = {"psnr": evaluate_bundle(model_meta, cells, scale)["psnr"], "steps": done}
-        if arch == "gp":
-            new["iou"] = MP.parse_cells(MP.gp_parser(model_meta), cells, scale)
+        ev = evaluate_bundle(model_meta, cells, scale)
+        new = {"psnr": ev["psnr"], "steps": done, **({"iou": ev["iou"]} if "iou" in ev else {})}
         old = _current(name, cells, scale, args.pretrained_dir)
         better = old is None or new["psnr"] > old["psnr"]
         if better and arch == "gp" and old and "iou" in old:

@@ -88,7 +88,7 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool) -> None:
 
 
 #: SR steps of the leukocyte bundles: GP and NP get the same number at a scale (issue 14)
-SR_STEPS = {4: 200, 8: 200}
+SR_STEPS = {4: 70, 8: 70}
 SR_LR = 3e-4
 RUNS = REPO / "bench_output" / "leukocyte_runs"
 

@@ -136,3 +136,16 @@ def test_gpu_script_trains_evaluates_and_ships_on_cpu(sample_dir, tmp_path):
     assert (shipped / "np-x4.safetensors").exists()
     # a second run must beat what is there now: the summary says whether it did
     assert summary["jobs"]["gp-x4"]["shipped"] is True
+
+
+def test_smear_figures_run_gp_prior_net_on_a_real_smear(sample_dir):
+    from napari_resolve import models
+    from napari_resolve.data import samples
+    from napari_resolve.train.leukocyte import smear_figures
+
+    torch.manual_seed(0)
+    gp = models.build("gp", scale=4, features=4, prior_base_channels=4).eval()
+    smears = P.load_smears(sample_dir / "bccd", samples.bccd_names())
+    out = smear_figures(gp, smears, 4, magnifications=(0.5,))
+    share = out["bccd_rbc_share_mag0.5"]
+    assert 0.0 <= share["nucleus"] <= share["nucleus_or_cytoplasm"] <= 1.0

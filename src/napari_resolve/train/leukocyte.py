@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["leukocyte_domain", "evaluate_bundle", "parsing_figures", "finish_bundle"]
+__all__ = ["leukocyte_domain", "evaluate_bundle", "smear_figures", "finish_bundle"]
 
 
 def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None, channels: int = 1) -> dict:
@@ -51,45 +51,55 @@ def _input_stats(cells, scale, channels):
 
 
 def evaluate_bundle(model_meta, cells, scale, limit: int | None = None) -> dict:
-    """Mean PSNR / SSIM on Y of a model and of bicubic over ``cells`` (``{"hr": [...]}``)."""
+    """Mean PSNR / SSIM on Y of a model and of bicubic over ``cells`` (``{"hr": [...]}``).
+
+    For a model that predicts a parsing map and cells with ``labels``, also
+    the mean IoU of cytoplasm and nucleus (``"iou"``), from the same run.
+    """
     from napari_resolve import models
     from napari_resolve.bundle import default_meta
     from napari_resolve.data.degrade import imresize
+    from napari_resolve.metrics.parsing import class_iou
     from napari_resolve.metrics.quality import evaluate_pair
     from napari_resolve.predict import predict
 
     bic = models.build("bicubic", scale=scale)
     bic_meta = (bic, default_meta(bic))
-    rows = []
-    for hr in cells["hr"][:limit]:
-        hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
+    rows, ious = [], []
+    labels = cells.get("labels") or [None] * len(cells["hr"])
+    for hr, lab in list(zip(cells["hr"], labels))[:limit]:
+        h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+        hr = hr[:h, :w]
         lr = imresize(hr, 1.0 / scale, channel_axis=-1)
-        m = evaluate_pair(predict(model_meta, lr).image, hr, scale=scale)
+        res = predict(model_meta, lr)
+        m = evaluate_pair(res.image, hr, scale=scale)
         b = evaluate_pair(predict(bic_meta, lr).image, hr, scale=scale)
         rows.append((m["psnr"], m["ssim"], b["psnr"], b["ssim"]))
-    return dict(zip(("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"),
-                    (float(v) for v in np.mean(rows, axis=0))))
+        if res.labels is not None and lab is not None:
+            ious.append(class_iou(np.asarray(res.labels), np.asarray(lab)[:h, :w]))
+    out = dict(zip(("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"),
+                   (float(v) for v in np.mean(rows, axis=0))))
+    if ious:
+        out["iou"] = {k: float(np.mean([i[k] for i in ious])) for k in ious[0]}
+    return out
 
 
-def parsing_figures(model_meta, sample_cells, heldout_cells, smears, scale,
-                    magnifications=(1.0, 0.5, 1.5), limit: int | None = None) -> dict:
-    """Parsing IoU on held-out cells; red-cell shares on held-out smears per magnification."""
+def smear_figures(model, smears, scale, magnifications=(1.0, 0.5, 1.5)) -> dict:
+    """Red-cell shares of GP's parsing map on smears, per magnification.
+
+    Only the prior net runs (the parsing map does not depend on the SR branch;
+    :func:`napari_resolve.train.parsing.net_parser` feeds it exactly as GP does).
+    """
     from napari_resolve.metrics import parsing as MP
+    from napari_resolve.train.parsing import net_parser
 
-    sample_cells = {k: v[:limit] for k, v in sample_cells.items()}
-    heldout_cells = {k: v[:limit] for k, v in heldout_cells.items()}
-    parse = MP.gp_parser(model_meta)
-    out = {"iou_sample_cells": MP.parse_cells(parse, sample_cells, scale),
-           "iou_heldout_cells": MP.parse_cells(parse, heldout_cells, scale)}
-    if smears:
-        out["bccd_smears"] = len(smears)
-        for mag in magnifications:
-            out[f"bccd_rbc_share_mag{mag:g}"] = MP.parse_smears(parse, smears, scale, mag)
-    return {k: ({kk: round(vv, 4) for kk, vv in v.items()} if isinstance(v, dict) else v)
-            for k, v in out.items()}
+    parse = net_parser(model.prior_net, model.hr_multiple)
+    return {f"bccd_rbc_share_mag{mag:g}": {k: round(v, 4) for k, v in
+                                           MP.parse_smears(parse, smears, scale, mag).items()}
+            for mag in magnifications}
 
 
-def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: int = 10,
+def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: int = 6,
                   eval_limit: int | None = None, log=print) -> dict:
     """Evaluate the run ``run_path`` and write it to ``out_path`` with card and figures."""
     from napari_resolve import bundle
@@ -108,7 +118,7 @@ def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: i
                "ssim_bicubic": round(ev_sample["bicubic_ssim"], 4),
                "other_cells": {"data": f"{len(heldout_cells['hr'])} more cells never trained on "
                                        "(napari_resolve.train.parsing.HELDOUT_RULE)",
-                               **{k: round(v, 4) for k, v in ev_held.items()}}}
+                               **{k: round(v, 4) for k, v in ev_held.items() if k != "iou"}}}
     channels = int(model.in_channels)
     domain = leukocyte_domain(scale, len(train["hr"]), heldout, channels)
     domain["input_stats"] = _input_stats(train, scale, channels)
@@ -120,8 +130,12 @@ def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: i
     if getattr(model, "predicts_parsing", False):
         _, bccd_held = P.bccd_split(data_root / "bccd")
         smear_list = P.load_smears(data_root / "bccd", bccd_held[:smears]) if smears else []
-        meta["parsing"] = parsing_figures((model, meta), sample_cells, heldout_cells,
-                                          smear_list, scale, limit=eval_limit)
+        meta["parsing"] = {
+            "iou_sample_cells": {k: round(v, 4) for k, v in ev_sample["iou"].items()},
+            "iou_heldout_cells": {k: round(v, 4) for k, v in ev_held["iou"].items()},
+            "bccd_smears": len(smear_list),
+            **(smear_figures(model, smear_list, scale) if smear_list else {}),
+        }
         log(f"parsing {meta['parsing']}")
     bundle.save(out_path, model, meta)
     log(f"bundle {out_path}: {heldout}")

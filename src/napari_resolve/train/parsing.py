@@ -29,8 +29,9 @@ brightness / contrast / gamma, LR-side Gaussian blur, JPEG compression (the
 BCCD smears are JPEG) and Gaussian noise. The SR scale is drawn per sample
 from ``scales`` (×4 and ×8: one prior net serves both bundles).
 
-Loss: cross entropy + soft Dice (Dice keeps the thin cytoplasm ring from
-losing against the large background). Adam, cosine decay to 1 % of the rate.
+Loss: cross entropy with the cytoplasm weighted 3× (:data:`CLASS_WEIGHTS`)
++ soft Dice (both keep the thin cytoplasm ring from losing against the large
+background). Adam, cosine decay to 1 % of the rate.
 Checkpoints (weights, optimiser, step, RNG) every ``save_every_s`` seconds;
 ``resume=True`` continues from one.
 """
@@ -269,9 +270,15 @@ def _dice_loss(logits, labels, num_classes=3):
     return 1.0 - ((2 * inter + 1.0) / (denom + 1.0)).mean()
 
 
-def parsing_loss(logits, labels):
-    """Cross entropy (pixels labelled -1 ignored) + soft Dice."""
-    return F.cross_entropy(logits, labels, ignore_index=-1) + _dice_loss(logits, labels)
+#: cross-entropy weights of background, cytoplasm, nucleus: the cytoplasm is a thin ring that
+#: an unweighted loss gives up first (IoU 0.04 after 200 steps while the nucleus was at 0.7)
+CLASS_WEIGHTS = (1.0, 3.0, 1.0)
+
+
+def parsing_loss(logits, labels, weights=CLASS_WEIGHTS):
+    """Class-weighted cross entropy (pixels labelled -1 ignored) + soft Dice."""
+    w = None if weights is None else torch.as_tensor(weights, dtype=logits.dtype, device=logits.device)
+    return F.cross_entropy(logits, labels, weight=w, ignore_index=-1) + _dice_loss(logits, labels)
 
 
 def build_prior_net(base_channels: int = 16, depth: int = 4):
