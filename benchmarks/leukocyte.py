@@ -189,7 +189,8 @@ def bundled_table(args, sample_cells) -> int:
         bic = None
         for name in (f"np-x{scale}", f"gp-x{scale}"):
             try:
-                model, meta = bundle.load(name)
+                model, meta = bundle.load(str(args.bundle_dir / f"{name}.safetensors")
+                                          if args.bundle_dir else name)
             except Exception as exc:  # a missing bundle: say so in the table
                 print(f"{name}: {exc}")
                 continue
@@ -227,7 +228,8 @@ def bundled_table(args, sample_cells) -> int:
     print(table)
     if args.write:
         text = args.write.read_text()
-        start, end = "<!-- leukocyte-bundled:start -->", "<!-- leukocyte-bundled:end -->"
+        tag = "leukocyte-bundled" if args.bundle_dir is None else f"leukocyte-{args.bundle_dir.name}"
+        start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
         block = f"{start}\n{table}\n{end}"
         if start in text:
             text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
@@ -263,6 +265,9 @@ def main(argv=None) -> int:
                          "cells, with GP's parsing figures (the bundle metadata, measured when "
                          "it was shipped; --reevaluate measures again); --write puts the table "
                          "into the file")
+    ap.add_argument("--bundle-dir", type=Path, default=None,
+                    help="with --bundled: read gp-x*/np-x* from this folder instead of the "
+                         "shipped bundles (e.g. runs stopped at another step count)")
     ap.add_argument("--reevaluate", action="store_true",
                     help="train nothing: evaluate the models saved in --save-dir again and "
                          "rewrite the results in --json")

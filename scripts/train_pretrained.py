@@ -124,6 +124,9 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
                 warm = str(PRIOR_CKPT.relative_to(REPO))
         # GP with a pre-trained prior: the SR branch learns, the prior stays (recipe
         # gp-pretrained-prior); NP: recipe gp (its parsing term has nothing to act on)
+        resuming = resume and state.exists()
+        if resuming and arch == "gp" and PRIOR_CKPT.exists():
+            warm = str(PRIOR_CKPT.relative_to(REPO))  # the run being resumed started from it
         recipe = "gp-pretrained-prior" if arch == "gp" and warm else "gp"
         info = {"sr_steps": steps, "lr": SR_LR, "prior_warm_start": warm, "recipe": recipe}
         kwargs = dict(config=None if not isinstance(model, str) else CPU_CONFIG[arch],
