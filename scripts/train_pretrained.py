@@ -2,11 +2,20 @@
 
     .venv/bin/python scripts/train_pretrained.py [NAME ...] [--minutes M] [--data ../shared/data]
 
-Leukocyte models (gp, np at x4 and x8) train on the WBC images of Zheng et al.
-2018, both data sets, with the 12 data-set-2 cells of ``sample_data/`` held
-out as the validation set (they are what ``make demo`` and the leukocyte
-benchmark evaluate on, so no bundled model has seen them). LR = MATLAB bicubic,
-Y channel, paper 000's recipe (Adam, batch 8, Charbonnier + parsing CE) with the learning rate doubled to 2e-4 for the short budget.
+Leukocyte models (gp, np at x4 and x8; issue 14) train on the WBC images of
+Zheng et al. 2018, both data sets (``napari_resolve.train.parsing.leukocyte_split``):
+the 12 data-set-2 cells of ``sample_data/`` and the ``HELDOUT_RULE`` cells are
+never trained on; the checkpoint is chosen on 5 % of the training cells. LR =
+MATLAB bicubic, Y channel, Charbonnier, Adam 3e-4 (``SR_LR``), batch 8 of
+96-px patches, and the same number of SR steps for GP and NP (``--steps``,
+default ``SR_STEPS``). ``--prior-steps N`` first pre-trains GP's prior U-Net on
+parsing maps (``napari_resolve.train.parsing``; checkpoint
+``bench_output/prior/prior-unet16.pt``); GP then starts from it with the prior
+frozen (recipe ``gp-pretrained-prior``). Runs go to ``bench_output/leukocyte_runs``
+(``--resume`` continues them); a finished run is evaluated and written to
+``pretrained/`` with its ``domain`` card and held-out figures
+(``napari_resolve.train.leukocyte.finish_bundle``; ``--finish`` does only that,
+``--no-ship`` skips it).
 
 CPU budget: the paper trains GP for 100 epochs on two GTX 1080 (6 h). Here a
 run gets a fixed number of minutes on 2 CPU cores, so the bundled leukocyte

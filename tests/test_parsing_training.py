@@ -103,8 +103,9 @@ def test_iou_and_red_cell_share_on_known_maps():
              {"name": "WBC", "xmin": 0, "ymin": 0, "xmax": 9, "ymax": 1}]
     share = red_cell_share(truth, boxes)  # rows 2..4 of the RBC box count: 30 px
     assert share["pixels"] == 30
-    assert share["nucleus_or_cytoplasm"] == pytest.approx(12 / 30)
-    assert share["nucleus"] == 0.0
+    # rows 2..4 x cols 2..7 are cell (18 px), row 4 x cols 4..5 nucleus (2 px)
+    assert share["nucleus_or_cytoplasm"] == pytest.approx(18 / 30)
+    assert share["nucleus"] == pytest.approx(2 / 30)
 
 
 @pytest.mark.slow
