@@ -7,13 +7,17 @@ paper's recipe for the same number of epochs at a given scale (as paper 000
 §3.4 trains every model for the same epochs; an epoch here is one random
 96-px HR patch from each training cell, in batches of 8, and multi-phase
 recipes share the epochs in the paper's proportions), whatever each costs in
-time, on the same split (:func:`napari_resolve.data.samples.wbc_train_val`:
-both WBC data sets, the 12 data-set-2 cells of ``sample_data/`` held out),
+time, on the same split (:func:`napari_resolve.train.parsing.leukocyte_split`:
+both WBC data sets, the 12 data-set-2 cells of ``sample_data/`` held out for
+evaluation, the ``HELDOUT_RULE`` cells never used),
 LR = MATLAB bicubic. The best checkpoint is chosen on 5 % of the *training*
 cells, then the model is evaluated on the held-out cells: PSNR / SSIM on the
 Y channel (MATLAB BT.601), border crop = scale, in float (paper 000 §3.4).
 Results go to ``--json`` after every model (``--resume`` continues a run that
-was stopped). The default budget (15 epochs at ×4, 12 at ×8) takes about 1¾
+was stopped). ``--bundled`` trains nothing and compares the bundled ``gp-x*``
+with ``np-x*`` (trained for the same SR steps by scripts/train_pretrained.py)
+on the 12 sample cells and the other held-out cells, with GP's parsing IoU and
+red-cell figures from the bundle metadata. The default budget (15 epochs at ×4, 12 at ×8) takes about 1¾
 hours on two CPU cores. Models:
 
 * bicubic (MATLAB imresize, no training);
@@ -21,6 +25,9 @@ hours on two CPU cores. Models:
   its baselines "with the same parameter settings");
 * NP and GP (recipe ``gp``: Charbonnier + parsing cross-entropy for GP), in
   the CPU config of the bundled models (scripts/train_pretrained.py);
+* GP with its prior U-Net pre-trained on parsing maps (``--prior``, from
+  ``scripts/train_pretrained.py --prior-steps``) and the SR branch trained
+  with the prior frozen (recipe ``gp-pretrained-prior``, issue 14);
 * SRSEG with its segmentation extension and boundary mask (recipe
   ``srseg``: MSE, + masked segmentation CE, + perceptual + adversarial) and
   without it (the same recipe with the segmentation weight set to 0): paper
@@ -57,6 +64,10 @@ MODELS = [
     ("SRResNet-16", "srresnet", "sr-mse", {}),
     ("NP", "np", "gp", {"features": 32}),
     ("GP", "gp", "gp", {"features": 32, "prior_base_channels": 16}),
+    # issue 14: the prior U-Net pre-trained on parsing maps (scripts/train_pretrained.py
+    # --prior-steps), then the SR branch with the prior frozen
+    ("GP, pre-trained prior", "gp", "gp-pretrained-prior",
+     {"features": 32, "prior_base_channels": 16}),
     ("SRSEG (seg + boundary mask)", "srseg", "srseg", {}),
     ("SRSEG without segmentation", "srseg", "srseg-noseg", {}),
 ]
@@ -160,6 +171,74 @@ def prior_study(model_meta, val, scale) -> dict:
     return out
 
 
+def bundled_table(args, sample_cells) -> int:
+    """GP vs NP of the bundled leukocyte models (issue 14): the same SR steps, unseen cells."""
+    from napari_resolve import bundle
+    from napari_resolve.train import parsing as P
+    from napari_resolve.train.leukocyte import evaluate_bundle
+
+    _, _, heldout = P.leukocyte_split(args.data, min_size=96)
+    lines = [
+        "| scale | bundle | SR steps | PSNR 12 sample cells (dB) | SSIM | PSNR "
+        f"{len(heldout['hr'])} other held-out cells (dB) | SSIM | parsing IoU cytoplasm / nucleus "
+        "(12 + other cells) | BCCD red-cell area called nucleus / cell, ×1 · ×0.5 · ×1.5 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = {}
+    for scale in args.scales:
+        bic = None
+        for name in (f"np-x{scale}", f"gp-x{scale}"):
+            try:
+                model, meta = bundle.load(str(args.bundle_dir / f"{name}.safetensors")
+                                          if args.bundle_dir else name)
+            except Exception as exc:  # a missing bundle: say so in the table
+                print(f"{name}: {exc}")
+                continue
+            card = (meta.get("domain") or {}).get("heldout") or {}
+            if "other_cells" in card and not args.reevaluate:  # measured when it was shipped
+                o = card["other_cells"]
+                a = {"psnr": card["model"], "ssim": card["ssim_model"],
+                     "bicubic_psnr": card["bicubic"], "bicubic_ssim": card["ssim_bicubic"]}
+                b = {k: o[k] for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+            else:
+                a = evaluate_bundle((model, meta), sample_cells, scale)
+                b = evaluate_bundle((model, meta), heldout, scale)
+            bic = (a["bicubic_psnr"], a["bicubic_ssim"], b["bicubic_psnr"], b["bicubic_ssim"])
+            rows[name] = (a["psnr"], b["psnr"])
+            steps = (meta.get("steps_info") or {}).get("sr_steps", meta.get("training", {}).get("steps"))
+            parsing = meta.get("parsing") or {}
+            iou = "—"
+            if parsing:
+                s_, h_ = parsing["iou_sample_cells"], parsing["iou_heldout_cells"]
+                iou = (f"{s_['cytoplasm']:.3f} / {s_['nucleus']:.3f} · "
+                       f"{h_['cytoplasm']:.3f} / {h_['nucleus']:.3f}")
+            shares = " · ".join(
+                f"{100 * parsing[k]['nucleus']:.1f} / {100 * parsing[k]['nucleus_or_cytoplasm']:.1f} %"
+                for k in ("bccd_rbc_share_mag1", "bccd_rbc_share_mag0.5", "bccd_rbc_share_mag1.5")
+                if k in parsing) or "—"
+            lines.append(f"| ×{scale} | `{name}` | {steps} | {a['psnr']:.3f} | {a['ssim']:.4f} | "
+                         f"{b['psnr']:.3f} | {b['ssim']:.4f} | {iou} | {shares} |")
+        if bic:
+            lines.append(f"| ×{scale} | bicubic | — | {bic[0]:.3f} | {bic[1]:.4f} | {bic[2]:.3f} | "
+                         f"{bic[3]:.4f} | — | — |")
+        if f"gp-x{scale}" in rows and f"np-x{scale}" in rows:
+            d = [g - n for g, n in zip(rows[f"gp-x{scale}"], rows[f"np-x{scale}"])]
+            lines.append(f"| ×{scale} | **GP − NP** | | **{d[0]:+.3f}** | | **{d[1]:+.3f}** | | | |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        text = args.write.read_text()
+        tag = "leukocyte-bundled" if args.bundle_dir is None else f"leukocyte-{args.bundle_dir.name}"
+        start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+        block = f"{start}\n{table}\n{end}"
+        if start in text:
+            text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        args.write.write_text(text)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, nargs="+", default=[15, 12],
@@ -178,6 +257,17 @@ def main(argv=None) -> int:
     ap.add_argument("--prior-study", nargs="*", default=None, metavar="BUNDLE",
                     help="train nothing: the prior study (prior_study) of the GP models saved in "
                          "--save-dir, and of these bundles (e.g. gp-x4)")
+    ap.add_argument("--prior", type=Path,
+                    default=REPO / "bench_output" / "prior" / "prior-unet16.pt",
+                    help="pre-trained prior U-Net for 'GP, pre-trained prior'")
+    ap.add_argument("--bundled", action="store_true",
+                    help="train nothing: GP vs NP of the bundled gp-x*/np-x* on the held-out "
+                         "cells, with GP's parsing figures (the bundle metadata, measured when "
+                         "it was shipped; --reevaluate measures again); --write puts the table "
+                         "into the file")
+    ap.add_argument("--bundle-dir", type=Path, default=None,
+                    help="with --bundled: read gp-x*/np-x* from this folder instead of the "
+                         "shipped bundles (e.g. runs stopped at another step count)")
     ap.add_argument("--reevaluate", action="store_true",
                     help="train nothing: evaluate the models saved in --save-dir again and "
                          "rewrite the results in --json")
@@ -192,9 +282,12 @@ def main(argv=None) -> int:
     from napari_resolve import models
     from napari_resolve import train as T
     from napari_resolve.bundle import default_meta
-    from napari_resolve.data import samples
+    from napari_resolve.train import parsing as P
 
-    data, val = samples.wbc_train_val(root=args.data)
+    # the 12 sample cells are the evaluation set; the HELDOUT_RULE cells are never used
+    data, val, _ = P.leukocyte_split(args.data, min_size=96)
+    if args.bundled:
+        return bundled_table(args, val)
     results = []
     if (args.resume or args.reevaluate) and args.json.exists():
         results = json.loads(args.json.read_text())
@@ -271,7 +364,15 @@ def main(argv=None) -> int:
             args.save_dir.mkdir(parents=True, exist_ok=True)
             output = saved_model(scale, label)
             # model selection on a slice of the training cells: the evaluation cells stay unseen
-            res = T.train(arch, data, config=config, scale=scale, recipe=_recipe(recipe),
+            model = arch
+            if recipe == "gp-pretrained-prior":
+                if not args.prior.exists():
+                    print(f"x{scale} {label}: no pre-trained prior at {args.prior}, skipped")
+                    continue
+                model = models.build(arch, scale=scale, **config)
+                model.prior_net.load_state_dict(P.load_prior(args.prior).state_dict())
+                config = None
+            res = T.train(model, data, config=config, scale=scale, recipe=_recipe(recipe),
                           epochs=epochs, batch_size=8, patch_size=96, val_fraction=0.05,
                           val_patch=128, seed=0, device="cpu", output=output,
                           meta={"training_data": "WBC (Zheng 2018) data sets 1+2, sample_data "

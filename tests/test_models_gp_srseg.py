@@ -125,7 +125,8 @@ def test_output_shapes_any_size(wbc, name, scale, hw):
 
 
 def test_gp_size_rule_and_rgb_channels(wbc):
-    assert [build("gp", scale=s).size_multiple for s in (2, 4, 8)] == [8, 4, 2]
+    # the U-Net's multiple of 16 is padded inside forward: no size rule for predict
+    assert [build("gp", scale=s).size_multiple for s in (2, 4, 8)] == [1, 1, 1]
     net = build("gp", scale=4, in_channels=3).eval()
     rgb = lr_input(wbc, "srseg", 4, (9, 10))  # RGB input, sizes not multiples of 4
     with torch.no_grad():
@@ -335,3 +336,18 @@ def test_discriminator_accepts_any_patch_size(wbc, size):
     assert torch.allclose(torch.sigmoid(logits), p, atol=1e-6)
     F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)).backward()
     assert all(q.grad is not None for q in disc.parameters())
+
+
+def test_srseg_bicubic_residual_starts_as_bicubic(wbc):
+    """Issue 14's short-budget variant: the untrained net is MATLAB bicubic exactly."""
+    from napari_resolve.data.degrade import imresize_torch
+
+    net = build("srseg", scale=4, features=8, num_blocks=2, bicubic_residual=True).eval()
+    x = lr_input(wbc, "srseg", 4, (12, 12))
+    with torch.no_grad():
+        out = net(x, with_segmentation=True)
+    assert torch.equal(out["sr"], imresize_torch(x, 4))
+    assert out["segmentation"].shape == (1, 3, 12, 12)
+    net.zero_grad()
+    net(x)["sr"].mean().backward()
+    assert net.tail.weight.grad.abs().sum() > 0  # and it learns from there

@@ -4,7 +4,9 @@ What ``make demo`` runs. It takes the sample leukocytes in ``sample_data/``
 (WBC dataset 2, held out of every bundled model's training: see
 docs/benchmarks.md), shrinks each with MATLAB bicubic by the scale, super-
 resolves them with MATLAB bicubic and every bundled leukocyte model of that
-scale, and prints PSNR / SSIM on the Y channel (border crop = scale). The SR
+scale, and prints PSNR / SSIM on the Y channel (border crop = scale) and, for
+models that predict a parsing map (gp), its mean IoU of cytoplasm and nucleus
+against the cells' annotated masks. The SR
 images and GP's parsing maps of the first cell go to ``-o`` as OME-TIFF. When
 a bundled fluorescence model is there, it also super-resolves the wide-field
 microtubule image (mean of the 9 rDL-SIM frames, 62.6 nm/px) and prints the
@@ -53,6 +55,21 @@ def _bundled(archs, scale):
     return out
 
 
+def _parsing_iou(model_meta, scale) -> str:
+    """Mean IoU of the model's parsing map on the annotated sample cells ("—" if it has none)."""
+    from napari_resolve.data import samples
+    from napari_resolve.metrics.parsing import gp_parser, parse_cells
+
+    if not getattr(model_meta[0], "predicts_parsing", False):
+        return "—"
+    cells = {"hr": [], "labels": []}
+    for img, lab, _ in samples.wbc(2):
+        cells["hr"].append(img)
+        cells["labels"].append(lab)
+    iou = parse_cells(gp_parser(model_meta), cells, scale)
+    return f"{iou['cytoplasm']:.3f} / {iou['nucleus']:.3f}"
+
+
 def _leukocytes(args, write):
     from napari_resolve.commands.evaluate import evaluate_images, load_model
     from napari_resolve.data import samples
@@ -66,16 +83,18 @@ def _leukocytes(args, write):
           "LR = MATLAB bicubic, metrics on Y, crop = scale\n")
     for scale in args.scales:
         names = ["bicubic", *_bundled(LEUKOCYTE_ARCHS, scale)]
-        print(f"x{scale}   {'model':<22} {'PSNR (dB)':>9} {'SSIM':>7} {'time (s)':>9}")
+        print(f"x{scale}   {'model':<22} {'PSNR (dB)':>9} {'SSIM':>7} {'time (s)':>9}"
+              f"  {'parsing IoU cytoplasm / nucleus':>31}")
         for name in names:
             t0 = time.perf_counter()
             rows = evaluate_images(pairs, model=name, scale=scale, device=args.device)
             dt = time.perf_counter() - t0
             psnr = float(np.mean([r["psnr"] for r in rows]))
             ssim = float(np.mean([r["ssim"] for r in rows]))
-            print(f"      {name:<22} {psnr:9.3f} {ssim:7.4f} {dt:9.2f}")
             # the first cell, for a look in napari (napari-resolve reads these back)
             model_meta = load_model(name, scale)
+            iou = _parsing_iou(model_meta, scale)
+            print(f"      {name:<22} {psnr:9.3f} {ssim:7.4f} {dt:9.2f}  {iou:>31}")
             hr = samples.wbc(2, ids=[int(hr_paths[0].stem)])[0][0]
             hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
             lr = imresize(hr, 1.0 / scale, channel_axis=-1)

@@ -28,7 +28,7 @@ from napari_resolve.models import register
 from napari_resolve.models.base import SRModel
 from napari_resolve.models.blocks import ResidualBlock, UNet, conv, conv_act
 
-__all__ = ["GeometryPriorSR", "NonePriorSR", "prior_to_mask"]
+__all__ = ["GeometryPriorSR", "NonePriorSR", "prior_to_mask", "hard_mask"]
 
 NUM_CLASSES = 3  # background, cytoplasm, nucleus (paper 000 §2.1; docs/architecture.md)
 
@@ -91,6 +91,21 @@ def prior_to_mask(prior, batch: int, hw: tuple[int, int], num_classes: int = NUM
             raise InputError("a one-hot prior must hold values in [0, 1]")
         return t.to(device=device)
     raise InputError(f"prior has shape {tuple(t.shape)}; expected {want}")
+
+
+def hard_mask(parsing: torch.Tensor) -> torch.Tensor:
+    """One-hot argmax of parsing logits, with the gradient of their softmax (straight-through).
+
+    The forward value is exactly the one-hot map a user's labels give
+    (:func:`prior_to_mask`), so the predicted and the given prior take one
+    path; the backward pass lets the SR loss train the prior net (paper 000
+    §2.5). Ties go to the lower class, as ``argmax`` of the labels does.
+    """
+    soft = torch.softmax(parsing, dim=1)
+    hard = F.one_hot(parsing.argmax(dim=1), parsing.shape[1]).permute(0, 3, 1, 2).to(soft.dtype)
+    if not soft.requires_grad:
+        return hard
+    return hard + (soft - soft.detach())
 
 
 class _SRNet(nn.Module):
@@ -182,15 +197,22 @@ class GeometryPriorSR(SRModel):
       steps to catch up).
     * the mask encoder starts with conv k3n64 + LReLU (3→64) before its blocks,
       mirroring the feature extractor, so "same depth" holds.
-    * mask encoder input: ``softmax(parsing)`` probabilities, not the argmax:
-      the SR loss then reaches the prior net, which the end-to-end training of
-      §2.5 needs. An edited map passed as ``prior=`` (labels or one-hot) is
-      used as one-hot; a confident prior net gives nearly one-hot softmax, so
-      the edited map is in the distribution the encoder was trained on.
+    * one prior path (issue 14): the mask encoder always reads a *hard*
+      one-hot map, the argmax of the prior net's logits or the user's map
+      given as ``prior=`` (labels or one-hot). So the predicted map handed
+      back unchanged as ``prior=`` gives exactly the same SR, and an edit
+      changes the SR only within :attr:`prior_radius` HR px of it. For the
+      end-to-end training of §2.5 the SR loss still reaches the prior net
+      through a straight-through estimator: forward = one-hot(argmax),
+      gradient = that of ``softmax(parsing)`` (Bengio et al. 2013). (The
+      earlier choice, softmax probabilities, made the SR branch see soft
+      boundaries it never sees in a user's map, and the SR changed along
+      every cell outline when the own map was given back.)
     * prior U-Net details: ReLU (as Ronneberger; §2.2's LeakyReLU is stated for
       the SR network), no BN, 2×2 max-pool down and 2×2 transposed conv up,
       ``prior_depth=4`` poolings. Sizes are made a multiple of 16 inside by
-      reflection padding of the upsampled image (bottom/right), cropped back.
+      reflection padding of the upsampled image (bottom/right), cropped back,
+      inside ``forward`` (so the model has no size rule of its own).
     * the prior net always runs, also when ``prior=`` is given, so that
       ``"parsing"`` is always the network's own prediction (the widget shows it
       beside the edited one).
@@ -201,7 +223,7 @@ class GeometryPriorSR(SRModel):
     upsamples_input = True
     predicts_parsing = True
     global_ops = False
-    size_multiple = 4  # default ×4: 16 / gcd(16, 4); set per instance below
+    size_multiple = 1  # the U-Net's multiple of 16 is padded inside forward
     receptive_field = _lr_radius(136, 2)  # bound for the smallest scale; per instance below
 
     def __init__(
@@ -229,11 +251,23 @@ class GeometryPriorSR(SRModel):
             self.sr_net.zero_last()
         hr_multiple = self.prior_net.size_multiple
         self.hr_multiple = hr_multiple
-        self.size_multiple = hr_multiple // math.gcd(hr_multiple, self.scale)
+        # forward pads the upsampled image for the U-Net itself and crops back, so any
+        # LR size works; a size rule here would make predict pad the LR image and a
+        # user's prior (with edge values), where the own map has the net's values
+        self.size_multiple = 1
         # HR radius: the decoder reads the image path and the mask path (U-Net + encoder)
         s = self.sr_net
         hr_radius = max(s.image_radius, self.prior_net.receptive_field + s.mask_radius)
         self.receptive_field = _lr_radius(hr_radius + s.decoder_radius, self.scale)
+
+    @property
+    def prior_radius(self) -> int:
+        """HR px around an edit of the parsing map within which the SR can change.
+
+        The map reaches the SR only through the mask encoder and the decoder
+        (3×3 convolutions; each adds one pixel of radius).
+        """
+        return self.sr_net.mask_radius + self.sr_net.decoder_radius
 
     def forward(self, x: torch.Tensor, prior=None) -> dict:
         self.check_input(x)
@@ -246,7 +280,7 @@ class GeometryPriorSR(SRModel):
         padded, _ = self.pad_input(up, self.hr_multiple)
         parsing = self.prior_net(padded)[..., : hw[0], : hw[1]]
         if mask is None:
-            mask = torch.softmax(parsing, dim=1)
+            mask = hard_mask(parsing)
         sr = self.sr_net(up, mask)
         if self.global_residual:
             sr = sr + up

@@ -1,0 +1,104 @@
+"""How well a parsing map (0 background, 1 cytoplasm, 2 nucleus) matches, issue 14.
+
+* :func:`class_iou` — intersection over union per class against an annotation
+  (paper 000's parsing map, §2.1);
+* :func:`red_cell_share` — on a smear with detection boxes only (BCCD), the
+  share of red-cell box area, outside every white-cell box, that a parsing map
+  calls nucleus, and nucleus or cytoplasm. A red cell has neither, so both
+  should be near 0; the boxes also hold some glass around each red cell, which
+  is background too.
+* :func:`parse_cells`, :func:`parse_smears` — these figures for a parser
+  (LR RGB uint8, scale) -> labels at the SR size, over annotated cells (LR =
+  MATLAB bicubic of the cell) and over smears at several magnifications.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["class_iou", "red_cell_share", "parse_cells", "parse_smears", "gp_parser"]
+
+
+def class_iou(pred, truth, classes=(1, 2)) -> dict:
+    """IoU of each class of ``classes`` (``{"cytoplasm": .., "nucleus": ..}``)."""
+    from napari_resolve.data.labels import LABEL_NAMES
+
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"parsing {pred.shape} and annotation {truth.shape} differ in shape")
+    out = {}
+    for c in classes:
+        union = np.count_nonzero((pred == c) | (truth == c))
+        inter = np.count_nonzero((pred == c) & (truth == c))
+        out[LABEL_NAMES[c]] = inter / union if union else 1.0
+    return out
+
+
+def _box_mask(shape, boxes, names, factor=1.0):
+    mask = np.zeros(shape, bool)
+    for b in boxes:
+        if b["name"] in names:
+            y0, y1 = int(b["ymin"] * factor), int(np.ceil((b["ymax"] + 1) * factor))
+            x0, x1 = int(b["xmin"] * factor), int(np.ceil((b["xmax"] + 1) * factor))
+            mask[max(y0, 0) : y1, max(x0, 0) : x1] = True
+    return mask
+
+
+def red_cell_share(pred, boxes, factor: float = 1.0) -> dict:
+    """Share of red-cell box area (outside white-cell boxes) labelled nucleus / cell.
+
+    ``boxes``: VOC boxes of the image (``name``, ``xmin`` ...) in the
+    coordinates of the original image; ``factor``: the size of ``pred``
+    relative to it. Returns ``{"nucleus": .., "nucleus_or_cytoplasm": ..,
+    "pixels": n}`` (shares of the ``n`` red-cell pixels).
+    """
+    pred = np.asarray(pred)
+    rbc = _box_mask(pred.shape, boxes, ("RBC",), factor) & ~_box_mask(pred.shape, boxes, ("WBC",), factor)
+    n = int(rbc.sum())
+    if not n:
+        return {"nucleus": 0.0, "nucleus_or_cytoplasm": 0.0, "pixels": 0}
+    return {"nucleus": float(np.count_nonzero(pred[rbc] == 2)) / n,
+            "nucleus_or_cytoplasm": float(np.count_nonzero(pred[rbc] >= 1)) / n, "pixels": n}
+
+
+def parse_cells(parser, cells, scale: int) -> dict:
+    """Mean IoU per class of ``parser(lr, scale)`` over annotated cells (``{"hr", "labels"}``)."""
+    from napari_resolve.data.degrade import imresize
+
+    rows = []
+    for hr, lab in zip(cells["hr"], cells["labels"]):
+        h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+        lr = imresize(np.asarray(hr)[:h, :w], 1.0 / scale, channel_axis=-1)
+        rows.append(class_iou(parser(lr, scale), np.asarray(lab)[:h, :w]))
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def parse_smears(parser, smears, scale: int, magnification: float = 1.0) -> dict:
+    """Pooled red-cell shares of ``parser`` over smears ``[(RGB uint8, boxes)]``.
+
+    The smear is resized by ``magnification`` (1 = as recorded, about the
+    magnification of the training cells), cut to a multiple of ``scale``, and
+    reduced by ``scale`` with MATLAB bicubic: that is the LR input.
+    """
+    from napari_resolve.data.degrade import imresize
+
+    nuc = cell = total = 0
+    for img, boxes in smears:
+        hr = img if magnification == 1 else imresize(img, magnification, channel_axis=-1)
+        h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+        lr = imresize(hr[:h, :w], 1.0 / scale, channel_axis=-1)
+        r = red_cell_share(parser(lr, scale), boxes, magnification)
+        nuc += r["nucleus"] * r["pixels"]
+        cell += r["nucleus_or_cytoplasm"] * r["pixels"]
+        total += r["pixels"]
+    return {"nucleus": nuc / max(total, 1), "nucleus_or_cytoplasm": cell / max(total, 1)}
+
+
+def gp_parser(model_meta):
+    """A parser from a GP bundle ``(model, meta)``: its predicted parsing map via predict."""
+    from napari_resolve.predict import predict
+
+    def parse(lr, scale):
+        return np.asarray(predict(model_meta, lr).labels)
+
+    return parse

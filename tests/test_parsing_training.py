@@ -1,0 +1,152 @@
+"""Prior-net pre-training, parsing metrics and the GPU leukocyte script (issue 14).
+
+Real data: the WBC cells and the BCCD smear of ``sample_data/``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_resolve.metrics.parsing import class_iou, red_cell_share
+from napari_resolve.train import parsing as P
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def split(sample_dir):
+    return P.leukocyte_split(sample_dir / "wbc-zheng2018")
+
+
+def test_split_keeps_sample_and_heldout_cells_out_of_training(split):
+    train, sample, heldout = split
+    assert len(sample["hr"]) == 12 and all(n.startswith("wbc2-") for n in sample["names"])
+    assert set(train["names"]).isdisjoint(sample["names"] + heldout["names"])
+    assert all(int(n.split("-")[1]) % P.HELDOUT_RULE[int(n[3])] == 0 for n in heldout["names"])
+    assert heldout["names"]  # sample data set 1 holds cells 150 and 300
+
+
+def test_mask_values_map_to_the_project_labels(sample_dir):
+    """The WBC masks' 0/128/255 are background / cytoplasm / nucleus = labels 0 / 1 / 2."""
+    from napari_resolve.data import samples
+
+    img, lab, _ = samples.wbc(2, ids=[1])[0]
+    y = img.astype(float).mean(-1)
+    # the nucleus is the darkest part of a stained leukocyte, the glass the brightest
+    assert y[lab == 2].mean() < y[lab == 1].mean() < y[lab == 0].mean()
+
+
+def test_sampler_gives_augmented_patches_with_background_red_cells(split, sample_dir):
+    train, _, _ = split
+    smears = P.load_smears(sample_dir / "bccd", P.bccd_split(sample_dir / "bccd")[0])
+    sampler = P.ParsingSampler(train, smears, patch=64, scales=(4, 8), smear_fraction=0.5)
+    rng = np.random.default_rng(0)
+    x, y = sampler.batch(rng, 8)
+    assert x.shape == (8, 1, 64, 64) and y.shape == (8, 64, 64)
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert set(torch.unique(y).tolist()) <= {-1, 0, 1, 2}
+    # smear patches: background around red cells, white-cell boxes ignored (-1) only
+    smear_only = P.ParsingSampler(train, smears, patch=64, smear_fraction=1.0)
+    _, ys = smear_only.batch(rng, 4)
+    assert set(torch.unique(ys).tolist()) <= {-1, 0}
+    # colour jitter: the same cell patch comes out differently with another seed
+    a, _, _ = sampler.sample(np.random.default_rng(5))
+    b, _, _ = sampler.sample(np.random.default_rng(5))
+    c, _, _ = sampler.sample(np.random.default_rng(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_pretraining_lowers_the_loss_and_resumes(split, tmp_path):
+    train, _, _ = split
+    torch.manual_seed(0)
+    sampler = P.ParsingSampler(train, [], patch=64, scales=(4,))
+    ckpt = tmp_path / "prior.pt"
+    rng = np.random.default_rng(1)
+    x, y = sampler.batch(rng, 4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        before = float(P.parsing_loss(P.build_prior_net(4)(x), y))
+    torch.manual_seed(0)  # the same initial weights
+    net = P.pretrain_prior(sampler, ckpt, steps=20, batch_size=4, lr=3e-3, base_channels=4,
+                           log=lambda m: None)
+    with torch.no_grad():
+        after = float(P.parsing_loss(net(x), y))
+    assert after < before
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 20
+    logs = []
+    P.pretrain_prior(sampler, ckpt, steps=22, batch_size=4, base_channels=4, resume=True,
+                     log=logs.append)
+    assert logs[0] == "resumed at step 20"
+    assert torch.load(ckpt, weights_only=True)["step"] == 22
+    # the parser GP uses gives labels at the SR size
+    lr = np.zeros((10, 13, 3), np.uint8) + 200
+    assert P.net_parser(net)(lr, 4).shape == (40, 52)
+
+
+def test_iou_and_red_cell_share_on_known_maps():
+    truth = np.zeros((10, 10), np.uint8)
+    truth[2:8, 2:8] = 1
+    truth[4:6, 4:6] = 2
+    assert class_iou(truth, truth) == {"cytoplasm": 1.0, "nucleus": 1.0}
+    pred = truth.copy()
+    pred[4:6, 4:6] = 1  # nucleus called cytoplasm
+    iou = class_iou(pred, truth)
+    assert iou["nucleus"] == 0.0 and iou["cytoplasm"] == pytest.approx(32 / 36)
+    boxes = [{"name": "RBC", "xmin": 0, "ymin": 0, "xmax": 9, "ymax": 4},
+             {"name": "WBC", "xmin": 0, "ymin": 0, "xmax": 9, "ymax": 1}]
+    share = red_cell_share(truth, boxes)  # rows 2..4 of the RBC box count: 30 px
+    assert share["pixels"] == 30
+    # rows 2..4 x cols 2..7 are cell (18 px), row 4 x cols 4..5 nucleus (2 px)
+    assert share["nucleus_or_cytoplasm"] == pytest.approx(18 / 30)
+    assert share["nucleus"] == pytest.approx(2 / 30)
+
+
+@pytest.mark.slow
+def test_gpu_script_trains_evaluates_and_ships_on_cpu(sample_dir, tmp_path):
+    spec = importlib.util.spec_from_file_location("tgl", REPO / "scripts" / "train_gpu_leukocyte.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shipped = tmp_path / "pretrained"
+    shipped.mkdir()
+    rc = mod.main(["gp-x4", "np-x4", "--data", str(sample_dir), "--out", str(tmp_path / "out"),
+                   "--device", "cpu", "--max-steps", "2", "--prior-steps", "2",
+                   "--eval-cells", "1", "--ship", "--pretrained-dir", str(shipped),
+                   "--minutes", "5", "--prior-batch", "2",
+                   "--config", json.dumps({"gp": {"features": 8, "prior_base_channels": 4},
+                                           "np": {"features": 8}})])
+    assert rc == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["jobs"]["np-x4"]["new"]["steps"] == summary["jobs"]["gp-x4"]["new"]["steps"]
+    assert {"cytoplasm", "nucleus"} <= set(summary["jobs"]["gp-x4"]["new"]["iou"])
+    # nothing to beat in an empty folder: both shipped, with the model card
+    from napari_resolve import bundle
+
+    meta = bundle.read_meta(shipped / "gp-x4.safetensors")
+    card = meta["domain"]
+    assert card["modality"] == "brightfield" and card["scale"] == 4
+    assert {"model", "bicubic", "ssim_model", "ssim_bicubic"} <= set(card["heldout"])
+    assert card["input_stats"]["channels"] == 1
+    assert "iou_sample_cells" in meta["parsing"]
+    assert (shipped / "np-x4.safetensors").exists()
+    # a second run must beat what is there now: the summary says whether it did
+    assert summary["jobs"]["gp-x4"]["shipped"] is True
+
+
+def test_smear_figures_run_gp_prior_net_on_a_real_smear(sample_dir):
+    from napari_resolve import models
+    from napari_resolve.data import samples
+    from napari_resolve.train.leukocyte import smear_figures
+
+    torch.manual_seed(0)
+    gp = models.build("gp", scale=4, features=4, prior_base_channels=4).eval()
+    smears = P.load_smears(sample_dir / "bccd", samples.bccd_names())
+    out = smear_figures(gp, smears, 4, magnifications=(0.5,))
+    share = out["bccd_rbc_share_mag0.5"]
+    assert 0.0 <= share["nucleus"] <= share["nucleus_or_cytoplasm"] <= 1.0
