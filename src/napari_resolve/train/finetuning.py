@@ -57,6 +57,7 @@ import numpy as np
 from napari_resolve import threads as _threads
 from napari_resolve._generators import run_to_end
 from napari_resolve.errors import InputError, ResolveError
+from napari_resolve.train.events import TrainResult
 
 __all__ = [
     "FORMS",
@@ -64,12 +65,15 @@ __all__ = [
     "Measurement",
     "TrainingImage",
     "check_images",
+    "finetune",
+    "finetune_iter",
     "finetune_measured",
     "finetune_measured_iter",
     "hold_out",
     "measure",
     "add_resolutions",
     "measure_references",
+    "recorded_degradation",
     "self_supervised_degradation",
     "validation_dataset",
 ]
@@ -294,8 +298,6 @@ def self_supervised_degradation(meta: dict) -> dict:
     the module docstring (wide-field camera model for grey models with a pixel
     size, else MATLAB bicubic).
     """
-    from napari_resolve.train.engine import recorded_degradation
-
     recorded = recorded_degradation(meta)
     if recorded is not None:
         return recorded
@@ -304,6 +306,23 @@ def self_supervised_degradation(meta: dict) -> dict:
     if meta.get("color_mode", "grey") == "grey" and lr_nm:
         return {"kind": "widefield", "scale": s, "pixel_size": lr_nm / s}
     return {"kind": "matlab-bicubic", "scale": s}
+
+
+def recorded_degradation(meta: dict) -> dict | None:
+    """The :func:`~napari_resolve.data.datasets.degrade` spec a bundle records for HR-only data.
+
+    Its ``degradation`` unless the model was trained on pairs; for pairs the
+    ``for_hr_only`` spec when the trainer recorded one (e.g. a simulator's
+    camera model), else None. ``scale`` is the bundle's.
+    """
+    deg = meta.get("degradation")
+    if not isinstance(deg, dict):
+        return None
+    if deg.get("kind") not in (None, "paired"):
+        return {**deg, "scale": int(meta.get("scale", deg.get("scale", 1)))}
+    if isinstance(deg.get("for_hr_only"), dict):
+        return {**deg["for_hr_only"], "scale": int(meta.get("scale", 1))}
+    return None
 
 
 # --------------------------------------------------------------------------- measuring
@@ -382,7 +401,7 @@ def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu", *,
     """
     import torch
 
-    from napari_resolve.train.engine import _quality
+    from napari_resolve.train.objectives import _quality
 
     dev = torch.device(device)
     was = model.training
@@ -573,7 +592,7 @@ def finetune_measured_iter(
     """
     from napari_resolve import bundle
     from napari_resolve.train import TrainEvent
-    from napari_resolve.train.engine import _device, finetune_iter
+    from napari_resolve.train.devices import _device
 
     report = FinetuneReport()
     step_box = [0]
@@ -773,7 +792,7 @@ class _stop_inside_steps:
                 and threading.get_ident() == self.owner)
 
     def _raise(self):
-        from napari_resolve.train.engine import _Stop
+        from napari_resolve.train.interrupt import _Stop
 
         raise _Stop("user", "stopped by the user")
 
@@ -849,3 +868,40 @@ def _write_figures(result, report: FinetuneReport) -> None:
 def finetune_measured(*args, callback=None, **kwargs) -> FinetuneReport:
     """Run :func:`finetune_measured_iter` to the end; ``callback(event)`` sees every event."""
     return run_to_end(finetune_measured_iter(*args, **kwargs), callback)
+
+
+# --------------------------------------------------------------------------- from a bundle
+def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwargs):
+    """Fine-tune the bundle ``source`` (path or pretrained name); a generator as :func:`train_iter`.
+
+    The model, its normalisation and its degradation come from the bundle
+    (HR-only data is degraded the way the model was trained); the recipe is
+    :func:`~napari_resolve.train.recipes.finetune_recipe` of the architecture's
+    paper recipe unless given. The parent bundle is recorded in the metadata.
+    """
+    from napari_resolve import bundle
+    from napari_resolve.train import recipes as R
+    from napari_resolve.train.engine import train_iter
+
+    model, meta = bundle.load(source)
+    kwargs.setdefault("normalization", meta.get("normalization"))
+    deg = recorded_degradation(meta)
+    if deg is not None:
+        kwargs.setdefault("degradation", deg)
+    kwargs.setdefault("pixel_size", meta.get("pixel_size"))
+    kwargs.setdefault("parent", str(source))
+    rec = R.finetune_recipe(R.default_for(model.arch), learning_rate) if recipe is None else recipe
+    return (
+        yield from train_iter(
+            model,
+            data,
+            recipe=rec,
+            learning_rate=None if recipe is None else learning_rate,
+            **kwargs,
+        )
+    )
+
+
+def finetune(source, data=None, *, callback=None, **kwargs) -> TrainResult:
+    """Run :func:`finetune_iter` to the end; ``callback(event)`` sees every event."""
+    return run_to_end(finetune_iter(source, data, **kwargs), callback)
