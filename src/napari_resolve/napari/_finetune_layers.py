@@ -1,4 +1,4 @@
-"""Layers to training data for the Fine-tune panel, copied in the GUI thread; Qt-free.
+"""Layers to training data for the Fine-tune panel, copied in the GUI thread (no widgets here).
 
 :func:`layer_images` turns an image layer (and its LR partner or its Labels
 layer, the parsing-map supervision of paper 000 §2.3) into
