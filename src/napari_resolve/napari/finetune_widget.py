@@ -80,7 +80,9 @@ from napari_resolve.napari._common import (
     when_warm,
     watch_layers,
 )
-from napari_resolve.napari._finetune_layers import _free_path, layer_images
+from napari_resolve.napari._finetune_layers import (  # noqa: F401  (re-exported)
+    _free_path, _pixel_size_nm, _planes, layer_images
+)
 from napari_resolve.napari._finetune_run import (  # noqa: F401  (re-exported)
     FinetuneRunMixin, _hms, _on_input_scale, worker_threads
 )
