@@ -4,8 +4,10 @@
 >>> result = train.train("mhtcun-lite", "my_hr_images/", epochs=10, output="mine.safetensors")
 >>> for event in train.train_iter("gp", {"hr": images, "labels": masks}, minutes=5): ...
 
-See :mod:`napari_resolve.train.engine` (the loop), :mod:`~.recipes` (each
-paper's schedule) and :mod:`~.checkpoint` (resume files).
+See :mod:`napari_resolve.train.engine` (the loop; its parts :mod:`~.events`,
+:mod:`~.devices`, :mod:`~.objectives`, :mod:`~.interrupt`), :mod:`~.recipes` (each
+paper's schedule), :mod:`~.checkpoint` (resume files) and :mod:`~.finetuning`
+(fine-tuning a bundle; :mod:`~.finetune_data`, :mod:`~.finetune_measure`).
 """
 
 import importlib

@@ -8,12 +8,14 @@ string (key ``napari_resolve_state``) with the rest: architecture and config,
 recipe, phase, epoch, batch within the epoch, step, history, best metrics,
 optimiser hyper-parameters. No pickle is involved (never ``torch.save``), so
 a checkpoint from elsewhere is as safe to open as a bundle. Written through
-:func:`napari_resolve._atomic.atomic_path`.
+:func:`napari_resolve._atomic.atomic_path`. :func:`_source_spec` records data given
+as paths, so that ``--resume`` alone finds it again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -205,3 +207,22 @@ def load_state(path) -> tuple[dict, dict]:
         "optimizers": opts,
         "rng": tensors.get("rng/torch"),
     }
+
+
+def _json_num(v):
+    """A number for JSON metadata: NaN -> None, ±inf -> ±1e9."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else (1e9 if v > 0 else -1e9)
+    return v
+
+
+def _source_spec(data):
+    """Data given as paths (JSON-able) is recorded so that a resume can find it again."""
+    if isinstance(data, (str, Path)):
+        return str(data)
+    if isinstance(data, (list, tuple)) and all(isinstance(d, (str, Path)) for d in data):
+        return [str(d) for d in data]
+    if isinstance(data, dict):
+        out = {k: _source_spec(v) for k, v in data.items() if v is not None}
+        return out if all(v is not None for v in out.values()) else None
+    return None

@@ -28,6 +28,14 @@ Stopping:
   everything is written atomically, so a killed process leaves nothing
   half-written.
 
+Its parts: :mod:`~napari_resolve.train.events` (the events and the result),
+:mod:`~napari_resolve.train.devices` (devices, torchrun, batches),
+:mod:`~napari_resolve.train.objectives` (loss terms, discriminators,
+optimisers, validation quality), :mod:`~napari_resolve.train.checkpoint`
+(resume files), :mod:`~napari_resolve.train.interrupt` (stop requests).
+Fine-tuning a bundle (:func:`finetune_iter`) lives in
+:mod:`~napari_resolve.train.finetuning` and is re-exported here.
+
 Devices: ``device="auto"`` picks CUDA when available. On CUDA, automatic mixed
 precision (bfloat16 when supported, else float16 with a gradient scaler).
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the engine joins the process group
@@ -40,349 +48,33 @@ and writes files.
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import math
-import os
-import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from napari_resolve import losses as L
 from napari_resolve._generators import run_to_end
 from napari_resolve.errors import InputError
 from napari_resolve.train import checkpoint as ckpt
 from napari_resolve.train import recipes as R
+from napari_resolve.train.checkpoint import _json_num, _source_spec  # noqa: F401
+from napari_resolve.train.devices import (  # noqa: F401  (re-exported)
+    _all_max, _build_model, _device, _dist_setup, _epoch_batches, _finite_grads, _unwrap
+)
+from napari_resolve.train.events import TrainEvent, TrainResult
+from napari_resolve.train.finetuning import (  # noqa: F401  (re-exported)
+    finetune, finetune_iter, recorded_degradation
+)
+from napari_resolve.train.interrupt import _should_stop, _Stop  # noqa: F401
+from napari_resolve.train.objectives import (  # noqa: F401  (re-exported)
+    _auto_features, _disc_logits, _make_discriminator, _optimizer, _quality, _Terms
+)
 
 __all__ = ["TrainEvent", "TrainResult", "train_iter", "train", "finetune_iter", "finetune"]
-
-
-@dataclass
-class TrainEvent:
-    """Progress of a run.
-
-    ``kind``: ``"step"`` (after an optimiser step), ``"epoch"`` (after a
-    validation; ``val`` is set), ``"phase"`` (a phase starts) or ``"info"``
-    (a message, e.g. a loss term left out). ``step`` counts optimiser steps
-    from the start of the run (resumes continue the count); ``total_steps`` is
-    None when only a time budget bounds the run; ``eta_s`` the estimated
-    seconds left.
-    """
-
-    epoch: int
-    step: int
-    total_steps: int | None
-    phase: str
-    losses: dict
-    val: dict | None = None
-    eta_s: float | None = None
-    message: str = ""
-    kind: str = "step"
-
-
-@dataclass
-class TrainResult:
-    """Outcome of a run.
-
-    ``bundle``: the best model file (None without ``output``); ``best``:
-    its validation metrics (``psnr``, ``ssim``, ``epoch``, ``step``);
-    ``history``: one dict per epoch; ``stopped``: None when the schedule
-    completed, else ``"user"``, ``"time"``, ``"steps"`` or ``"nan"``;
-    ``model``: the network with the best weights (last good weights if no
-    validation ran), in eval mode on the CPU; ``state``: the resume checkpoint.
-    """
-
-    bundle: Path | None
-    best: dict
-    history: list
-    stopped: str | None
-    message: str = ""
-    model: nn.Module | None = None
-    state: Path | None = None
-    meta: dict = field(default_factory=dict)
-
-
-class _Stop(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-# --------------------------------------------------------------------------- helpers
-def _device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' asked for but CUDA is not available")
-    return dev
-
-
-def _dist_setup(device: torch.device):
-    """Join the process group when launched by torchrun; returns (rank, world, device, owned)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        owned = False
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        owned = True
-    else:
-        return 0, 1, device, False
-    if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    return rank, world, device, owned
-
-
-def _all_max(value: float, world: int, device) -> float:
-    if world == 1:
-        return value
-    import torch.distributed as dist
-
-    t = torch.tensor([float(value)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
-def _should_stop(stop) -> bool:
-    if stop is None:
-        return False
-    if isinstance(stop, threading.Event):
-        return stop.is_set()
-    return bool(stop())
-
-
-def _finite_grads(params) -> bool:
-    for p in params:
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-            return False
-    return True
-
-
-def _unwrap(m: nn.Module) -> nn.Module:
-    return (
-        m.module
-        if hasattr(m, "module") and isinstance(m, nn.parallel.DistributedDataParallel)
-        else m
-    )
-
-
-def _make_discriminator(
-    kind: str, channels: int, patch: int, width: int | None = None
-) -> nn.Module:
-    if kind == "patchgan":
-        from napari_resolve.models.pathsrgan import PatchDiscriminator
-
-        # paper 002: 8×8 patch responses; pools = log2(size / 8), at least 1
-        pools = max(1, int(math.floor(math.log2(max(patch, 16) / 8))))
-        # width: recipe option "discriminator_channels" (first level; default 64)
-        extra = {"base_channels": int(width)} if width else {}
-        return PatchDiscriminator(in_channels=channels, pools=pools, **extra)
-    if kind == "srgan":
-        from napari_resolve.models.srseg import SRGANDiscriminator
-
-        return SRGANDiscriminator(in_channels=channels)
-    raise InputError(f"unknown discriminator kind {kind!r}")
-
-
-def _disc_logits(disc: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    inner = _unwrap(disc)
-    if "logits" in inspect.signature(inner.forward).parameters:
-        return disc(x, logits=True)
-    return disc(x)
-
-
-def _optimizer(rec: R.Recipe, params, lr: float) -> torch.optim.Optimizer:
-    if rec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(rec.betas))
-    if rec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    raise InputError(f"unknown optimizer {rec.optimizer!r}; use 'adam' or 'sgd'")
-
-
-def _quality(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:
-    """Validation PSNR / SSIM of one (C, H, W) pair in [0, 1] (Y for RGB, border cropped)."""
-    from napari_resolve.metrics import quality
-
-    a = sr.detach().float().cpu().numpy()
-    b = hr.detach().float().cpu().numpy()
-    a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
-    b = b[0] if b.shape[0] == 1 else np.moveaxis(b, 0, -1)
-    # SR outputs are clipped to the displayable range, as SR benchmarks quantise them
-    a = np.clip(a, min(0.0, float(b.min())), max(1.0, float(b.max())))
-    crop = scale if min(a.shape[:2]) - 2 * scale >= 11 else 0
-    kw = dict(data_range=1.0, crop=crop)
-    return float(quality.psnr(a, b, **kw)), float(quality.ssim(a, b, **kw))
-
-
-def _json_num(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else (1e9 if v > 0 else -1e9)
-    return v
-
-
-# --------------------------------------------------------------------------- loss terms
-class _Terms:
-    """Computes a phase's weighted loss terms on one batch."""
-
-    def __init__(
-        self,
-        recipe: R.Recipe,
-        phase: R.Phase,
-        scale: int,
-        features,
-        task_model,
-        has_labels: bool,
-        model: nn.Module,
-    ):
-        self.recipe = recipe
-        self.scale = scale
-        self.features = features
-        self.task_model = task_model
-        self.terms = {}
-        self.skipped = []
-        base = _unwrap(model)
-        wants_seg = "with_segmentation" in inspect.signature(base.forward).parameters
-        for key, weight in phase.losses.items():
-            term = key.split("@")[0]
-            if term in ("parsing", "segmentation") and not has_labels:
-                self.skipped.append(f"{key} (no label images)")
-                continue
-            if term == "parsing" and not getattr(base, "predicts_parsing", False):
-                self.skipped.append(f"{key} ({base.arch or 'model'} predicts no parsing map)")
-                continue
-            if term == "segmentation" and not (
-                wants_seg and getattr(base, "segmentation_head", None) is not None
-            ):
-                self.skipped.append(f"{key} ({base.arch or 'model'} has no segmentation output)")
-                continue
-            if term == "task" and (task_model is None or not has_labels):
-                self.skipped.append(f"{key} (no task model or task labels)")
-                continue
-            if float(weight) != 0.0:
-                self.terms[key] = float(weight)
-        self.with_segmentation = any(k.startswith("segmentation") for k in self.terms)
-        self.adversarial = sorted(
-            {
-                k.split("@")[1] if "@" in k else "sr"
-                for k in self.terms
-                if k.startswith("adversarial")
-            }
-        )
-        self.radius = int(recipe.options.get("boundary_radius", 2))
-
-    def target(self, out: dict, key: str, batch: dict) -> torch.Tensor:
-        hr = batch["hr"]
-        if key == "sr":
-            return hr
-        size = tuple(out[key].shape[-2:])
-        if key in batch and tuple(batch[key].shape[-2:]) == size:
-            return batch[key]  # a real target (PathSRGAN: the registered 10× scan)
-        if size == tuple(hr.shape[-2:]):
-            return hr
-        # without a real MR scan: the HR image resized to the MR grid (MATLAB bicubic)
-        from napari_resolve.data.degrade import imresize_torch
-
-        return imresize_torch(hr, output_shape=size)
-
-    def generator(self, out: dict, batch: dict, discs: dict) -> dict:
-        hr, labels = batch["hr"], batch["labels"]
-        parts = {}
-        for name, w in self.terms.items():
-            term, _, key = name.partition("@")
-            key = key or "sr"
-            if key not in out:
-                raise InputError(f"loss {name!r} needs the model output {key!r}")
-            pred = out[key]
-            if term == "charbonnier":
-                v = L.charbonnier(pred, self.target(out, key, batch))
-            elif term == "mse":
-                v = L.mse(pred, self.target(out, key, batch))
-            elif term == "mse_ssim":
-                v = L.mse_ssim_loss(pred, self.target(out, key, batch))
-            elif term == "staged":
-                if "stages" in out:
-                    v, _ = L.staged_loss(out["stages"], hr)
-                else:
-                    v = L.mse_ssim_loss(pred, hr)
-            elif term == "parsing":
-                v = L.parsing_loss(out["parsing"], labels)
-            elif term == "segmentation":
-                seg = out["segmentation"]
-                s = labels.shape[-1] // seg.shape[-1]
-                lab = labels[:, s // 2 :: s, s // 2 :: s][:, : seg.shape[-2], : seg.shape[-1]]
-                mask = L.boundary_mask(lab, self.radius) if self.radius >= 0 else None
-                v = L.masked_cross_entropy(seg, lab, mask)
-            elif term == "perceptual":
-                v = L.perceptual_loss(self.features, pred, self.target(out, key, batch))
-            elif term == "adversarial":
-                v = L.adversarial_g_loss(_disc_logits(discs[key], pred))
-            elif term == "task":
-                v = L.task_loss(self.task_model, pred, labels)
-            else:
-                raise InputError(f"unknown loss term {term!r}")
-            parts[name] = (w, v)
-        return parts
-
-    def discriminator(self, out: dict, batch: dict, discs: dict) -> dict:
-        parts = {}
-        for key in self.adversarial:
-            real = self.target(out, key, batch)
-            fake = out[key].detach()
-            parts[f"D@{key}"] = L.adversarial_d_loss(
-                _disc_logits(discs[key], real), _disc_logits(discs[key], fake)
-            )
-        return parts
-
-
-# --------------------------------------------------------------------------- the engine
-def _build_model(model, config, scale, in_channels):
-    from napari_resolve import models
-
-    if isinstance(model, nn.Module):
-        return model
-    if isinstance(model, str):
-        cfg = dict(config or {})
-        if scale is not None:
-            cfg["scale"] = int(scale)
-        if in_channels is not None:
-            cfg["in_channels"] = int(in_channels)
-        return models.build(model, **cfg)
-    raise InputError(f"model must be a registry name or a model, got {type(model).__name__}")
-
-
-def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int):
-    """This process's batches of sample indices for ``epoch`` (same order on every process)."""
-    order = np.random.default_rng([seed, epoch, 104729]).permutation(n)
-    per_step = batch_size * world
-    steps = n // per_step
-    if steps == 0:  # fewer samples than one global batch: one smaller batch
-        mine = order[rank::world].tolist()
-        return [mine] if mine else []
-    return [order[i * per_step + rank : (i + 1) * per_step : world].tolist() for i in range(steps)]
-
-
-def _auto_features(train_ds, channels: int, device, seed: int, steps: int):
-    """Fit a :class:`~napari_resolve.losses.ConvEncoder` on HR training patches (no download)."""
-    rng = np.random.default_rng([seed, 31])
-    patches = []
-    for i in rng.permutation(len(train_ds))[:64]:
-        hr = train_ds[int(i)]["hr"]
-        size = min(64, hr.shape[-1] // 4 * 4, hr.shape[-2] // 4 * 4)
-        patches.append(hr[:, :size, :size])
-    size = min(p.shape[-1] for p in patches)
-    batch = torch.stack([p[:, :size, :size] for p in patches])
-    return L.fit_conv_encoder(batch, in_channels=channels, steps=steps, seed=seed, device=device)
 
 
 def train_iter(
@@ -1099,70 +791,6 @@ def train_iter(
         {"recipe": rec.name, "device": device_desc},
     )
 
-
-def _source_spec(data):
-    """Data given as paths (JSON-able) is recorded so that a resume can find it again."""
-    if isinstance(data, (str, Path)):
-        return str(data)
-    if isinstance(data, (list, tuple)) and all(isinstance(d, (str, Path)) for d in data):
-        return [str(d) for d in data]
-    if isinstance(data, dict):
-        out = {k: _source_spec(v) for k, v in data.items() if v is not None}
-        return out if all(v is not None for v in out.values()) else None
-    return None
-
-
 def train(*args, callback=None, **kwargs) -> TrainResult:
     """Run :func:`train_iter` to the end; ``callback(event)`` sees every event."""
     return run_to_end(train_iter(*args, **kwargs), callback)
-
-
-def recorded_degradation(meta: dict) -> dict | None:
-    """The :func:`~napari_resolve.data.datasets.degrade` spec a bundle records for HR-only data.
-
-    Its ``degradation`` unless the model was trained on pairs; for pairs the
-    ``for_hr_only`` spec when the trainer recorded one (e.g. a simulator's
-    camera model), else None. ``scale`` is the bundle's.
-    """
-    deg = meta.get("degradation")
-    if not isinstance(deg, dict):
-        return None
-    if deg.get("kind") not in (None, "paired"):
-        return {**deg, "scale": int(meta.get("scale", deg.get("scale", 1)))}
-    if isinstance(deg.get("for_hr_only"), dict):
-        return {**deg["for_hr_only"], "scale": int(meta.get("scale", 1))}
-    return None
-
-
-def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwargs):
-    """Fine-tune the bundle ``source`` (path or pretrained name); a generator as :func:`train_iter`.
-
-    The model, its normalisation and its degradation come from the bundle
-    (HR-only data is degraded the way the model was trained); the recipe is
-    :func:`~napari_resolve.train.recipes.finetune_recipe` of the architecture's
-    paper recipe unless given. The parent bundle is recorded in the metadata.
-    """
-    from napari_resolve import bundle
-
-    model, meta = bundle.load(source)
-    kwargs.setdefault("normalization", meta.get("normalization"))
-    deg = recorded_degradation(meta)
-    if deg is not None:
-        kwargs.setdefault("degradation", deg)
-    kwargs.setdefault("pixel_size", meta.get("pixel_size"))
-    kwargs.setdefault("parent", str(source))
-    rec = R.finetune_recipe(R.default_for(model.arch), learning_rate) if recipe is None else recipe
-    return (
-        yield from train_iter(
-            model,
-            data,
-            recipe=rec,
-            learning_rate=None if recipe is None else learning_rate,
-            **kwargs,
-        )
-    )
-
-
-def finetune(source, data=None, *, callback=None, **kwargs) -> TrainResult:
-    """Run :func:`finetune_iter` to the end; ``callback(event)`` sees every event."""
-    return run_to_end(finetune_iter(source, data, **kwargs), callback)

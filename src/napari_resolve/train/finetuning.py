@@ -4,7 +4,10 @@ The piece shared by the napari *Fine-tune* widget, ``napari-resolve
 finetune`` and ``benchmarks/finetune.py``; Qt-free. It wraps
 :func:`napari_resolve.train.finetune_iter` (the engine and the paper's
 fine-tuning recipe, :func:`~napari_resolve.train.recipes.finetune_recipe`)
-with what a fine-tuning *session* needs:
+with what a fine-tuning *session* needs. The user's data, its checks, the
+held-out validation set and the degradation of HR-only data are
+:mod:`napari_resolve.train.finetune_data`; measuring a model on that set is
+:mod:`napari_resolve.train.finetune_measure` (both re-exported here). A session:
 
 * the user's data as :class:`TrainingImage` (arrays), in three forms:
   HR images only (self-supervised: the LR input is made with the bundle's
@@ -20,20 +23,9 @@ with what a fine-tuning *session* needs:
   between two steps;
 * the best bundle re-written (atomically) with the before/after figures.
 
-Choices the papers leave open, made here:
+Choices the papers leave open, made here (the data's are in
+:mod:`~napari_resolve.train.finetune_data`):
 
-* A bundle trained on pairs (``degradation.kind == "paired"``) makes LR
-  images from HR-only data with the ``for_hr_only`` spec it records (the
-  bundled ``mhtcun-lite-x2`` records its simulator's camera model). When it
-  records none, for a grey model with a known pixel size the
-  self-supervised LR is made with the wide-field camera model of
-  :func:`napari_resolve.data.datasets.degrade` (Gaussian PSF of λ 520 nm,
-  NA 1.3 thinned by the target's 2× resolution gain, ``scale``-fold binning,
-  Poisson + Gaussian noise: the physics of the fluorescence simulator) at the
-  bundle's HR pixel size; otherwise MATLAB bicubic (papers 000 §3.1, 004 §4).
-* One training image: the validation part is a band at the end of its
-  longer axis (``val_fraction`` of it, at least 64 HR px, at most half);
-  several images: the last ``val_fraction`` of them (at least one).
 * Validation crops: whole validation images when each is at most 256² HR px,
   else the engine's 256-px centre crop (validation runs after every epoch).
 * The patch side is the recipe's, shrunk to the smallest training image.
@@ -52,11 +44,18 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from napari_resolve import threads as _threads
 from napari_resolve._generators import run_to_end
 from napari_resolve.errors import InputError, ResolveError
+from napari_resolve.train.events import TrainResult
+from napari_resolve.train.finetune_data import (  # noqa: F401  (re-exported)
+    FORMS, MIN_VAL_SIDE, WHOLE_VAL_AREA, TrainingImage, _cut, _lr_pixel_nm, _plane,
+    check_images, hold_out, recorded_degradation, self_supervised_degradation,
+)
+from napari_resolve.train.finetune_measure import (  # noqa: F401  (re-exported)
+    Measurement, _grey, _psnr_affine, _resolution, add_resolutions, measure,
+    measure_references,
+)
 
 __all__ = [
     "FORMS",
@@ -64,374 +63,18 @@ __all__ = [
     "Measurement",
     "TrainingImage",
     "check_images",
+    "finetune",
+    "finetune_iter",
     "finetune_measured",
     "finetune_measured_iter",
     "hold_out",
     "measure",
     "add_resolutions",
     "measure_references",
+    "recorded_degradation",
     "self_supervised_degradation",
     "validation_dataset",
 ]
-
-#: the three forms of training data: HR only (self-supervised), LR/HR pairs, HR + parsing map
-FORMS = ("hr", "pairs", "labels")
-#: smallest validation band cut from a single image (HR px; decorrelation needs 32)
-MIN_VAL_SIDE = 64
-#: validation images up to this area are validated whole
-WHOLE_VAL_AREA = 256 * 256
-
-
-@dataclass
-class TrainingImage:
-    """One image of the user's data (a 2-D plane, grey (H, W) or RGB (H, W, 3)).
-
-    ``lr`` (for pairs) is the registered low-resolution image, ``labels`` a
-    parsing map on the HR grid (0 background, 1 cytoplasm, 2 nucleus).
-    ``pixel_size_nm`` is the HR pixel size (None: uncalibrated); ``origin``
-    (HR px) is where this image sits in ``source`` (a layer or file name), so
-    results made from a held-out part can be placed back over it.
-    """
-
-    name: str
-    hr: np.ndarray
-    lr: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    pixel_size_nm: float | None = None
-    source: str = ""
-    origin: tuple = (0, 0)
-
-    @property
-    def form(self) -> str:
-        return "pairs" if self.lr is not None else "labels" if self.labels is not None else "hr"
-
-    def describe(self) -> dict:
-        out = {"name": self.name, "shape": list(self.hr.shape)}
-        if self.lr is not None:
-            out["lr_shape"] = list(self.lr.shape)
-        if self.labels is not None:
-            out["labels"] = True
-        if self.source and self.source != self.name:
-            out["from"] = self.source
-            out["origin"] = [int(v) for v in self.origin]
-        out["pixel_size_nm"] = self.pixel_size_nm
-        return out
-
-
-# --------------------------------------------------------------------------- checks
-def _plane(arr, what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(arr)
-    except Exception as exc:  # a dask graph that cannot compute, ragged lists
-        raise InputError(f"{what} cannot be read as an image: {exc}") from None
-    if arr.size == 0:
-        raise InputError(f"{what} is empty (shape {arr.shape})")
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
-        raise InputError(f"{what} must be one 2-D plane (grey or RGB), got shape {arr.shape}")
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise InputError(f"{what} is not a real-valued image (dtype {arr.dtype})")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise InputError(f"{what} contains NaN or infinite values")
-    return arr
-
-
-def check_images(images, *, scale: int, in_channels: int = 1, predicts_parsing: bool = False,
-                 what: str = "training") -> tuple[list[TrainingImage], list[str]]:
-    """Validate the user's images for a ×``scale`` model; returns (images, warnings).
-
-    Every image must have the same form (:data:`FORMS`). Problems raise an
-    :class:`~napari_resolve.errors.InputError` naming the image: an empty or
-    constant image, NaNs, an RGB model given grey data, a pair whose HR is
-    not ``scale`` × LR beyond what cropping fixes, labels that are not on the
-    HR grid or hold values other than 0, 1, 2, or labels for a model that
-    predicts no parsing map. A pair off by less than ``scale`` HR px (an HR
-    side that is not a multiple of the scale) is cropped with a warning.
-    """
-    images = list(images or [])
-    if not images:
-        raise InputError(f"no {what} images given")
-    forms = {im.form for im in images}
-    if len(forms) > 1:
-        raise InputError(
-            f"{what} images mix forms ({', '.join(sorted(forms))}): give all as HR only, "
-            "all as LR/HR pairs, or all with parsing labels"
-        )
-    s = int(scale)
-    out, warnings = [], []
-    for im in images:
-        name = im.name
-        hr = _plane(im.hr, f"'{name}'")
-        if float(np.ptp(hr)) == 0.0:
-            raise InputError(f"'{name}' is empty: every pixel is {hr.flat[0]}")
-        if in_channels == 3 and hr.ndim == 2:
-            raise InputError(f"'{name}' is grey but the model works on RGB images")
-        H, W = hr.shape[:2]
-        lr, labels = im.lr, im.labels
-        if lr is not None:
-            lr = _plane(lr, f"LR '{name}'")
-            if (lr.ndim == 3) != (hr.ndim == 3):
-                raise InputError(f"LR and HR of '{name}' differ in colour (one RGB, one grey)")
-            if float(np.ptp(lr)) == 0.0:
-                raise InputError(f"LR of '{name}' is empty: every pixel is {lr.flat[0]}")
-            h, w = lr.shape[:2]
-            if (H, W) != (s * h, s * w):
-                # usable when cropping fixes it: HR up to s-1 px too big, or LR 1 px too big
-                if not (0 <= h - H // s <= 1 and 0 <= w - W // s <= 1):
-                    raise InputError(
-                        f"pair '{name}': HR is {H}×{W} but ×{s} of LR {h}×{w} is {s * h}×{s * w}: "
-                        f"for a ×{s} model the HR image must be {s}× the LR image"
-                    )
-                hh, ww = min(h, H // s), min(w, W // s)
-                warnings.append(
-                    f"pair '{name}': HR {H}×{W} is not ×{s} of LR {h}×{w}; using the "
-                    f"common {s * hh}×{s * ww} / {hh}×{ww} corner"
-                )
-                hr, lr = hr[: s * hh, : s * ww], lr[:hh, :ww]
-                H, W = hr.shape[:2]
-        if labels is not None:
-            if not predicts_parsing:
-                raise InputError(
-                    "the model predicts no parsing map: parsing labels need a geometry-prior "
-                    "(gp) model; fine-tune this one on HR images or LR/HR pairs"
-                )
-            from napari_resolve.data.labels import check_labels
-
-            lab = np.asarray(labels)
-            if lab.shape[:2] != (H, W) or lab.ndim != 2:
-                raise InputError(
-                    f"labels of '{name}' are {'×'.join(map(str, lab.shape))} px but the image is "
-                    f"{H}×{W}: paint the parsing map on the HR image's grid"
-                )
-            if lab.size and np.issubdtype(lab.dtype, np.number) and not np.iscomplexobj(lab):
-                found = np.unique(lab)
-                unknown = [v for v in found.tolist() if v not in (0, 1, 2)]
-                if unknown:
-                    shown = ", ".join(f"{v:g}" for v in unknown[:5])
-                    raise InputError(
-                        f"labels of '{name}' hold unknown values {shown}: use 0 background, "
-                        "1 cytoplasm, 2 nucleus"
-                    )
-                if found.size == 1 and found[0] == 0:
-                    raise InputError(
-                        f"labels of '{name}' are empty (all background): paint 1 cytoplasm and "
-                        "2 nucleus"
-                    )
-            try:
-                labels = check_labels(lab, ndim=2)
-            except InputError as exc:
-                raise InputError(f"labels of '{name}': {exc}") from None
-        if H < 4 * s or W < 4 * s:
-            raise InputError(f"'{name}' is {H}×{W} px: too small for ×{s} (at least {4 * s} px)")
-        out.append(replace(im, hr=hr, lr=lr, labels=labels))
-    return out, warnings
-
-
-# --------------------------------------------------------------------------- validation split
-def _cut(im: TrainingImage, axis: int, start: int, stop: int, s: int, suffix: str):
-    sl = [slice(None), slice(None)]
-    sl[axis] = slice(start, stop)
-    lr = None
-    if im.lr is not None:
-        lsl = [slice(None), slice(None)]
-        lsl[axis] = slice(start // s, stop // s)
-        lr = im.lr[tuple(lsl)]
-    labels = None if im.labels is None else im.labels[tuple(sl)]
-    origin = list(im.origin)
-    origin[axis] += start
-    return replace(im, name=f"{im.name} {suffix}", hr=im.hr[tuple(sl)], lr=lr, labels=labels,
-                   source=im.source or im.name, origin=tuple(origin))
-
-
-def hold_out(images, val_fraction: float, scale: int):
-    """(train, validation) without overlap; see the module docstring for the rule."""
-    images = list(images)
-    f = float(val_fraction)
-    if not 0.0 < f < 1.0:
-        raise InputError(f"validation fraction must be between 0 and 1, got {val_fraction}")
-    s = int(scale)
-    if len(images) >= 2:
-        k = min(len(images) - 1, max(1, round(len(images) * f)))
-        return images[:-k], images[-k:]
-    (im,) = images
-    H, W = im.hr.shape[:2]
-    axis = 0 if H >= W else 1
-    length = (H, W)[axis] // s * s
-    band = max(math.ceil(f * length), MIN_VAL_SIDE)
-    band = min(band, length // 2) // s * s
-    if band < 4 * s:
-        raise InputError(
-            f"'{im.name}' ({H}×{W} px) is too small to hold back a validation part: "
-            "choose a validation layer"
-        )
-    cut = length - band
-    part = "rows" if axis == 0 else "columns"
-    train = _cut(im, axis, 0, cut, s, f"({part} 0-{cut - 1})")
-    val = _cut(im, axis, cut, length, s, f"({part} {cut}-{length - 1}, held out)")
-    return [train], [val]
-
-
-# --------------------------------------------------------------------------- degradation
-def _lr_pixel_nm(meta: dict) -> float | None:
-    px = meta.get("pixel_size")
-    if isinstance(px, dict) and px.get("value"):
-        from napari_resolve.io import to_micrometre
-
-        um = to_micrometre(float(px["value"]), px.get("unit") or "µm")
-        return None if um is None else 1000.0 * um
-    if isinstance(px, (int, float)) and px > 0:
-        return 1000.0 * float(px)  # a bare number is µm, as io's metadata
-    return None
-
-
-def self_supervised_degradation(meta: dict) -> dict:
-    """How HR-only images become LR inputs for a fine-tuning of the bundle ``meta``.
-
-    The bundle's own ``degradation`` when it has one; for a bundle trained on
-    pairs the ``for_hr_only`` spec it records (the bundled ``mhtcun-lite-x2``
-    does, :func:`napari_resolve.data.fluorescence.pairs_degradation`), else see
-    the module docstring (wide-field camera model for grey models with a pixel
-    size, else MATLAB bicubic).
-    """
-    from napari_resolve.train.engine import recorded_degradation
-
-    recorded = recorded_degradation(meta)
-    if recorded is not None:
-        return recorded
-    s = int(meta.get("scale", 1))
-    lr_nm = _lr_pixel_nm(meta)
-    if meta.get("color_mode", "grey") == "grey" and lr_nm:
-        return {"kind": "widefield", "scale": s, "pixel_size": lr_nm / s}
-    return {"kind": "matlab-bicubic", "scale": s}
-
-
-# --------------------------------------------------------------------------- measuring
-@dataclass
-class Measurement:
-    """A model on the validation set: mean PSNR / SSIM and decorrelation resolutions.
-
-    ``resolutions``: one per validation image, in ``unit`` (nm when the data
-    are calibrated, else SR pixels), None where no peak was found or the
-    image is under 32 px. ``resolution``: their mean over the images with a
-    peak. ``images``: the SR outputs (normalised [0, 1], channel 0) for display.
-    ``psnr_affine``: mean PSNR after the least-squares intensity fit ``a·SR + b``
-    to the target (as CARE, Weigert et al. 2018, compares fluorescence
-    images whose absolute intensities are arbitrary): what the model gets
-    right apart from a global intensity mapping.
-    """
-
-    psnr: float
-    ssim: float
-    resolutions: list
-    unit: str
-    images: list = field(default_factory=list, repr=False)
-    psnrs: list = field(default_factory=list)
-    psnr_affine: float = math.nan
-
-    @property
-    def resolution(self) -> float | None:
-        found = [r for r in self.resolutions if r is not None]
-        return float(np.mean(found)) if found else None
-
-    def to_dict(self) -> dict:
-        def num(v):
-            return None if v is None or not math.isfinite(v) else round(float(v), 4)
-
-        return {"val_psnr": num(self.psnr), "val_ssim": num(self.ssim),
-                "val_psnr_intensity_fit": num(self.psnr_affine),
-                "val_psnrs": [num(p) for p in self.psnrs], "resolution": num(self.resolution),
-                "resolutions": [num(r) for r in self.resolutions], "unit": self.unit}
-
-
-def _resolution(image: np.ndarray, pixel_nm: float | None):
-    from napari_resolve.metrics.resolution import MIN_SIZE, decorrelation
-
-    if min(image.shape) < MIN_SIZE or image.min() == image.max():
-        return None  # too small, or a constant output (e.g. a barely trained model): no estimate
-    res = decorrelation(image, pixel_size=pixel_nm, unit="nm" if pixel_nm else None)
-    return float(res.resolution) if res.found else None
-
-
-def _psnr_affine(sr: np.ndarray, hr: np.ndarray, crop: int) -> float:
-    """PSNR (range 1) of the least-squares fit ``a·sr + b`` to ``hr`` (2-D, border cropped)."""
-    if crop and min(sr.shape) > 2 * crop + 1:
-        sr, hr = sr[crop:-crop, crop:-crop], hr[crop:-crop, crop:-crop]
-    design = np.stack([sr.ravel(), np.ones(sr.size)], axis=1).astype(np.float64)
-    coef, *_ = np.linalg.lstsq(design, hr.ravel().astype(np.float64), rcond=None)
-    mse = float(np.mean((design @ coef - hr.ravel()) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
-def _grey(chw: np.ndarray) -> np.ndarray:
-    if chw.shape[0] == 1:
-        return chw[0]
-    from napari_resolve.data.color import rgb_to_y
-
-    return rgb_to_y(np.clip(np.moveaxis(chw, 0, -1), 0.0, 1.0))
-
-
-def measure(model, val_ds, pixel_size_nm: float | None = None, device="cpu", *,
-            resolution: bool = True) -> Measurement:
-    """``model`` on every sample of the validation dataset ``val_ds`` (see :class:`Measurement`).
-
-    PSNR / SSIM as the training engine validates (Y / grey channel, ``scale``
-    px border cropped, outputs clipped); resolution of each SR image at the HR
-    pixel size ``pixel_size_nm`` (None: in SR pixels). ``resolution=False``
-    leaves the (slower) decorrelation estimates for :func:`add_resolutions`.
-    """
-    import torch
-
-    from napari_resolve.train.engine import _quality
-
-    dev = torch.device(device)
-    was = model.training
-    model.eval()
-    model.to(dev)
-    psnrs, ssims, resolutions, images, fitted = [], [], [], [], []
-    with torch.no_grad():
-        for i in range(len(val_ds)):
-            smp = val_ds[i]
-            sr = model(smp["lr"][None].to(dev))["sr"][0].float().cpu()
-            p, q = _quality(sr, smp["hr"], model.scale)
-            psnrs.append(p)
-            ssims.append(q)
-            fitted.append(_psnr_affine(_grey(sr.numpy()), _grey(smp["hr"].numpy()), model.scale))
-            img = np.clip(sr[0].numpy(), 0.0, None)
-            images.append(img)
-            resolutions.append(_resolution(img, pixel_size_nm) if resolution else None)
-    model.train(was)
-    finite = [p for p in psnrs if math.isfinite(p)]
-    return Measurement(
-        float(np.mean(finite)) if finite else math.nan,
-        float(np.mean(ssims)) if ssims else math.nan,
-        resolutions, "nm" if pixel_size_nm else "px", images, psnrs,
-        float(np.mean([f for f in fitted if math.isfinite(f)] or [math.nan])),
-    )
-
-
-def add_resolutions(m: Measurement, pixel_size_nm: float | None = None) -> Measurement:
-    """Fill ``m.resolutions`` from its SR images (a measurement made with ``resolution=False``)."""
-    m.resolutions = [_resolution(img, pixel_size_nm) for img in m.images]
-    return m
-
-
-def measure_references(val_ds, pixel_size_nm: float | None = None) -> dict:
-    """Decorrelation resolution of the validation inputs and targets, for context.
-
-    ``{"lr": [...], "hr": [...], "unit": ...}``: the LR input at its own pixel
-    size (``scale`` × the HR one) and the HR target; None where no peak.
-    """
-    s = int(val_ds.scale)
-    lr_res, hr_res = [], []
-    for i in range(len(val_ds)):
-        smp = val_ds[i]
-        lr_px = None if pixel_size_nm is None else pixel_size_nm * s
-        lr = _resolution(smp["lr"][0].numpy(), lr_px)
-        # uncalibrated: the LR resolution in HR (= SR) pixels, comparable with the SR results
-        lr_res.append(lr if (lr is None or pixel_size_nm) else lr * s)
-        hr_res.append(_resolution(smp["hr"][0].numpy(), pixel_size_nm))
-    return {"lr": lr_res, "hr": hr_res, "unit": "nm" if pixel_size_nm else "px"}
 
 
 # --------------------------------------------------------------------------- the session
@@ -573,7 +216,7 @@ def finetune_measured_iter(
     """
     from napari_resolve import bundle
     from napari_resolve.train import TrainEvent
-    from napari_resolve.train.engine import _device, finetune_iter
+    from napari_resolve.train.devices import _device
 
     report = FinetuneReport()
     step_box = [0]
@@ -773,7 +416,7 @@ class _stop_inside_steps:
                 and threading.get_ident() == self.owner)
 
     def _raise(self):
-        from napari_resolve.train.engine import _Stop
+        from napari_resolve.train.interrupt import _Stop
 
         raise _Stop("user", "stopped by the user")
 
@@ -849,3 +492,40 @@ def _write_figures(result, report: FinetuneReport) -> None:
 def finetune_measured(*args, callback=None, **kwargs) -> FinetuneReport:
     """Run :func:`finetune_measured_iter` to the end; ``callback(event)`` sees every event."""
     return run_to_end(finetune_measured_iter(*args, **kwargs), callback)
+
+
+# --------------------------------------------------------------------------- from a bundle
+def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwargs):
+    """Fine-tune the bundle ``source`` (path or pretrained name); a generator as :func:`train_iter`.
+
+    The model, its normalisation and its degradation come from the bundle
+    (HR-only data is degraded the way the model was trained); the recipe is
+    :func:`~napari_resolve.train.recipes.finetune_recipe` of the architecture's
+    paper recipe unless given. The parent bundle is recorded in the metadata.
+    """
+    from napari_resolve import bundle
+    from napari_resolve.train import recipes as R
+    from napari_resolve.train.engine import train_iter
+
+    model, meta = bundle.load(source)
+    kwargs.setdefault("normalization", meta.get("normalization"))
+    deg = recorded_degradation(meta)
+    if deg is not None:
+        kwargs.setdefault("degradation", deg)
+    kwargs.setdefault("pixel_size", meta.get("pixel_size"))
+    kwargs.setdefault("parent", str(source))
+    rec = R.finetune_recipe(R.default_for(model.arch), learning_rate) if recipe is None else recipe
+    return (
+        yield from train_iter(
+            model,
+            data,
+            recipe=rec,
+            learning_rate=None if recipe is None else learning_rate,
+            **kwargs,
+        )
+    )
+
+
+def finetune(source, data=None, *, callback=None, **kwargs) -> TrainResult:
+    """Run :func:`finetune_iter` to the end; ``callback(event)`` sees every event."""
+    return run_to_end(finetune_iter(source, data, **kwargs), callback)

@@ -8,6 +8,9 @@ the best model and the resume state are written, and the run returns with
 ``stopped == "user"``. A second Ctrl-C raises ``KeyboardInterrupt`` as
 usual (abort without saving). Outside the main thread (napari workers) it
 does nothing: the widgets stop through the same ``stop`` event.
+
+The engine polls ``stop`` with :func:`_should_stop` and ends a run early by
+raising :class:`_Stop` (user, time or step budget, a non-finite loss).
 """
 
 from __future__ import annotations
@@ -17,6 +20,23 @@ import sys
 import threading
 
 __all__ = ["StopOnSignal"]
+
+
+class _Stop(Exception):
+    """Ends a run early: ``reason`` is ``"user"``, ``"time"``, ``"steps"`` or ``"nan"``."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _should_stop(stop) -> bool:
+    if stop is None:
+        return False
+    if isinstance(stop, threading.Event):
+        return stop.is_set()
+    return bool(stop())
 
 
 class StopOnSignal:

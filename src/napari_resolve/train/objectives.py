@@ -1,0 +1,198 @@
+"""What a training run optimises and measures: loss terms, discriminators, optimisers, quality.
+
+:class:`_Terms` computes a recipe phase's weighted loss terms
+(:mod:`napari_resolve.losses`) on one batch, the generator's and the
+discriminators'; terms a model or the data cannot serve (no labels, no
+parsing or segmentation output, no task model) are left out with a reason.
+:func:`_make_discriminator` builds PathSRGAN's patch discriminator (paper 002)
+or SRGAN's (paper 004); :func:`_auto_features` fits the feature network of
+perceptual terms on the training images (no download); :func:`_quality` is
+the validation PSNR / SSIM (:mod:`napari_resolve.metrics.quality`, on the
+Y / grey channel, border of ``scale`` px cropped).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_resolve import losses as L
+from napari_resolve.errors import InputError
+from napari_resolve.train import recipes as R
+from napari_resolve.train.devices import _unwrap
+
+
+def _make_discriminator(
+    kind: str, channels: int, patch: int, width: int | None = None
+) -> nn.Module:
+    if kind == "patchgan":
+        from napari_resolve.models.pathsrgan import PatchDiscriminator
+
+        # paper 002: 8×8 patch responses; pools = log2(size / 8), at least 1
+        pools = max(1, int(math.floor(math.log2(max(patch, 16) / 8))))
+        # width: recipe option "discriminator_channels" (first level; default 64)
+        extra = {"base_channels": int(width)} if width else {}
+        return PatchDiscriminator(in_channels=channels, pools=pools, **extra)
+    if kind == "srgan":
+        from napari_resolve.models.srseg import SRGANDiscriminator
+
+        return SRGANDiscriminator(in_channels=channels)
+    raise InputError(f"unknown discriminator kind {kind!r}")
+
+
+def _disc_logits(disc: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    inner = _unwrap(disc)
+    if "logits" in inspect.signature(inner.forward).parameters:
+        return disc(x, logits=True)
+    return disc(x)
+
+
+def _optimizer(rec: R.Recipe, params, lr: float) -> torch.optim.Optimizer:
+    if rec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(rec.betas))
+    if rec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise InputError(f"unknown optimizer {rec.optimizer!r}; use 'adam' or 'sgd'")
+
+
+def _quality(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:
+    """Validation PSNR / SSIM of one (C, H, W) pair in [0, 1] (Y for RGB, border cropped)."""
+    from napari_resolve.metrics import quality
+
+    a = sr.detach().float().cpu().numpy()
+    b = hr.detach().float().cpu().numpy()
+    a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    b = b[0] if b.shape[0] == 1 else np.moveaxis(b, 0, -1)
+    # SR outputs are clipped to the displayable range, as SR benchmarks quantise them
+    a = np.clip(a, min(0.0, float(b.min())), max(1.0, float(b.max())))
+    crop = scale if min(a.shape[:2]) - 2 * scale >= 11 else 0
+    kw = dict(data_range=1.0, crop=crop)
+    return float(quality.psnr(a, b, **kw)), float(quality.ssim(a, b, **kw))
+
+class _Terms:
+    """Computes a phase's weighted loss terms on one batch."""
+
+    def __init__(
+        self,
+        recipe: R.Recipe,
+        phase: R.Phase,
+        scale: int,
+        features,
+        task_model,
+        has_labels: bool,
+        model: nn.Module,
+    ):
+        self.recipe = recipe
+        self.scale = scale
+        self.features = features
+        self.task_model = task_model
+        self.terms = {}
+        self.skipped = []
+        base = _unwrap(model)
+        wants_seg = "with_segmentation" in inspect.signature(base.forward).parameters
+        for key, weight in phase.losses.items():
+            term = key.split("@")[0]
+            if term in ("parsing", "segmentation") and not has_labels:
+                self.skipped.append(f"{key} (no label images)")
+                continue
+            if term == "parsing" and not getattr(base, "predicts_parsing", False):
+                self.skipped.append(f"{key} ({base.arch or 'model'} predicts no parsing map)")
+                continue
+            if term == "segmentation" and not (
+                wants_seg and getattr(base, "segmentation_head", None) is not None
+            ):
+                self.skipped.append(f"{key} ({base.arch or 'model'} has no segmentation output)")
+                continue
+            if term == "task" and (task_model is None or not has_labels):
+                self.skipped.append(f"{key} (no task model or task labels)")
+                continue
+            if float(weight) != 0.0:
+                self.terms[key] = float(weight)
+        self.with_segmentation = any(k.startswith("segmentation") for k in self.terms)
+        self.adversarial = sorted(
+            {
+                k.split("@")[1] if "@" in k else "sr"
+                for k in self.terms
+                if k.startswith("adversarial")
+            }
+        )
+        self.radius = int(recipe.options.get("boundary_radius", 2))
+
+    def target(self, out: dict, key: str, batch: dict) -> torch.Tensor:
+        hr = batch["hr"]
+        if key == "sr":
+            return hr
+        size = tuple(out[key].shape[-2:])
+        if key in batch and tuple(batch[key].shape[-2:]) == size:
+            return batch[key]  # a real target (PathSRGAN: the registered 10× scan)
+        if size == tuple(hr.shape[-2:]):
+            return hr
+        # without a real MR scan: the HR image resized to the MR grid (MATLAB bicubic)
+        from napari_resolve.data.degrade import imresize_torch
+
+        return imresize_torch(hr, output_shape=size)
+
+    def generator(self, out: dict, batch: dict, discs: dict) -> dict:
+        hr, labels = batch["hr"], batch["labels"]
+        parts = {}
+        for name, w in self.terms.items():
+            term, _, key = name.partition("@")
+            key = key or "sr"
+            if key not in out:
+                raise InputError(f"loss {name!r} needs the model output {key!r}")
+            pred = out[key]
+            if term == "charbonnier":
+                v = L.charbonnier(pred, self.target(out, key, batch))
+            elif term == "mse":
+                v = L.mse(pred, self.target(out, key, batch))
+            elif term == "mse_ssim":
+                v = L.mse_ssim_loss(pred, self.target(out, key, batch))
+            elif term == "staged":
+                if "stages" in out:
+                    v, _ = L.staged_loss(out["stages"], hr)
+                else:
+                    v = L.mse_ssim_loss(pred, hr)
+            elif term == "parsing":
+                v = L.parsing_loss(out["parsing"], labels)
+            elif term == "segmentation":
+                seg = out["segmentation"]
+                s = labels.shape[-1] // seg.shape[-1]
+                lab = labels[:, s // 2 :: s, s // 2 :: s][:, : seg.shape[-2], : seg.shape[-1]]
+                mask = L.boundary_mask(lab, self.radius) if self.radius >= 0 else None
+                v = L.masked_cross_entropy(seg, lab, mask)
+            elif term == "perceptual":
+                v = L.perceptual_loss(self.features, pred, self.target(out, key, batch))
+            elif term == "adversarial":
+                v = L.adversarial_g_loss(_disc_logits(discs[key], pred))
+            elif term == "task":
+                v = L.task_loss(self.task_model, pred, labels)
+            else:
+                raise InputError(f"unknown loss term {term!r}")
+            parts[name] = (w, v)
+        return parts
+
+    def discriminator(self, out: dict, batch: dict, discs: dict) -> dict:
+        parts = {}
+        for key in self.adversarial:
+            real = self.target(out, key, batch)
+            fake = out[key].detach()
+            parts[f"D@{key}"] = L.adversarial_d_loss(
+                _disc_logits(discs[key], real), _disc_logits(discs[key], fake)
+            )
+        return parts
+
+def _auto_features(train_ds, channels: int, device, seed: int, steps: int):
+    """Fit a :class:`~napari_resolve.losses.ConvEncoder` on HR training patches (no download)."""
+    rng = np.random.default_rng([seed, 31])
+    patches = []
+    for i in rng.permutation(len(train_ds))[:64]:
+        hr = train_ds[int(i)]["hr"]
+        size = min(64, hr.shape[-1] // 4 * 4, hr.shape[-2] // 4 * 4)
+        patches.append(hr[:, :size, :size])
+    size = min(p.shape[-1] for p in patches)
+    batch = torch.stack([p[:, :size, :size] for p in patches])
+    return L.fit_conv_encoder(batch, in_channels=channels, steps=steps, seed=seed, device=device)
