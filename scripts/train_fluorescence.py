@@ -4,6 +4,12 @@
         [--minutes 35] [--data ../shared/data] [--out DIR] [--resume]
     ... scripts/train_fluorescence.py mhtcun-lite-x2 --finalize --out DIR   # measure + ship
 
+``--resume --minutes M`` gives M *more* minutes (the engine's deadline), but
+the single phase's time share is still measured from its original start, so
+a resumed run past its first M minutes stops after one step. The 22-minute
+continuation of 2026-11-30 therefore dropped the phase share and let the
+deadline alone stop the run (a wrapper setting ``plan(...)["seconds"] = None``).
+
 Jobs (``JOBS``): ``mhtcun-lite-x2`` / ``dfcan-x2`` (wide field → SIM, DL-SIM
 normal + low light) and ``mhtcun-lite-x4`` / ``dfcan-x4`` (wide field → STORM,
 SFSRM ER). Each MHTCUN job and its DFCAN baseline get the same data, recipe
@@ -48,6 +54,13 @@ JOBS = {
     "dfcan-x2": ("dfcan", 2, "mse-ssim-fluo", 96, 64),
     "mhtcun-lite-x4": ("mhtcun-lite", 4, "mhtcun-fluo", 256, 128),
     "dfcan-x4": ("dfcan", 4, "mse-ssim-fluo", 256, 128),
+}
+# the held-out region in plain words (domain card; the regions are in fluorescence_pairs.REGIONS)
+HELDOUT_WORDS = {
+    2: "the bottom-right quarter of the real DL-SIM microtubule field (normal light), never "
+       "trained on and not used to choose the checkpoint",
+    4: "the bottom quarter of the real SFSRM endoplasmic-reticulum field, never trained on and "
+       "not used to choose the checkpoint",
 }
 SIM_PER_REAL = 1.0  # 1 : 1, see the module docstring
 NORMALIZATION = {"mode": "percentile", "low": 1.0, "high": 99.8}
@@ -199,8 +212,7 @@ def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None
         figures[pair.name] = row
     first = next(iter(figures.values()))
     heldout = {
-        "data": "; ".join(f"{k}: region 'heldout' of napari_resolve.data.fluorescence_pairs.REGIONS"
-                          for k in figures),
+        "data": HELDOUT_WORDS[scale],
         "metric": "fit-PSNR (dB)",
         "model": round(first["model"]["psnr"], 3), "bicubic": round(first["bicubic"]["psnr"], 3),
         "ssim_model": round(first["model"]["ssim"], 4), "ssim_bicubic": round(first["bicubic"]["ssim"], 4),
