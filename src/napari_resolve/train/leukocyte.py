@@ -110,14 +110,14 @@ def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: i
     model, meta = bundle.load(run_path)
     ev_sample = evaluate_bundle((model, meta), sample_cells, scale, eval_limit)
     ev_held = evaluate_bundle((model, meta), heldout_cells, scale, eval_limit)
-    heldout = {"data": f"the {len(sample_cells['hr'])} data-set-2 cells of sample_data/ "
-                       "(never trained on, not used to choose the checkpoint)",
+    heldout = {"data": f"{len(sample_cells['hr'])} white blood cells of the CellaVision set "
+                       "that the model never trained on and that did not choose the checkpoint",
                "metric": "PSNR on Y (dB)",
                "model": round(ev_sample["psnr"], 3), "bicubic": round(ev_sample["bicubic_psnr"], 3),
                "ssim_model": round(ev_sample["ssim"], 4),
                "ssim_bicubic": round(ev_sample["bicubic_ssim"], 4),
-               "other_cells": {"data": f"{len(heldout_cells['hr'])} more cells never trained on "
-                                       "(napari_resolve.train.parsing.HELDOUT_RULE)",
+               "other_cells": {"data": f"{len(heldout_cells['hr'])} more white blood cells of both "
+                                       "sets that the model never trained on",
                                **{k: round(v, 4) for k, v in ev_held.items() if k != "iou"}}}
     channels = int(model.in_channels)
     domain = leukocyte_domain(scale, len(train["hr"]), heldout, channels)
