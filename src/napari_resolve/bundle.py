@@ -328,8 +328,11 @@ def header_shapes(path) -> dict[str, tuple]:
     return out
 
 
-def _build_checked(path: Path, arch: str, config: dict):
+def build_checked(path: Path, arch: str, config: dict, prefix: str = ""):
     """Build ``arch`` only after its tensor shapes match the file's header.
+
+    ``prefix``: compare only the header's tensors under it (``"model/"`` in a
+    training state, :func:`napari_resolve.train.checkpoint.build_model`).
 
     The network is first built on torch's ``meta`` device (no memory), its
     parameter shapes compared with the header; only a model that fits the
@@ -348,7 +351,7 @@ def _build_checked(path: Path, arch: str, config: dict):
     except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
         raise BundleError(f"{path.name}: metadata config does not build {arch!r}: "
                           f"{_one_line(exc)}") from None
-    shapes = header_shapes(path)
+    shapes = {k[len(prefix):]: v for k, v in header_shapes(path).items() if k.startswith(prefix)}
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if torch.is_tensor(v)}
     _compare_shapes(expected, shapes, path.name, getattr(skeleton, "arch", arch))
     del skeleton
@@ -547,7 +550,7 @@ def load(src):
     config = meta.get("config") or {}
     if not isinstance(config, dict):
         raise BundleError(f"{path.name} metadata 'config' is not a JSON object")
-    model = _build_checked(path, str(meta["architecture"]), config)
+    model = build_checked(path, str(meta["architecture"]), config)
     state = _read_tensors(path)
     _compare(model, state, path.name)
     model.load_state_dict(state, strict=True)

@@ -155,25 +155,10 @@ def build_model(path, meta: dict):
     device is compared with the ``model/`` tensors of the header first, so a
     crafted config cannot allocate more than the file holds.
     """
-    from napari_resolve import bundle, models
-    from napari_resolve.errors import ResolveError
+    from napari_resolve import bundle
 
-    path = state_path(path)
-    arch, config = meta["architecture"], meta["config"]
-    try:
-        with torch.device("meta"):
-            skeleton = models.build(arch, **config)
-    except ResolveError as exc:
-        raise BundleError(f"{path.name}: cannot rebuild the model: {exc}") from None
-    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
-        raise BundleError(f"{path.name}: the state's config does not build {arch!r}: "
-                          f"{' '.join(str(exc).split())[:150]}") from None
-    shapes = {k[len("model/"):]: v for k, v in bundle.header_shapes(path).items()
-              if k.startswith("model/")}
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if torch.is_tensor(v)}
-    bundle._compare_shapes(expected, shapes, path.name, arch)
-    del skeleton
-    return models.build(arch, **config)
+    return bundle.build_checked(state_path(path), meta["architecture"], meta["config"],
+                                prefix="model/")
 
 
 def load_state(path) -> tuple[dict, dict]:
