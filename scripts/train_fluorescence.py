@@ -4,11 +4,9 @@
         [--minutes 35] [--data ../shared/data] [--out DIR] [--resume]
     ... scripts/train_fluorescence.py mhtcun-lite-x2 --finalize --out DIR   # measure + ship
 
-``--resume --minutes M`` gives M *more* minutes (the engine's deadline), but
-the single phase's time share is still measured from its original start, so
-a resumed run past its first M minutes stops after one step. The 22-minute
-continuation of 2026-11-30 therefore dropped the phase share and let the
-deadline alone stop the run (a wrapper setting ``plan(...)["seconds"] = None``).
+``--resume --minutes M`` gives M more minutes, planned from the resume (the
+engine's phase shares count from there; before 2026-11-30 they counted from
+the original start and a resumed run stopped after one step).
 
 Jobs (``JOBS``): ``mhtcun-lite-x2`` / ``dfcan-x2`` (wide field → SIM, DL-SIM
 normal + low light) and ``mhtcun-lite-x4`` / ``dfcan-x4`` (wide field → STORM,

@@ -295,6 +295,11 @@ def train_iter(
         epoch_in_phase = int(state_meta["epoch_in_phase"])
         batch_in_epoch = int(state_meta["batch_in_epoch"])
         phase_elapsed = float(state_meta.get("phase_elapsed_s", 0.0))
+        if minutes is not None:
+            # a time budget on resume (given, or what the interrupted run had left) is
+            # planned from now: a phase's share measured from its original start would
+            # already be spent, and the run would stop after one step
+            phase_elapsed = 0.0
         pending_discs = dict(parts["discriminators"])
         if int(state_meta.get("optimizer_phase", -1)) == phase_idx:
             pending_opts = dict(parts["optimizers"])
