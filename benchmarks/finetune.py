@@ -231,17 +231,9 @@ def _fit_sentence(r: dict) -> str:
 
 
 def write_docs(table: str) -> Path:
-    from napari_resolve._atomic import atomic_path
+    from _docs import write_section  # benchmarks/ is on the path when a script runs
 
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        text = text.rstrip("\n") + f"\n\n## Fine-tuning\n\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(f"{head}{START}\n{table}\n{END}{tail}", encoding="utf-8")
-    return path
+    return write_section(START, END, table, 'Fine-tuning')
 
 
 def main(argv=None) -> int:

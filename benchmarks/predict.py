@@ -251,14 +251,9 @@ def markdown(rows, zrows, seconds) -> str:
 
 
 def write_docs(table: str) -> Path:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{table}\n{END}{tail}", encoding="utf-8")
-    return path
+    from _docs import write_section  # benchmarks/ is on the path when a script runs
+
+    return write_section(START, END, table, '')
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,22 @@
+"""Rewrite one marked section of docs/benchmarks.md (shared by the benchmark scripts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari_resolve._atomic import atomic_path
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def write_section(start: str, end: str, table: str, heading: str = "") -> Path:
+    """Put ``table`` between the ``start`` / ``end`` markers (appended with ``heading`` if absent)."""
+    text = BENCHMARKS_MD.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        title = f"\n## {heading}\n" if heading else ""
+        text = text.rstrip("\n") + f"\n{title}\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with atomic_path(BENCHMARKS_MD) as tmp:
+        Path(tmp).write_text(f"{head}{start}\n{table}\n{end}{tail}", encoding="utf-8")
+    return BENCHMARKS_MD
