@@ -365,10 +365,13 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
                     f"model output {key!r} has shape {tuple(val.shape)} for a {th}x{tw} tile"
                 )
             f = int(fh)
+            arr = val.detach().float().cpu().numpy()
+            if total == 1:  # the whole image in one piece: the output is the result
+                acc[key] = arr
+                continue
             if key not in acc:
                 acc[key] = np.zeros((zn, val.shape[1], f * h, f * w), dtype=np.float32)
                 factors[key] = f
-            arr = val.detach().float().cpu().numpy()
             for j, (z, iy, ix) in enumerate(chunk):
                 y0, x0 = f * ys[iy], f * xs[ix]
                 if single:  # one tile per plane: its weights are all 1
