@@ -62,6 +62,23 @@ def test_sampler_gives_augmented_patches_with_background_red_cells(split, sample
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_sampler_draws_both_cell_sources_equally():
+    """Seven small (data-set-1-like) crops and one large crop: with the sources balanced
+    the large one makes about half of the cell samples, without it about an eighth."""
+    small = [np.zeros((120, 120, 3), np.uint8) + 200] * 7
+    large = [np.zeros((300, 300, 3), np.uint8) + 100]
+    cells = {"hr": small + large, "labels": [np.zeros((120, 120), np.uint8)] * 7
+             + [np.full((300, 300), 2, np.uint8)], "names": [f"c{i}" for i in range(8)]}
+
+    def large_share(balance):
+        sampler = P.ParsingSampler(cells, patch=64, scales=(4,), balance_sources=balance)
+        rng = np.random.default_rng(1)
+        return np.mean([bool((sampler.sample(rng)[1] == 2).any()) for _ in range(200)])
+
+    assert 0.4 < large_share(True) < 0.6
+    assert large_share(False) < 0.25
+
+
 def test_pretraining_lowers_the_loss_and_resumes(split, tmp_path):
     train, _, _ = split
     torch.manual_seed(0)

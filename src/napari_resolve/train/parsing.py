@@ -203,13 +203,21 @@ class ParsingSampler:
     ``smears``: list of ``(RGB uint8, boxes)`` from BCCD (``boxes`` as
     :func:`napari_resolve.data.samples.bccd_smear` gives them) or empty;
     ``smear_fraction``: share of samples drawn from the smears.
+    ``balance_sources``: draw data-set-1 crops (small, under 200 px) and data-set-2
+    crops equally often (the 300 small crops of one lab's scanner would otherwise
+    make 7 of 8 cell samples; smears of other labs look more like data set 2).
     """
 
     def __init__(self, cells, smears=(), *, patch=128, scales=(4, 8), scale_range=(0.6, 1.6),
-                 smear_fraction=0.25, seed=0):
+                 smear_fraction=0.25, seed=0, balance_sources=True):
         if patch % 16 or any(patch % s for s in scales):
             raise InputError(f"patch {patch} must be a multiple of 16 and of every scale {scales}")
         self.cells = list(zip(cells["hr"], cells["labels"]))
+        small = [i for i, (img, _) in enumerate(self.cells) if min(img.shape[:2]) < 200]
+        large = [i for i in range(len(self.cells)) if i not in set(small)]
+        self.groups = [small, large] if balance_sources and small and large else [
+            list(range(len(self.cells)))
+        ]
         self.smears = []
         for img, boxes in smears:
             lab = np.zeros(img.shape[:2], np.int64)
@@ -240,7 +248,8 @@ class ParsingSampler:
             # 138 px, data-set-2 WBC 155 px across): the same scale range fits both
             patch_img, patch_lab = _crop_resized(img, lab, self.patch, factor, rng, centre)
         else:
-            img, lab = self.cells[int(rng.integers(len(self.cells)))]
+            group = self.groups[int(rng.integers(len(self.groups)))]
+            img, lab = self.cells[group[int(rng.integers(len(group)))]]
             if min(img.shape[:2]) < 200:  # data set 1: cells half the size of data set 2
                 factor *= 1.6
             patch_img, patch_lab = _crop_resized(img, lab.astype(np.int64), self.patch, factor, rng)
