@@ -112,7 +112,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from napari_resolve._generators import run_to_end
 from napari_resolve.data.normalize import output_dtype
@@ -385,8 +384,7 @@ def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, 
     labels = None
     if "parsing" in outputs:
         parsing = crop(outputs["parsing"], s)
-        # torch's argmax uses every thread (numpy's one): 0.1 s of a 2560x1920 map
-        labels = torch.from_numpy(np.ascontiguousarray(parsing)).argmax(1).to(torch.uint8).numpy()
+        labels = np.argmax(parsing, axis=1).astype(np.uint8)
         labels = labels if lay.stack else labels[0]
     extras = {}
     if want_extras:
