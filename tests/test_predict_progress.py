@@ -111,6 +111,24 @@ def test_default_cpu_tile_makes_an_ordinary_image_one_tile(monkeypatch):
     assert tiling.bytes_per_pixel(model) > 1e3
 
 
+def test_memory_budget_is_an_area_not_a_square(monkeypatch):
+    """A 480 x 640 image whose area fits the budget runs in one piece even when the
+    budget's square side (605) is narrower than the image; larger planes get strips."""
+    assert tiling.fit_tile(605, 480, 640) == (480, 640)
+    assert tiling.fit_tile(300, 200, 2000, 16) == (200, 448)  # full-height strips
+    assert tiling.fit_tile(300, 2000, 200) == (450, 200)
+    assert tiling.fit_tile(300, 2000, 3000) == (300, 300)
+
+    model = SlowBlocks(blocks=1)  # one block: ``ran`` counts the forwards
+    monkeypatch.setattr(engine, "default_tile", lambda *a, **k: 96)
+    img = np.random.default_rng(0).random((80, 110)).astype(np.float32)  # 8800 px < 96²
+    r = P.predict(model, img, device="cpu", backend="eager")
+    assert model.ran == 1 and r.meta["predict"]["tile"] == [80, 110]
+    model.ran = 0  # a plane over the budget: full-height strips, each within it
+    P.predict(model, np.zeros((80, 300), np.float32), overlap=8, device="cpu", backend="eager")
+    assert model.ran == 3  # 9216 // 80 = 115-px strips (96-px squares would need 4)
+
+
 def test_dask_chunks_share_the_free_memory(monkeypatch):
     from napari_resolve import bundle
 

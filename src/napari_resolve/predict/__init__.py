@@ -16,8 +16,11 @@ Tiling (choices the paper leaves open)
   whose forward fits half the memory available now (:func:`~napari_resolve.
   predict.tiling.memory_tile`: peak = 10 x the widest activation, probed once
   per architecture), so an ordinary image (a 640 x 480 smear) is one tile
-  and pays no overlap; never below the old default (about 1024 SR px per
-  side, at least 4 x overlap), which stays the GPU default (2048 SR px).
+  and pays no overlap. The budget is an area (:func:`~napari_resolve.predict.
+  tiling.fit_tile`): a plane that fits it is one piece whatever its aspect,
+  a larger one is cut in full-height or full-width strips where its short
+  side fits, else in squares. Never below the old default (about 1024 SR px
+  per side, at least 4 x overlap), which stays the GPU default (2048 SR px).
   Chunks of :func:`predict_dask` share the memory between workers.
   ``tile=0`` runs the whole image in one piece.
   Tile sides are snapped down to ``model.size_multiple``; tiles are spread
@@ -143,6 +146,7 @@ from napari_resolve.predict.tiling import (  # noqa: F401  (re-exported)
     _snap_up,
     default_overlap,
     default_tile,
+    fit_tile,
     tile_plan,
 )
 
@@ -156,6 +160,7 @@ __all__ = [
     "resolve_model",
     "choose_device",
     "default_tile",
+    "fit_tile",
     "default_overlap",
     "tile_plan",
 ]
@@ -473,6 +478,9 @@ def predict_iter(
     prior_arr = _prepare_prior(prior, lay, model)
     opts = _resolve_opts(model, tile, overlap, batch, device, amp, backend, threads)
     planes, pad, chroma, norm = _prepare(model, meta, arr, lay, _norm)
+    if tile is None and opts.device.type == "cpu":  # the memory budget is an area
+        mult = max(int(getattr(model, "size_multiple", 1) or 1), 1)
+        opts.tile = fit_tile(opts.tile[0], planes.shape[-2], planes.shape[-1], mult)
     if prior_arr is not None and (pad[0] or pad[1]):
         s = int(model.scale)
         widths = [(0, 0)] * (prior_arr.ndim - 2) + [(0, s * pad[0]), (0, s * pad[1])]

@@ -144,6 +144,26 @@ def default_tile(model, device="cpu", overlap: int | None = None, *, share: int 
     return legacy_tile(model, dev, overlap)
 
 
+def fit_tile(side: int, h: int, w: int, multiple: int = 1) -> tuple[int, int]:
+    """The tile shape for an ``h`` x ``w`` plane from a memory budget of ``side``² px.
+
+    The budget is an area, not a square: a 480 x 640 smear fits a 605² budget
+    (366 k px) in one piece, where a square 605-px tile would cut it in two
+    and pay the overlap twice (15 % of the time, issue 17). A plane larger
+    than the budget is cut in full-height (or full-width) strips when its
+    short side fits, else in square tiles.
+    """
+    area = int(side) * int(side)
+    if h * w <= area:
+        return (h, w)
+    m = max(int(multiple), 1)
+    if h <= side:
+        return (h, max(_snap_down(area // h, m), side))
+    if w <= side:
+        return (max(_snap_down(area // w, m), side), w)
+    return (side, side)
+
+
 # ----------------------------------------------------------------------------- tile plan
 
 
