@@ -269,6 +269,7 @@ def markdown(before, after, rows, e2e, thr, args, seconds) -> str:
             f"process then builds the runner for the image's shape: {e2e['first_call_s']:.1f} s "
             "in all (not in the timed rounds, which a napari session or a batch of images repeats).",
             "",
+            *_whole_image_rate(rows, e2e, args.peak),
             f"Speed-up now vs before: **{e2e['speedup']:.2f}×** (target ≥ 3×); engine overhead "
             f"(predict / one forward of the same backend, median of the paired rounds "
             f"{e2e['overhead_rounds']}): **{e2e['overhead']:.2f}×** (target ≤ 1.1×).",
@@ -282,6 +283,23 @@ def markdown(before, after, rows, e2e, thr, args, seconds) -> str:
             + ".",
         ]
     return "\n".join(lines)
+
+
+def _whole_image_rate(rows, e2e, peak) -> list[str]:
+    """GFLOP/s of the whole-image forward (FLOPs per LR px of the gp-x4 tile row: the
+    network is convolutional, its count grows with the pixels)."""
+    row = next((r for r in rows if r["model"] == "gp-x4"), None)
+    if row is None:
+        return []
+    h, w = e2e["shape"][:2]
+    gflop = row["gflop"] / row["side"] ** 2 * h * w
+    rate = gflop / e2e["median"]["single_chosen"]
+    return [
+        f"The whole-image {e2e['chosen']} forward: {gflop:.0f} GFLOP in "
+        f"{e2e['median']['single_chosen']:.1f} s = **{rate:.0f} GFLOP/s, {100 * rate / peak:.0f} % "
+        f"of the {peak:.0f} GFLOP/s limit** (the small tiles above pay more per pixel).",
+        "",
+    ]
 
 
 def write_docs(table: str) -> Path:
