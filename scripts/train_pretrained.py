@@ -111,8 +111,14 @@ def finish_bundle(name, run_path, data_root, scale, arch, steps_info) -> dict:
                   log=lambda m: print(f"[{name}] {m}", flush=True))
 
 
+def _sr_init(init_from_bundle: bool, resuming: bool) -> str:
+    if init_from_bundle:
+        return "the previously shipped bundle's weights (SR steps counted from there)"
+    return "resumed run" if resuming else "random (SR branch), as paper 000"
+
+
 def run_job(name: str, minutes: float, data_root: Path, device: str, resume: bool = False,
-            steps: int | None = None, ship: bool = True) -> dict:
+            steps: int | None = None, ship: bool = True, init_from_bundle: bool = False) -> dict:
     from napari_resolve import train as T
 
     arch, scale, default_minutes = JOBS[name]
@@ -129,6 +135,11 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
         warm = None
         if not (resume and state.exists()):
             model = models.build(arch, scale=scale, **CPU_CONFIG[arch])
+            if init_from_bundle:  # continue the shipped bundle (GP: with the new prior below)
+                from napari_resolve import bundle
+
+                shipped, _ = bundle.load(OUT / f"{name}.safetensors")
+                model.load_state_dict(shipped.state_dict())
             if arch == "gp" and PRIOR_CKPT.exists():
                 model.prior_net.load_state_dict(P.load_prior(PRIOR_CKPT).state_dict())
                 warm = str(PRIOR_CKPT.relative_to(REPO))
@@ -138,7 +149,8 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
         if resuming and arch == "gp" and PRIOR_CKPT.exists():
             warm = str(PRIOR_CKPT.relative_to(REPO))  # the run being resumed started from it
         recipe = "gp-pretrained-prior" if arch == "gp" and warm else "gp"
-        info = {"sr_steps": steps, "lr": SR_LR, "prior_warm_start": warm, "recipe": recipe}
+        info = {"sr_steps": steps, "lr": SR_LR, "prior_warm_start": warm, "recipe": recipe,
+                "sr_init": _sr_init(init_from_bundle, resuming)}
         kwargs = dict(config=None if not isinstance(model, str) else CPU_CONFIG[arch],
                       batch_size=8, patch_size=96, val_patch=128, val_fraction=0.05,
                       learning_rate=SR_LR, max_steps=steps, recipe=recipe,
@@ -196,6 +208,9 @@ def main(argv=None) -> int:
                     help="SR steps of the leukocyte models (default SR_STEPS, the same for GP and NP)")
     ap.add_argument("--no-ship", action="store_true",
                     help="leukocyte models: train only (bench_output/leukocyte_runs), no bundle")
+    ap.add_argument("--init-from-bundle", action="store_true",
+                    help="leukocyte models: start from the shipped bundle's weights (GP: with "
+                         "the pre-trained prior swapped in) instead of a random SR branch")
     ap.add_argument("--finish", action="store_true",
                     help="leukocyte models: write the bundles of finished runs, train nothing")
     args = ap.parse_args(argv)
@@ -215,7 +230,8 @@ def main(argv=None) -> int:
                           {"sr_steps": args.steps or SR_STEPS[scale], "lr": SR_LR,
                            "prior_warm_start": str(PRIOR_CKPT.relative_to(REPO))
                            if arch == "gp" else None,
-                           "recipe": "gp-pretrained-prior" if arch == "gp" else "gp"})
+                           "recipe": "gp-pretrained-prior" if arch == "gp" else "gp",
+                           "sr_init": _sr_init(args.init_from_bundle, False)})
         return 0
     if args.prior_steps:
         run_prior(args.prior_steps, args.minutes, args.data, args.resume)
@@ -223,7 +239,8 @@ def main(argv=None) -> int:
             return 0
     for name in args.names:
         run_job(name, None if args.prior_steps else args.minutes, args.data, args.device,
-                resume=args.resume, steps=args.steps, ship=not args.no_ship)
+                resume=args.resume, steps=args.steps, ship=not args.no_ship,
+                init_from_bundle=args.init_from_bundle)
     return 0
 
 
