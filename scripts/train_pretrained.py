@@ -69,7 +69,8 @@ def fluorescence_split():
 PRIOR_CKPT = REPO / "bench_output" / "prior" / "prior-unet16.pt"
 
 
-def run_prior(steps: int, minutes, data_root: Path, resume: bool) -> None:
+def run_prior(steps: int, minutes, data_root: Path, resume: bool,
+              cytoplasm_weight: float | None = None) -> None:
     """Pre-train GP's prior U-Net on parsing maps (napari_resolve.train.parsing)."""
     import torch
 
@@ -92,8 +93,9 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool) -> None:
         return {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in out.items()}
 
     torch.manual_seed(0)
+    weights = P.CLASS_WEIGHTS if cytoplasm_weight is None else (1.0, cytoplasm_weight, 1.0)
     P.pretrain_prior(sampler, PRIOR_CKPT, steps=steps, minutes=minutes, resume=resume,
-                     evaluate=evaluate, eval_every=200,
+                     evaluate=evaluate, eval_every=200, class_weights=weights,
                      log=lambda m: print(f"[prior] {m}", flush=True))
 
 
@@ -203,6 +205,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--prior-steps", type=int, default=0,
                     help="pre-train GP's prior U-Net for this many steps first (issue 14)")
+    ap.add_argument("--prior-cytoplasm-weight", type=float, default=None,
+                    help="cross-entropy weight of the cytoplasm class for the prior "
+                         "(default: train.parsing.CLASS_WEIGHTS, 3)")
     ap.add_argument("--resume", action="store_true", help="continue interrupted runs")
     ap.add_argument("--steps", type=int, default=None,
                     help="SR steps of the leukocyte models (default SR_STEPS, the same for GP and NP)")
@@ -234,7 +239,8 @@ def main(argv=None) -> int:
                            "sr_init": _sr_init(args.init_from_bundle, False)})
         return 0
     if args.prior_steps:
-        run_prior(args.prior_steps, args.minutes, args.data, args.resume)
+        run_prior(args.prior_steps, args.minutes, args.data, args.resume,
+                  args.prior_cytoplasm_weight)
         if not args.names:
             return 0
     for name in args.names:

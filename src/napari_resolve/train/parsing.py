@@ -300,12 +300,14 @@ def build_prior_net(base_channels: int = 16, depth: int = 4):
 def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: int = 8,
                    lr: float = 1e-3, base_channels: int = 16, minutes: float | None = None,
                    resume: bool = False, save_every_s: float = 60.0, seed: int = 0,
-                   log=print, evaluate=None, eval_every: int = 0, device="cpu", init=None):
+                   log=print, evaluate=None, eval_every: int = 0, device="cpu", init=None,
+                   class_weights=CLASS_WEIGHTS):
     """Train the prior net on ``sampler``; checkpoints to ``output`` (``.pt``, tensors only).
 
     Returns the trained net (eval mode, on the CPU). ``evaluate(net) -> dict``
     runs every ``eval_every`` steps and at the end, and goes into the log and
     checkpoint. ``init``: a checkpoint to start from (weights only).
+    ``class_weights``: cross-entropy weights of background, cytoplasm, nucleus.
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -343,7 +345,7 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
         for group in opt.param_groups:
             group["lr"] = rate(step)
         x, y = sampler.batch(rng, batch_size)
-        loss = parsing_loss(net(x.to(dev)), y.to(dev))
+        loss = parsing_loss(net(x.to(dev)), y.to(dev), class_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
