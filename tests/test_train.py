@@ -365,6 +365,35 @@ def test_closing_the_generator_keeps_a_resumable_state(tmp_path):
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
 
 
+def test_resume_with_a_time_budget_plans_the_phase_from_the_resume(tmp_path):
+    """``--resume --minutes M`` gives M more minutes (commit f6bae9e).
+
+    A run interrupted after an hour in its phase resumed with a 10-minute
+    budget: the phase's share must count from the resume, not from the phase's
+    original start (then it was spent at once and the run stopped after one step).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    imgs, _ = _wbc(4, 48, rgb=False)  # 3 train images x 2 patches / batch 2: 3 steps per epoch
+    common = dict(batch_size=2, patch_size=32, patches_per_image=2)
+    out = tmp_path / "m.safetensors"
+    part = T.train(_tiny_srcnn(), imgs, minutes=10, max_steps=2, output=out, **common)
+    assert part.stopped == "steps"
+    state = ckpt.state_path(out)
+    with safe_open(str(state), framework="pt", device="cpu") as fh:
+        raw = json.loads(fh.metadata()[ckpt.STATE_KEY])
+    assert raw["step"] == 2 and raw["phase_index"] == 0
+    raw["phase_elapsed_s"] = 3600.0  # as if the phase had been training for an hour
+    save_file(load_file(str(state)), str(state), metadata={ckpt.STATE_KEY: json.dumps(raw)})
+    events = []
+    res = T.train(None, imgs, resume=state, minutes=10, max_steps=7, callback=events.append,
+                  **common)
+    steps = [e.step for e in events if e.kind == "step"]
+    assert steps == [3, 4, 5, 6, 7] and res.stopped == "steps"
+    assert ckpt.read_state_meta(state)["step"] == 7
+
+
 def test_checkpoint_is_safetensors_with_optimizer_state(tmp_path):
     imgs, _ = _wbc(3, 48, rgb=False)
     res = T.train(

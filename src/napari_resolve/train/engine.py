@@ -437,12 +437,13 @@ def train_iter(
         was = base.training
         base.eval()
         ps_, ss_ = [], []
+        val_fit = rec.options.get("val_metric") == "fit"  # fluorescence: chosen on fit-PSNR
         with torch.no_grad():
             for i in range(len(val_ds)):
                 smp = val_ds[i]
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                     out = base(smp["lr"][None].to(dev))
-                p, s_ = _quality(out["sr"][0].float(), smp["hr"], base.scale)
+                p, s_ = _quality(out["sr"][0].float(), smp["hr"], base.scale, fit=val_fit)
                 ps_.append(p)
                 ss_.append(s_)
         if was:
