@@ -394,6 +394,31 @@ def test_resume_with_a_time_budget_plans_the_phase_from_the_resume(tmp_path):
     assert ckpt.read_state_meta(state)["step"] == 7
 
 
+def test_fit_validation_chooses_on_the_fluorescence_fit_psnr():
+    """Recipe option ``val_metric="fit"`` (the fluorescence recipes): validation is CARE's fit-PSNR."""
+    from dataclasses import replace
+
+    from napari_resolve.metrics.quality import fit_metrics, psnr
+
+    assert R.get("mhtcun-fluo").options["val_metric"] == "fit"
+    assert R.finetune_recipe(R.get("mhtcun-fluo")).options["val_metric"] == "fit"
+    imgs, _ = _wbc(4, 48, rgb=False)
+    val = {"hr": [imgs[3]], "lr": [imresize(imgs[3], 0.5)]}
+    rec = replace(R.get("sr-mse"), name="sr-mse-fit", options={"val_metric": "fit"})
+    common = dict(epochs=1, batch_size=2, patch_size=32, val_data=val, val_patch=None)
+    fit = T.train(_tiny_srcnn(), imgs[:3], recipe=rec, **common)
+    raw = T.train(_tiny_srcnn(), imgs[:3], **common)  # same seed, same steps, raw PSNR
+    with torch.no_grad():
+        lr = torch.as_tensor(val["lr"][0] / 255.0, dtype=torch.float32)[None, None]
+        out = fit.model(lr)["sr"][0, 0].numpy().astype(np.float64)
+    hr = imgs[3].astype(np.float64) / 255.0
+    expected = fit_metrics(out, hr, crop=2)["psnr"]
+    assert fit.history[-1]["val"]["psnr"] == pytest.approx(expected, abs=1e-3)
+    raw_expected = psnr(np.clip(out, 0, 1), hr, data_range=1.0, crop=2)
+    assert raw.history[-1]["val"]["psnr"] == pytest.approx(raw_expected, abs=1e-3)
+    assert abs(expected - raw_expected) > 0.1  # the two metrics really differ here
+
+
 def test_checkpoint_is_safetensors_with_optimizer_state(tmp_path):
     imgs, _ = _wbc(3, 48, rgb=False)
     res = T.train(
