@@ -88,7 +88,7 @@ def calibrate(root: Path) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(psf)
 
 
-def finetune_x2(base: Path, root: Path, minutes: float, out: Path) -> dict:
+def finetune_x2(base: Path, root: Path, minutes: float, out: Path, lr: float | None = None) -> dict:
     """Fine-tune ``base`` on the DL-SIM pairs outside the held-out quadrant (both light levels)."""
     from napari_resolve.data import fluorescence_pairs as FP
     from napari_resolve.train.finetuning import TrainingImage, finetune_measured
@@ -103,11 +103,16 @@ def finetune_x2(base: Path, root: Path, minutes: float, out: Path) -> dict:
     out.unlink(missing_ok=True)
     t0 = time.monotonic()
     report = finetune_measured(str(base), images, val_images=val, minutes=minutes, patch_size=64,
-                               batch_size=4, output=out, device="cpu",
+                               batch_size=4, output=out, device="cpu", learning_rate=lr,
                                note="benchmarks/fluorescence.py: DL-SIM 3/4 of the field")
     if report.error:
         raise RuntimeError(report.error)
-    return {"minutes": minutes, "wall_s": round(time.monotonic() - t0, 1),
+    hist = report.result.history if report.result else []
+    best = max((h for h in hist if h.get("best")), key=lambda h: h["step"], default=None)
+    return {"minutes": minutes, "wall_s": round(time.monotonic() - t0, 1), "lr": lr,
+            "best_step": best["step"] if best else None,
+            "select_before": report.before.psnr if report.before else None,
+            "select_after": report.after.psnr if report.after else None,
             "steps": (report.result.history[-1].get("step") if report.result and report.result.history
                       else None), "file": str(out)}
 
@@ -176,6 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--models", type=Path, default=REPO / "benchmarks" / "out" / "fluorescence")
     ap.add_argument("--finetune-minutes", type=float, default=10.0)
+    ap.add_argument("--finetune-lr", type=float, default=None,
+                    help="fine-tuning rate (default: the fine-tuning recipe's, 1e-4 here)")
     ap.add_argument("--finetuned", type=Path, default=None, help="reuse this fine-tuned x2 bundle")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--write", action="store_true")
@@ -191,10 +198,12 @@ def main(argv=None) -> int:
         base = args.models / "mhtcun-lite-x2.safetensors"
         base = base if base.is_file() else PRETRAINED / base.name
         finetuned = args.models / "mhtcun-lite-x2-dlsim-finetuned.safetensors"
-        info = finetune_x2(base, args.data, args.finetune_minutes, finetuned)
+        info = finetune_x2(base, args.data, args.finetune_minutes, finetuned, args.finetune_lr)
+        print(json.dumps(info), flush=True)
         extra = (f"Fine-tuning: {info['minutes']:g} min of CPU training ({info['steps']} steps, "
-                 "batch 4, 64-px patches) on the DL-SIM train + select regions at both light levels, "
-                 "checkpoint chosen on the select quadrant.")
+                 f"batch 4, 64-px patches, rate {info['lr'] or 1e-4:g}) on the DL-SIM train + select "
+                 "regions at both light levels, checkpoint chosen on the select quadrant "
+                 f"(fit-PSNR; best at step {info['best_step']}).")
     elif finetuned is not None:
         from napari_resolve import bundle
 

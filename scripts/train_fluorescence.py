@@ -56,8 +56,8 @@ OUT = REPO / "src" / "napari_resolve" / "pretrained"
 JOBS = {
     "mhtcun-lite-x2": ("mhtcun-lite", 2, "mhtcun-fluo", 96, 64),
     "dfcan-x2": ("dfcan", 2, "mse-ssim-fluo", 96, 64),
-    "mhtcun-lite-x4": ("mhtcun-lite", 4, "mhtcun-fluo", 384, 256),
-    "dfcan-x4": ("dfcan", 4, "mse-ssim-fluo", 384, 256),
+    "mhtcun-lite-x4": ("mhtcun-lite", 4, "mhtcun-fluo-storm", 384, 256),
+    "dfcan-x4": ("dfcan", 4, "mse-ssim-fluo-storm", 384, 256),
 }
 # batch per scale (None: the recipe's 4). x4: 256-px HR patches (64 LR px) at batch 2,
 # about twice the pixels of the first runs' 4 x 128 px per step: the SFSRM wide field

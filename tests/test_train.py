@@ -419,6 +419,29 @@ def test_fit_validation_chooses_on_the_fluorescence_fit_psnr():
     assert abs(expected - raw_expected) > 0.1  # the two metrics really differ here
 
 
+def test_storm_recipes_drop_the_ssim_term_of_the_paper_loss():
+    """``ssim_weight`` 0 (the x4 wide-field -> STORM recipes): MHTCUN's staged loss is MSE per stage."""
+    from napari_resolve import losses as L
+    from napari_resolve.train.objectives import _Terms
+
+    torch.manual_seed(0)
+    net = models.build("mhtcun-lite", scale=2, **SMALL["mhtcun-lite"])
+    lr, hr = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 32, 32)
+    out = net(lr)
+    batch = {"lr": lr, "hr": hr, "labels": None}
+    values = {}
+    for name in ("mhtcun-fluo", "mhtcun-fluo-storm"):
+        rec = R.get(name)
+        terms = _Terms(rec, rec.phases[0], 2, None, None, False, net)
+        values[name] = float(terms.generator(out, batch, {})["staged"][1].detach())
+    mse_only = sum(w * float(L.mse(o, L.blur_downsample_torch(hr, f)))
+                   for o, w, f in zip(out["stages"], L.STAGE_WEIGHTS, L.STAGE_BLUR))
+    assert values["mhtcun-fluo-storm"] == pytest.approx(mse_only, rel=1e-5)
+    assert values["mhtcun-fluo"] == pytest.approx(float(L.staged_loss(out["stages"], hr)[0]), rel=1e-5)
+    assert values["mhtcun-fluo"] > values["mhtcun-fluo-storm"] + 0.01
+    assert R.get("mse-ssim-fluo-storm").options == {"val_metric": "fit", "ssim_weight": 0.0}
+
+
 def test_checkpoint_is_safetensors_with_optimizer_state(tmp_path):
     imgs, _ = _wbc(3, 48, rgb=False)
     res = T.train(

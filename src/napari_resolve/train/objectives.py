@@ -132,6 +132,8 @@ class _Terms:
             }
         )
         self.radius = int(recipe.options.get("boundary_radius", 2))
+        # beta of paper 003's MSE + beta (1 - SSIM) (eq. 7: 0.1); option "ssim_weight"
+        self.beta = float(recipe.options.get("ssim_weight", 0.1))
 
     def target(self, out: dict, key: str, batch: dict) -> torch.Tensor:
         hr = batch["hr"]
@@ -161,12 +163,12 @@ class _Terms:
             elif term == "mse":
                 v = L.mse(pred, self.target(out, key, batch))
             elif term == "mse_ssim":
-                v = L.mse_ssim_loss(pred, self.target(out, key, batch))
+                v = L.mse_ssim_loss(pred, self.target(out, key, batch), beta=self.beta)
             elif term == "staged":
                 if "stages" in out:
-                    v, _ = L.staged_loss(out["stages"], hr)
+                    v, _ = L.staged_loss(out["stages"], hr, beta=self.beta)
                 else:
-                    v = L.mse_ssim_loss(pred, hr)
+                    v = L.mse_ssim_loss(pred, hr, beta=self.beta)
             elif term == "parsing":
                 v = L.parsing_loss(out["parsing"], labels)
             elif term == "segmentation":
