@@ -180,12 +180,12 @@ def finetune_x2(base: Path, root: Path, minutes: float, out: Path, lr: float | N
                       else None), "file": str(out)}
 
 
-def measure(models_dir: Path, root: Path, finetuned: Path | None) -> list[dict]:
+def measure(models_dir: Path, root: Path, finetuned: Path | None, scales=(2, 4)) -> list[dict]:
     from napari_resolve import models
     from napari_resolve.data import fluorescence_pairs as FP
 
     rows = []
-    for scale in (2, 4):
+    for scale in scales:
         mh = models_dir / f"mhtcun-lite-x{scale}.safetensors"
         if not mh.is_file():
             mh = PRETRAINED / mh.name
@@ -251,6 +251,8 @@ def main(argv=None) -> int:
     ap.add_argument("--register", action="store_true",
                     help="also register the SFSRM microtubule pair and print how well it worked")
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--scales", type=int, nargs="+", default=[2, 4], choices=[2, 4],
+                    help="measure only these scales (the table written needs both)")
     args = ap.parse_args(argv)
     import torch
 
@@ -279,7 +281,7 @@ def main(argv=None) -> int:
                  f"training ({tr.get('steps')} steps, batch {tr.get('batch_size')}, "
                  f"{tr.get('patch_size')}-px patches) on the DL-SIM train + select regions at both "
                  "light levels, checkpoint chosen on the select quadrant.")
-    rows = measure(args.models, args.data, finetuned)
+    rows = measure(args.models, args.data, finetuned, tuple(args.scales))
     text = table(rows, extra)
     print(text)
     if args.write:
