@@ -11,8 +11,12 @@ the original start and a resumed run stopped after one step).
 Jobs (``JOBS``): ``mhtcun-lite-x2`` / ``dfcan-x2`` (wide field → SIM, DL-SIM
 normal + low light) and ``mhtcun-lite-x4`` / ``dfcan-x4`` (wide field → STORM,
 SFSRM ER). Each MHTCUN job and its DFCAN baseline get the same data, recipe
-schedule, patch size, batch and minutes (run side by side on the same CPU, so
-the same compute share).
+schedule, patch size, batch and budget (side by side on the same CPU for the
+same minutes, or one after the other for the same number of steps:
+``--max-steps``). At ×2 the losses are the papers' (``mhtcun-fluo`` /
+``mse-ssim-fluo``); at ×4 the same with the SSIM term off
+(``mhtcun-fluo-storm`` / ``mse-ssim-fluo-storm``: against a sparse STORM
+target it outweighs the MSE, see :mod:`napari_resolve.train.recipes`).
 
 Data (:mod:`napari_resolve.data.fluorescence_pairs`): only the ``train``
 region of each real field is cut into tiles; checkpoints are chosen on the
