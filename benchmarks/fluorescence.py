@@ -151,7 +151,7 @@ def register_microtubules(root: Path) -> str:
     return "\n".join(lines)
 
 
-def finetune_x2(base: Path, root: Path, minutes: float, out: Path, lr: float | None = None) -> dict:
+def finetune_x2(base: Path, root: Path, minutes: float, out: Path, rate: float | None = None) -> dict:
     """Fine-tune ``base`` on the DL-SIM pairs outside the held-out quadrant (both light levels)."""
     from napari_resolve.data import fluorescence_pairs as FP
     from napari_resolve.train.finetuning import TrainingImage, finetune_measured
@@ -166,13 +166,13 @@ def finetune_x2(base: Path, root: Path, minutes: float, out: Path, lr: float | N
     out.unlink(missing_ok=True)
     t0 = time.monotonic()
     report = finetune_measured(str(base), images, val_images=val, minutes=minutes, patch_size=64,
-                               batch_size=4, output=out, device="cpu", learning_rate=lr,
+                               batch_size=4, output=out, device="cpu", learning_rate=rate,
                                note="benchmarks/fluorescence.py: DL-SIM 3/4 of the field")
     if report.error:
-        raise RuntimeError(report.error)
+        raise RuntimeError(f"{report.error}\n{report.traceback or ''}")
     hist = report.result.history if report.result else []
     best = max((h for h in hist if h.get("best")), key=lambda h: h["step"], default=None)
-    return {"minutes": minutes, "wall_s": round(time.monotonic() - t0, 1), "lr": lr,
+    return {"minutes": minutes, "wall_s": round(time.monotonic() - t0, 1), "lr": rate,
             "best_step": best["step"] if best else None,
             "select_before": report.before.psnr if report.before else None,
             "select_after": report.after.psnr if report.after else None,
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
         extra = (f"Fine-tuning: {info['minutes']:g} min of CPU training ({info['steps']} steps, "
                  f"batch 4, 64-px patches, rate {info['lr'] or 1e-4:g}) on the DL-SIM train + select "
                  "regions at both light levels, checkpoint chosen on the select quadrant "
-                 f"(fit-PSNR; best at step {info['best_step']}).")
+                 f"(best at step {info['best_step']}).")
     elif finetuned is not None:
         from napari_resolve import bundle
 
