@@ -443,6 +443,23 @@ def test_storm_recipes_drop_the_ssim_term_of_the_paper_loss():
     assert R.get("mse-ssim-fluo-storm").options == {"val_metric": "fit", "ssim_weight": 0.0}
 
 
+def test_keep_initial_returns_the_starting_weights_when_no_step_beats_them(tmp_path):
+    """Fine-tuning (``keep_initial``, the default of finetune): a base no step improves comes back."""
+    imgs, _ = _wbc(4, 48, rgb=False)
+    net = _tiny_srcnn()
+    start = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    out = tmp_path / "m.safetensors"
+    res = T.train(net, imgs, epochs=1, batch_size=2, patch_size=32, learning_rate=5.0,
+                  keep_initial=True, output=out)  # a rate that wrecks the weights
+    assert res.best["step"] == 0
+    model, meta = bundle.load(out)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, start[key])
+    assert R.for_bundle({"architecture": "mhtcun-lite", "training": {"recipe": {
+        "name": "mhtcun-fluo", "options": {}}}}).options["val_metric"] == "fit"
+    assert R.for_bundle({"architecture": "srcnn"}) == R.get("sr-mse")
+
+
 def test_checkpoint_is_safetensors_with_optimizer_state(tmp_path):
     imgs, _ = _wbc(3, 48, rgb=False)
     res = T.train(

@@ -251,7 +251,7 @@ def finetune_measured_iter(
         # the recipe's patch, shrunk to the smallest training image
         from napari_resolve.train import recipes as R
 
-        rec = R.finetune_recipe(R.default_for(str(meta["architecture"])), learning_rate)
+        rec = R.finetune_recipe(R.for_bundle(meta), learning_rate)
         ps = rec.patch_size if patch_size == "recipe" else patch_size
         smallest = min(min(im.hr.shape[:2]) for im in images) // s * s
         if ps is not None and int(ps) > smallest:
@@ -514,7 +514,8 @@ def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwarg
         kwargs.setdefault("degradation", deg)
     kwargs.setdefault("pixel_size", meta.get("pixel_size"))
     kwargs.setdefault("parent", str(source))
-    rec = R.finetune_recipe(R.default_for(model.arch), learning_rate) if recipe is None else recipe
+    kwargs.setdefault("keep_initial", True)  # a fine-tune never returns worse than its base
+    rec = R.finetune_recipe(R.for_bundle(meta), learning_rate) if recipe is None else recipe
     return (
         yield from train_iter(
             model,

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, replace
 from napari_resolve.errors import InputError
 
 __all__ = [
-    "Phase", "Recipe", "RECIPES", "get", "default_for", "finetune_recipe", "with_task", "plan",
+    "Phase", "Recipe", "RECIPES", "get", "default_for", "for_bundle", "finetune_recipe", "with_task",
+    "plan",
 ]
 
 
@@ -353,6 +354,22 @@ def get(name) -> Recipe:
 def default_for(arch: str) -> Recipe:
     """The paper's recipe for a registry architecture (``sr-mse`` for others)."""
     return RECIPES[_DEFAULTS.get(arch, "sr-mse")]
+
+
+def for_bundle(meta: dict) -> Recipe:
+    """The paper recipe of a bundle's architecture, validated as the bundle was.
+
+    A bundle trained with ``val_metric="fit"`` (the fluorescence recipes:
+    checkpoints chosen on fit-PSNR; recorded, or the option of the recipe of
+    that name now) is fine-tuned with the same choice.
+    """
+    base = default_for(str(meta.get("architecture", "")))
+    used = (meta.get("training") or {}).get("recipe") or {}
+    known = RECIPES.get(str(used.get("name", "")).removesuffix("-finetune"))
+    recorded = {**(used.get("options") or {}), **(known.options if known else {})}
+    if "val_metric" in recorded and recorded["val_metric"] != base.options.get("val_metric"):
+        base = replace(base, options={**base.options, "val_metric": recorded["val_metric"]})
+    return base
 
 
 def finetune_recipe(base: Recipe, lr: float | None = None) -> Recipe:
