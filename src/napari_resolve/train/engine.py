@@ -496,7 +496,9 @@ def train_iter(
         elif keep_initial and rank == 0:
             val0 = validate()
             after_validation(val0)
-            yield TrainEvent(0, 0, total_steps, current_phase, {}, val0, None, "start", "epoch")
+            yield TrainEvent(0, 0, total_steps, current_phase, {}, None, None,
+                             f"starting weights: validation PSNR {val0['psnr']:.2f} dB "
+                             "(kept until a step beats them)", "info")
         while phase_idx < len(rec.phases):
             phase = rec.phases[phase_idx]
             pplan = phase_plan[phase_idx]
