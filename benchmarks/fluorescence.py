@@ -272,7 +272,8 @@ def main(argv=None) -> int:
         extra = (f"Fine-tuning: {info['minutes']:g} min of CPU training ({info['steps']} steps, "
                  f"batch 4, 64-px patches, rate {info['lr'] or 1e-4:g}) on the DL-SIM train + select "
                  "regions at both light levels, checkpoint chosen on the select quadrant "
-                 f"(best at step {info['best_step']}).")
+                 f"(fit-PSNR, best at step {info['best_step']}), the base kept unless a step "
+                 "beats it.")
     elif finetuned is not None:
         from napari_resolve import bundle
 
