@@ -372,10 +372,11 @@ def finetune_measured_iter(
         add_resolutions(report.after, val_px)
         report.references = measure_references(val_ds.as_validation(val_patch), val_px)
         if report.psnr_gain is not None and report.psnr_gain <= 0:
-            # the engine keeps the best *fine-tuned* weights, which may still trail the base
+            # no step beat the base on the validation images: the engine kept the base
+            # weights (keep_initial); a lower figure here comes from measuring differently
             note_ = (f"the fine-tuned model does not beat the base model on the validation "
-                     f"images ({report.psnr_gain:+.2f} dB): train longer, with a lower learning "
-                     "rate or more images, or keep the base model")
+                     f"images ({report.psnr_gain:+.2f} dB; the file then holds the base weights): "
+                     "train longer, with a lower learning rate or more images")
             report.warnings.append(note_)
             yield TrainEvent(0, step_box[0], None, "", {}, None, 0.0, note_, "info")
         if result.bundle is not None:
