@@ -225,6 +225,12 @@ def test_bad_input_gives_one_line_errors(tissue, smooth_scans):
     with pytest.raises(InputError, match="coarse registration of the mid scan failed"):
         noise = np.random.default_rng(0).integers(0, 255, s.mid.shape, dtype=np.uint8)
         register(s.low, noise, s.high, **SMALL)
+    with pytest.raises(InputError, match="disagree on the offset"):
+        # two coarse matches of pure noise (any correlation passes T=-1) land far apart:
+        # the error says so instead of registering at a NaN offset
+        noise = np.random.default_rng(1).integers(0, 255, s.mid.shape, dtype=np.uint8)
+        register(s.low, noise, s.high, **{**SMALL, "coarse_window": 32}, threshold=-1.0,
+                 coarse_patches=2)
     with pytest.raises(InputError, match="the high scan is missing"):
         register(s.low, s.mid, None)
     with pytest.raises(InputError, match="shape"):

@@ -365,6 +365,101 @@ def test_closing_the_generator_keeps_a_resumable_state(tmp_path):
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
 
 
+def test_resume_with_a_time_budget_plans_the_phase_from_the_resume(tmp_path):
+    """``--resume --minutes M`` gives M more minutes (commit f6bae9e).
+
+    A run interrupted after an hour in its phase resumed with a 10-minute
+    budget: the phase's share must count from the resume, not from the phase's
+    original start (then it was spent at once and the run stopped after one step).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    imgs, _ = _wbc(4, 48, rgb=False)  # 3 train images x 2 patches / batch 2: 3 steps per epoch
+    common = dict(batch_size=2, patch_size=32, patches_per_image=2)
+    out = tmp_path / "m.safetensors"
+    part = T.train(_tiny_srcnn(), imgs, minutes=10, max_steps=2, output=out, **common)
+    assert part.stopped == "steps"
+    state = ckpt.state_path(out)
+    with safe_open(str(state), framework="pt", device="cpu") as fh:
+        raw = json.loads(fh.metadata()[ckpt.STATE_KEY])
+    assert raw["step"] == 2 and raw["phase_index"] == 0
+    raw["phase_elapsed_s"] = 3600.0  # as if the phase had been training for an hour
+    save_file(load_file(str(state)), str(state), metadata={ckpt.STATE_KEY: json.dumps(raw)})
+    events = []
+    res = T.train(None, imgs, resume=state, minutes=10, max_steps=7, callback=events.append,
+                  **common)
+    steps = [e.step for e in events if e.kind == "step"]
+    assert steps == [3, 4, 5, 6, 7] and res.stopped == "steps"
+    assert ckpt.read_state_meta(state)["step"] == 7
+
+
+def test_fit_validation_chooses_on_the_fluorescence_fit_psnr():
+    """Recipe option ``val_metric="fit"`` (the fluorescence recipes): validation is CARE's fit-PSNR."""
+    from dataclasses import replace
+
+    from napari_resolve.metrics.quality import fit_metrics, psnr
+
+    assert R.get("mhtcun-fluo").options["val_metric"] == "fit"
+    assert R.finetune_recipe(R.get("mhtcun-fluo")).options["val_metric"] == "fit"
+    imgs, _ = _wbc(4, 48, rgb=False)
+    val = {"hr": [imgs[3]], "lr": [imresize(imgs[3], 0.5)]}
+    rec = replace(R.get("sr-mse"), name="sr-mse-fit", options={"val_metric": "fit"})
+    common = dict(epochs=1, batch_size=2, patch_size=32, val_data=val, val_patch=None)
+    fit = T.train(_tiny_srcnn(), imgs[:3], recipe=rec, **common)
+    raw = T.train(_tiny_srcnn(), imgs[:3], **common)  # same seed, same steps, raw PSNR
+    with torch.no_grad():
+        lr = torch.as_tensor(val["lr"][0] / 255.0, dtype=torch.float32)[None, None]
+        out = fit.model(lr)["sr"][0, 0].numpy().astype(np.float64)
+    hr = imgs[3].astype(np.float64) / 255.0
+    expected = fit_metrics(out, hr, crop=2)["psnr"]
+    assert fit.history[-1]["val"]["psnr"] == pytest.approx(expected, abs=1e-3)
+    raw_expected = psnr(np.clip(out, 0, 1), hr, data_range=1.0, crop=2)
+    assert raw.history[-1]["val"]["psnr"] == pytest.approx(raw_expected, abs=1e-3)
+    assert abs(expected - raw_expected) > 0.1  # the two metrics really differ here
+
+
+def test_storm_recipes_drop_the_ssim_term_of_the_paper_loss():
+    """``ssim_weight`` 0 (the x4 wide-field -> STORM recipes): MHTCUN's staged loss is MSE per stage."""
+    from napari_resolve import losses as L
+    from napari_resolve.train.objectives import _Terms
+
+    torch.manual_seed(0)
+    net = models.build("mhtcun-lite", scale=2, **SMALL["mhtcun-lite"])
+    lr, hr = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        out = net(lr)
+    batch = {"lr": lr, "hr": hr, "labels": None}
+    values = {}
+    for name in ("mhtcun-fluo", "mhtcun-fluo-storm"):
+        rec = R.get(name)
+        terms = _Terms(rec, rec.phases[0], 2, None, None, False, net)
+        values[name] = float(terms.generator(out, batch, {})["staged"][1])
+    mse_only = sum(w * float(L.mse(o, L.blur_downsample_torch(hr, f)))
+                   for o, w, f in zip(out["stages"], L.STAGE_WEIGHTS, L.STAGE_BLUR))
+    assert values["mhtcun-fluo-storm"] == pytest.approx(mse_only, rel=1e-5)
+    assert values["mhtcun-fluo"] == pytest.approx(float(L.staged_loss(out["stages"], hr)[0]), rel=1e-5)
+    assert values["mhtcun-fluo"] > values["mhtcun-fluo-storm"] + 0.01
+    assert R.get("mse-ssim-fluo-storm").options == {"val_metric": "fit", "ssim_weight": 0.0}
+
+
+def test_keep_initial_returns_the_starting_weights_when_no_step_beats_them(tmp_path):
+    """Fine-tuning (``keep_initial``, the default of finetune): a base no step improves comes back."""
+    imgs, _ = _wbc(4, 48, rgb=False)
+    net = _tiny_srcnn()
+    start = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    out = tmp_path / "m.safetensors"
+    res = T.train(net, imgs, epochs=1, batch_size=2, patch_size=32, learning_rate=5.0,
+                  keep_initial=True, output=out)  # a rate that wrecks the weights
+    assert res.best["step"] == 0
+    model, meta = bundle.load(out)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, start[key])
+    assert R.for_bundle({"architecture": "mhtcun-lite", "training": {"recipe": {
+        "name": "mhtcun-fluo", "options": {}}}}).options["val_metric"] == "fit"
+    assert R.for_bundle({"architecture": "srcnn"}) == R.get("sr-mse")
+
+
 def test_checkpoint_is_safetensors_with_optimizer_state(tmp_path):
     imgs, _ = _wbc(3, 48, rgb=False)
     res = T.train(

@@ -45,6 +45,9 @@ __all__ = [
 META_KEY = "napari_resolve"
 SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar", ".zip"})
+#: short names of families with several bundled variants that still name one
+#: (the fluorescence fine-tuning default, ×2, since mhtcun-lite-x4 is bundled too)
+DEFAULT_VARIANT = {"mhtcun-lite": "mhtcun-lite-x2"}
 LABEL_NAMES = {"0": "background", "1": "cytoplasm", "2": "nucleus"}
 # Keys that describe the network itself: they always come from the model.
 _MODEL_KEYS = ("architecture", "config", "scale", "in_channels")
@@ -416,6 +419,9 @@ def resolve(src) -> Path:
             ] if pretrained_dir().is_dir() and path.suffix.lower() != SUFFIX else []
             if len(prefixed) == 1:
                 return prefixed[0]
+            default = pretrained_dir() / f"{DEFAULT_VARIANT.get(src, '')}{SUFFIX}"
+            if len(prefixed) > 1 and default in prefixed:
+                return default
             if len(prefixed) > 1:
                 raise BundleError(
                     f"pretrained name {src!r} is ambiguous: "

@@ -176,7 +176,9 @@ def ssim(
 def mse_ssim_loss(
     pred: torch.Tensor, target: torch.Tensor, alpha: float = 1.0, beta: float = 0.1
 ) -> torch.Tensor:
-    """``α·MSE + β·(1 − SSIM)``, paper 003 eq. (7) with α = 1, β = 0.1."""
+    """``α·MSE + β·(1 − SSIM)``, paper 003 eq. (7) with α = 1, β = 0.1 (β = 0: no SSIM computed)."""
+    if beta == 0:
+        return alpha * mse(pred, target)
     return alpha * mse(pred, target) + beta * (1.0 - ssim(pred, target))
 
 

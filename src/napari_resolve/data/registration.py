@@ -493,6 +493,12 @@ def register_iter(
         offs_a = np.asarray(offs, dtype=np.float64)
         med = np.median(offs_a, axis=0)
         close = np.all(np.abs(offs_a - med) <= 2.0, axis=1)
+        if not close.any():  # e.g. two matches far apart: their median is neither
+            raise InputError(
+                f"coarse registration of the {name} scan failed: the {len(offs)} matching "
+                f"patches disagree on the offset (none within 2 LR px of their median); use "
+                f"more coarse patches, a higher threshold or check the magnifications"
+            )
         mean = offs_a[close].mean(axis=0)
         coarse[t] = {
             "offset": [round(float(v), 3) for v in mean],

@@ -113,6 +113,7 @@ def train_iter(
     checkpoint_interval_s: float | None = 60.0,
     data_source=None,
     val_source=None,
+    keep_initial: bool = False,
 ):
     """Train ``model`` on ``data`` with a paper's recipe; a generator (see the module docstring).
 
@@ -152,6 +153,8 @@ def train_iter(
     data_source, val_source : paths (JSON-able, as ``data``) recorded in the resume
         state when ``data`` / ``val_data`` are in-memory datasets built from them,
         so that ``--resume`` alone finds the data again.
+    keep_initial : validate the starting weights first and keep them as the best
+        until a step beats them (fine-tuning: a base no step improves comes back).
     """
     from napari_resolve.data import datasets as D
 
@@ -437,12 +440,13 @@ def train_iter(
         was = base.training
         base.eval()
         ps_, ss_ = [], []
+        val_fit = rec.options.get("val_metric") == "fit"  # fluorescence: chosen on fit-PSNR
         with torch.no_grad():
             for i in range(len(val_ds)):
                 smp = val_ds[i]
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                     out = base(smp["lr"][None].to(dev))
-                p, s_ = _quality(out["sr"][0].float(), smp["hr"], base.scale)
+                p, s_ = _quality(out["sr"][0].float(), smp["hr"], base.scale, fit=val_fit)
                 ps_.append(p)
                 ss_.append(s_)
         if was:
@@ -489,6 +493,12 @@ def train_iter(
                 f"resumed from {ckpt.state_path(resume).name} at step {step}",
                 "info",
             )
+        elif keep_initial and rank == 0:
+            val0 = validate()
+            after_validation(val0)
+            yield TrainEvent(0, 0, total_steps, current_phase, {}, None, None,
+                             f"starting weights: validation PSNR {val0['psnr']:.2f} dB "
+                             "(kept until a step beats them)", "info")
         while phase_idx < len(rec.phases):
             phase = rec.phases[phase_idx]
             pplan = phase_plan[phase_idx]

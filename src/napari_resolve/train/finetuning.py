@@ -251,7 +251,7 @@ def finetune_measured_iter(
         # the recipe's patch, shrunk to the smallest training image
         from napari_resolve.train import recipes as R
 
-        rec = R.finetune_recipe(R.default_for(str(meta["architecture"])), learning_rate)
+        rec = R.finetune_recipe(R.for_bundle(meta), learning_rate)
         ps = rec.patch_size if patch_size == "recipe" else patch_size
         smallest = min(min(im.hr.shape[:2]) for im in images) // s * s
         if ps is not None and int(ps) > smallest:
@@ -372,10 +372,11 @@ def finetune_measured_iter(
         add_resolutions(report.after, val_px)
         report.references = measure_references(val_ds.as_validation(val_patch), val_px)
         if report.psnr_gain is not None and report.psnr_gain <= 0:
-            # the engine keeps the best *fine-tuned* weights, which may still trail the base
+            # no step beat the base on the validation images: the engine kept the base
+            # weights (keep_initial); a lower figure here comes from measuring differently
             note_ = (f"the fine-tuned model does not beat the base model on the validation "
-                     f"images ({report.psnr_gain:+.2f} dB): train longer, with a lower learning "
-                     "rate or more images, or keep the base model")
+                     f"images ({report.psnr_gain:+.2f} dB; the file then holds the base weights): "
+                     "train longer, with a lower learning rate or more images")
             report.warnings.append(note_)
             yield TrainEvent(0, step_box[0], None, "", {}, None, 0.0, note_, "info")
         if result.bundle is not None:
@@ -514,7 +515,8 @@ def finetune_iter(source, data=None, *, recipe=None, learning_rate=None, **kwarg
         kwargs.setdefault("degradation", deg)
     kwargs.setdefault("pixel_size", meta.get("pixel_size"))
     kwargs.setdefault("parent", str(source))
-    rec = R.finetune_recipe(R.default_for(model.arch), learning_rate) if recipe is None else recipe
+    kwargs.setdefault("keep_initial", True)  # a fine-tune never returns worse than its base
+    rec = R.finetune_recipe(R.for_bundle(meta), learning_rate) if recipe is None else recipe
     return (
         yield from train_iter(
             model,

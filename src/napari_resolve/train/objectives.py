@@ -59,14 +59,25 @@ def _optimizer(rec: R.Recipe, params, lr: float) -> torch.optim.Optimizer:
     raise InputError(f"unknown optimizer {rec.optimizer!r}; use 'adam' or 'sgd'")
 
 
-def _quality(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:
-    """Validation PSNR / SSIM of one (C, H, W) pair in [0, 1] (Y for RGB, border cropped)."""
+def _quality(sr: torch.Tensor, hr: torch.Tensor, scale: int, fit: bool = False) -> tuple[float, float]:
+    """Validation PSNR / SSIM of one (C, H, W) pair in [0, 1] (Y for RGB, border cropped).
+
+    ``fit``: the fair fluorescence comparison instead
+    (:func:`napari_resolve.metrics.quality.fit_metrics`, CARE's affine fit; grey
+    images), for recipes whose held-out figure is fit-PSNR (recipe option
+    ``val_metric="fit"``): a checkpoint is then chosen on what is reported, not
+    on the output's offset and gain.
+    """
     from napari_resolve.metrics import quality
 
     a = sr.detach().float().cpu().numpy()
     b = hr.detach().float().cpu().numpy()
     a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
     b = b[0] if b.shape[0] == 1 else np.moveaxis(b, 0, -1)
+    if fit and a.ndim == 2:
+        crop = scale if min(a.shape[:2]) - 2 * scale >= 11 else 0
+        m = quality.fit_metrics(a, b, crop=crop)
+        return float(m["psnr"]), float(m["ssim"])
     # SR outputs are clipped to the displayable range, as SR benchmarks quantise them
     a = np.clip(a, min(0.0, float(b.min())), max(1.0, float(b.max())))
     crop = scale if min(a.shape[:2]) - 2 * scale >= 11 else 0
@@ -121,6 +132,8 @@ class _Terms:
             }
         )
         self.radius = int(recipe.options.get("boundary_radius", 2))
+        # beta of paper 003's MSE + beta (1 - SSIM) (eq. 7: 0.1); option "ssim_weight"
+        self.beta = float(recipe.options.get("ssim_weight", 0.1))
 
     def target(self, out: dict, key: str, batch: dict) -> torch.Tensor:
         hr = batch["hr"]
@@ -150,12 +163,12 @@ class _Terms:
             elif term == "mse":
                 v = L.mse(pred, self.target(out, key, batch))
             elif term == "mse_ssim":
-                v = L.mse_ssim_loss(pred, self.target(out, key, batch))
+                v = L.mse_ssim_loss(pred, self.target(out, key, batch), beta=self.beta)
             elif term == "staged":
                 if "stages" in out:
-                    v, _ = L.staged_loss(out["stages"], hr)
+                    v, _ = L.staged_loss(out["stages"], hr, beta=self.beta)
                 else:
-                    v = L.mse_ssim_loss(pred, hr)
+                    v = L.mse_ssim_loss(pred, hr, beta=self.beta)
             elif term == "parsing":
                 v = L.parsing_loss(out["parsing"], labels)
             elif term == "segmentation":
