@@ -478,9 +478,6 @@ def predict_iter(
     prior_arr = _prepare_prior(prior, lay, model)
     opts = _resolve_opts(model, tile, overlap, batch, device, amp, backend, threads)
     planes, pad, chroma, norm = _prepare(model, meta, arr, lay, _norm)
-    if tile is None and opts.device.type == "cpu":  # the memory budget is an area
-        mult = max(int(getattr(model, "size_multiple", 1) or 1), 1)
-        opts.tile = fit_tile(opts.tile[0], planes.shape[-2], planes.shape[-1], mult)
     if prior_arr is not None and (pad[0] or pad[1]):
         s = int(model.scale)
         widths = [(0, 0)] * (prior_arr.ndim - 2) + [(0, s * pad[0]), (0, s * pad[1])]

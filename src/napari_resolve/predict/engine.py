@@ -21,6 +21,7 @@ from napari_resolve.predict.tiling import (
     _snap_down,
     default_overlap,
     default_tile,
+    fit_tile,
     tile_plan,
 )
 
@@ -154,10 +155,13 @@ class _Opts:
     amp_dtype: object
     backend: str = "auto"  # as asked; predict_iter resolves it (runtime.select)
     threads: int | None = None
+    # the tile came from the memory budget: its side squared is an area that the
+    # engine fits to each plane's shape (tiling.fit_tile)
+    area_budget: bool = False
 
 
 def _resolve_opts(model, tile, overlap, batch, device, amp, backend="auto", threads=None,
-                  share: int = 1) -> _Opts:
+                  share: int = 1, area_budget: bool | None = None) -> _Opts:
     from napari_resolve import runtime
 
     backend = runtime.check_backend(backend)
@@ -195,7 +199,9 @@ def _resolve_opts(model, tile, overlap, batch, device, amp, backend="auto", thre
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise InputError(f"batch must be a positive whole number, got {batch!r}")
         nb = int(batch)
-    return _Opts(tiles, ov, nb, dev, _amp_dtype(dev, amp), backend, threads)
+    if area_budget is None:
+        area_budget = tile is None and dev.type == "cpu"
+    return _Opts(tiles, ov, nb, dev, _amp_dtype(dev, amp), backend, threads, bool(area_budget))
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -410,6 +416,8 @@ def _engine(model, planes, prior, opts: _Opts, want_extras: bool, runner=None, r
     """Tiled pass with OOM fallback (halve the tile, restart). Returns (outputs, tile_used)."""
     tile_hw = opts.tile
     mult = max(int(getattr(model, "size_multiple", 1) or 1), 1)
+    if opts.area_budget:
+        tile_hw = fit_tile(tile_hw[0], planes.shape[-2], planes.shape[-1], mult)
     warned = False
     while True:
         try:

@@ -276,7 +276,8 @@ def _predict_dask(
     # tiles sized once for the whole graph, sharing the free memory between workers
     tile_kw = tile if tile is not None else int(opts.tile[0])
     opts_kw = {"tile": tile_kw, "overlap": ov, "batch": batch, "device": str(opts.device),
-               "amp": amp, "backend": backend_used, "threads": opts.threads}
+               "amp": amp, "backend": backend_used, "threads": opts.threads,
+               "area_budget": opts.area_budget}
     result = da.map_blocks(
         _sr_block,
         halo,
