@@ -46,7 +46,6 @@ reference (1.0 = as sharp as the reference; below = blurrier).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import re
@@ -73,36 +72,9 @@ MODELS = [
 ]
 
 
-def _recipe(name):
-    from napari_resolve.train import recipes
-
-    if name != "srseg-noseg":
-        return name
-    base = recipes.get("srseg")
-    phases = tuple(
-        dataclasses.replace(p, losses={k: (0.0 if k == "segmentation" else v)
-                                       for k, v in p.losses.items()})
-        for p in base.phases
-    )
-    return dataclasses.replace(base, name="srseg-noseg", phases=phases,
-                               description=base.description + " (segmentation weight 0)")
-
-
-def _sharpness(sr, hr):
-    from skimage.filters import sobel
-
-    from napari_resolve.data.color import rgb_to_ycbcr
-
-    def y(a):
-        a = np.asarray(a, np.float64)
-        return rgb_to_ycbcr(np.clip(a / 255.0, 0, 1))[..., 0] if a.ndim == 3 else a
-
-    return float(sobel(y(sr)).mean() / max(sobel(y(hr)).mean(), 1e-12))
-
-
 def evaluate(model_meta, val, scale):
     from napari_resolve.data.degrade import imresize
-    from napari_resolve.metrics.quality import evaluate_pair
+    from napari_resolve.metrics.quality import evaluate_pair, relative_sharpness
     from napari_resolve.predict import predict
 
     rows = []
@@ -111,7 +83,7 @@ def evaluate(model_meta, val, scale):
         lr = imresize(hr, 1.0 / scale, channel_axis=-1)
         sr = predict(model_meta, lr).image
         res = evaluate_pair(sr, hr, scale=scale)
-        rows.append((res["psnr"], res["ssim"], _sharpness(sr, hr)))
+        rows.append((res["psnr"], res["ssim"], relative_sharpness(sr, hr)))
     return tuple(float(v) for v in np.mean(rows, axis=0))
 
 
@@ -372,7 +344,7 @@ def main(argv=None) -> int:
                 model = models.build(arch, scale=scale, **config)
                 model.prior_net.load_state_dict(P.load_prior(args.prior).state_dict())
                 config = None
-            res = T.train(model, data, config=config, scale=scale, recipe=_recipe(recipe),
+            res = T.train(model, data, config=config, scale=scale, recipe=recipe,
                           epochs=epochs, batch_size=8, patch_size=96, val_fraction=0.05,
                           val_patch=128, seed=0, device="cpu", output=output,
                           meta={"training_data": "WBC (Zheng 2018) data sets 1+2, sample_data "

@@ -84,3 +84,29 @@ def test_finetune_on_pairs_raises_heldout_fit_psnr(tmp_path):
     before = fit_metrics(predict(str(base), held.lr, device="cpu").image, held.hr, crop=2)
     after = fit_metrics(predict(str(out), held.lr, device="cpu").image, held.hr, crop=2)
     assert after["psnr"] > before["psnr"] + 1.0
+
+
+def test_demo_prints_real_fluorescence_lines_and_bundles_beat_bicubic(capsys):
+    """`make demo`'s real-data lines (issue 13): DL-SIM x2 and the held-out SFSRM ER crop x4."""
+    import types
+
+    from napari_resolve.commands import demo
+    from napari_resolve.data import fluorescence_pairs as FP
+    from napari_resolve.data import samples
+
+    pair = FP.sfsrm_er_sample(samples.sample_root())
+    assert pair.lr.shape == (160, 320) and pair.hr.shape == (640, 1280) and pair.scale == 4
+    demo._fluorescence_real(types.SimpleNamespace(device="cpu"))
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        parts = line.rsplit(maxsplit=4)
+        if len(parts) == 5 and parts[1] in ("bicubic", "mhtcun-lite-x2", "mhtcun-lite-x4"):
+            rows[(parts[0].strip(), parts[1])] = [float(v) for v in parts[2:]]
+    assert set(rows) == {(d, m) for d in ("DL-SIM normal", "DL-SIM low")
+                         for m in ("bicubic", "mhtcun-lite-x2")} | {
+        ("SFSRM ER", "bicubic"), ("SFSRM ER", "mhtcun-lite-x4")}
+    for (data, model), (psnr, ssim, mean) in rows.items():
+        assert abs(mean - 1.0) <= 0.05, (data, model)  # intensity stays on the input's scale
+    assert rows[("DL-SIM normal", "mhtcun-lite-x2")][0] >= rows[("DL-SIM normal", "bicubic")][0] + 1.0
+    assert rows[("DL-SIM low", "mhtcun-lite-x2")][0] >= rows[("DL-SIM low", "bicubic")][0] + 0.5
+    assert rows[("SFSRM ER", "mhtcun-lite-x4")][0] > rows[("SFSRM ER", "bicubic")][0]

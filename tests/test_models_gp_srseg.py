@@ -351,3 +351,16 @@ def test_srseg_bicubic_residual_starts_as_bicubic(wbc):
     net.zero_grad()
     net(x)["sr"].mean().backward()
     assert net.tail.weight.grad.abs().sum() > 0  # and it learns from there
+
+
+def test_srseg_ablation_recipe_only_drops_the_segmentation_term():
+    from napari_resolve.train import recipes
+
+    full, ablation = recipes.get("srseg"), recipes.get("srseg-noseg")
+    assert [p.name for p in full.phases] == [p.name for p in ablation.phases]
+    for a, b in zip(full.phases, ablation.phases):
+        assert set(a.losses) == set(b.losses) and a.epochs == b.epochs
+        for k, v in b.losses.items():
+            assert v == (0.0 if k == "segmentation" else a.losses[k])
+    assert any(p.losses.get("segmentation") for p in full.phases)
+    assert (ablation.lr, ablation.discriminator) == (full.lr, full.discriminator)

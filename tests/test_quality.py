@@ -133,3 +133,15 @@ def test_bad_options_and_tiny_images():
         psnr(np.zeros((8, 8)), np.zeros((8, 8)), crop=-1)
     with pytest.raises(InputError, match="data_range"):
         psnr(np.zeros((8, 8)), np.zeros((8, 8)), data_range=0)
+
+
+def test_relative_sharpness_reads_blur_below_one(sample_dir):
+    from skimage.filters import gaussian
+
+    from napari_resolve.data import samples
+    from napari_resolve.metrics.quality import relative_sharpness
+
+    hr = samples.wbc(2)[0][0]
+    blurred = np.clip(gaussian(hr.astype(float), sigma=2, channel_axis=-1), 0, 255)
+    assert relative_sharpness(hr, hr) == pytest.approx(1.0)
+    assert relative_sharpness(blurred, hr) < 0.7

@@ -34,7 +34,12 @@ def test_sample_data_is_small_and_licensed(sample_dir):
         assert (sample_dir / folder / "SOURCE.md").is_file()
         assert list((sample_dir / folder).glob("LICENSE-*.txt")), folder
         assert "napari-resolve `sample_data/`" in (sample_dir / folder / "SOURCE.md").read_text()
-    assert "licence" in (sample_dir / "README.md").read_text().lower()
+    readme = (sample_dir / "README.md").read_text()
+    assert "licence" in readme.lower()
+    for folder in (p for p in sample_dir.iterdir() if p.is_dir()):  # every folder, new ones too
+        assert (folder / "SOURCE.md").is_file(), folder.name
+        assert list(folder.glob("LICENSE*")), folder.name
+        assert f"`{folder.name}/`" in readme, folder.name
 
 
 @pytest.mark.parametrize("dataset", [1, 2])

@@ -14,8 +14,9 @@ decorrelation resolution (Descloux 2019) before and after. Real-data
 fluorescence lines (issue 13): on the DL-SIM pair in ``sample_data/`` (a real
 wide-field / SIM field at normal and low light), the held-out quadrant that
 no bundled model trained on is super-resolved by bicubic and by each bundled
-x2 fluorescence model and compared with the SIM image by CARE's fit-PSNR /
-SSIM (:func:`napari_resolve.metrics.quality.fit_metrics`), with the mean
+x2 fluorescence model and compared with the SIM image, and the held-out
+SFSRM ER crop in ``sample_data/`` (wide field -> STORM) by each x4 model,
+by CARE's fit-PSNR / SSIM (:func:`napari_resolve.metrics.quality.fit_metrics`), with the mean
 intensity of the output relative to bicubic's (it should stay on the input's
 scale).
 """
@@ -137,31 +138,42 @@ def _fluorescence(args, write):
 
 
 def _fluorescence_real(args):
-    from napari_resolve import models
     from napari_resolve.data import fluorescence_pairs as FP
     from napari_resolve.data import samples
+
+    root = samples.sample_root()
+    sets = []
+    names2 = _bundled(("mhtcun", "mhtcun-lite", "dfcan"), 2)
+    if names2 and (root / FP.DLSIM).is_dir():
+        sets += [(f"DL-SIM {light}", names2, 2, FP.region(FP.dlsim_pair(root, light), "heldout")[0])
+                 for light in ("normal", "low")]
+    names4 = _bundled(("mhtcun", "mhtcun-lite", "dfcan"), 4)
+    if names4 and (root / FP.SFSRM_ER_SAMPLE).is_dir():
+        pair = FP.sfsrm_er_sample(root)
+        sets.append(("SFSRM ER", names4, 4, (pair.lr, pair.hr)))
+    if not sets:
+        return
+    print("Fluorescence on real data, held-out regions: DL-SIM microtubules (wide field -> SIM,\n"
+          "x2, bottom-right quadrant, 64x64 LR px) and SFSRM ER (wide field -> STORM, x4,\n"
+          "160x320 LR px of the held-out rows); fit = CARE affine fit to the percentile-\n"
+          "normalised target; mean = output mean / bicubic's")
+    print(f"      {'data':<15} {'model':<22} {'fit PSNR':>8} {'SSIM':>7} {'mean':>6}")
+    for label, names, scale, (lr, hr) in sets:
+        _fit_lines(args, label, names, scale, lr, hr)
+    print()
+
+
+def _fit_lines(args, label, names, scale, lr, hr) -> None:
+    from napari_resolve import models
     from napari_resolve.metrics.quality import fit_metrics
     from napari_resolve.predict import predict
 
-    names = _bundled(("mhtcun", "mhtcun-lite", "dfcan"), 2)
-    root = samples.sample_root()
-    if not names or not (root / FP.DLSIM).is_dir():
-        return
-    print("Fluorescence on real data: DL-SIM microtubules (wide field -> SIM, x2), held-out\n"
-          "bottom-right quadrant (64x64 LR px), fit = CARE affine fit to the percentile-\n"
-          "normalised SIM image; mean = output mean / bicubic's")
-    print(f"      {'light':<7} {'model':<22} {'fit PSNR':>8} {'SSIM':>7} {'mean':>6}")
-    bicubic = models.build("bicubic", scale=2)
-    for light in ("normal", "low"):
-        pair = FP.dlsim_pair(root, light)
-        (lr, hr), = FP.region(pair, "heldout")
-        ref = None
-        for name, spec in [("bicubic", bicubic), *[(n, n) for n in names]]:
-            sr = np.asarray(predict(spec, lr, device=args.device).image, dtype=np.float64)
-            ref = sr.mean() if ref is None else ref
-            m = fit_metrics(sr, hr, crop=2)
-            print(f"      {light:<7} {name:<22} {m['psnr']:8.2f} {m['ssim']:7.4f} {sr.mean() / ref:6.3f}")
-    print()
+    ref = None
+    for name, spec in [("bicubic", models.build("bicubic", scale=scale)), *[(n, n) for n in names]]:
+        sr = np.asarray(predict(spec, lr, device=args.device).image, dtype=np.float64)
+        ref = sr.mean() if ref is None else ref
+        m = fit_metrics(sr, hr, crop=scale)
+        print(f"      {label:<15} {name:<22} {m['psnr']:8.2f} {m['ssim']:7.4f} {sr.mean() / ref:6.3f}")
 
 
 def run(args) -> int:

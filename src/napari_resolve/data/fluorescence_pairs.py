@@ -32,11 +32,12 @@ import numpy as np
 
 from napari_resolve.errors import InputError
 
-__all__ = ["RealPair", "REGIONS", "dlsim_pair", "sfsrm_er_pair", "region", "real_pairs",
-           "bin2"]
+__all__ = ["RealPair", "REGIONS", "dlsim_pair", "sfsrm_er_pair", "sfsrm_er_sample", "region",
+           "real_pairs", "bin2"]
 
 DLSIM = "dlsim-microtubules/Testing_data/microtuble"
 SFSRM_ER = "sfsrm-wf-storm/test_data/endoplasmic_reticulum"
+SFSRM_ER_SAMPLE = "sfsrm-er-heldout"  # in sample_data/: a crop of the held-out rows
 
 # (row slice, col slice) in LR pixels; see the module docstring
 REGIONS = {
@@ -104,6 +105,20 @@ def sfsrm_er_pair(root) -> RealPair:
     if hr.shape[0] != 4 * lr.shape[0]:
         raise InputError(f"SFSRM ER: STORM {hr.shape} is not 4x the wide field {lr.shape}")
     return RealPair("SFSRM ER (wide field -> STORM)", "sfsrm-er", lr, hr, 4, None,
+                    "SFSRM (crrayna/SFSRM), BSD-3-Clause")
+
+
+def sfsrm_er_sample(root) -> RealPair:
+    """The held-out crop of SFSRM ER in ``sample_data/`` (rows 480–639, cols 0–319 LR; SOURCE.md).
+
+    Every pixel of it lies in the ``heldout`` region, so the whole crop is held out.
+    """
+    base = Path(root) / SFSRM_ER_SAMPLE
+    lr = _read(base / "ER_widefield_heldout.tif").astype(np.float32)
+    hr = _read(base / "ER_STORM_heldout.tif").astype(np.float32)
+    if hr.shape != (4 * lr.shape[0], 4 * lr.shape[1]):
+        raise InputError(f"SFSRM ER sample: STORM {hr.shape} is not 4x the wide field {lr.shape}")
+    return RealPair("SFSRM ER (wide field -> STORM), held-out crop", "sfsrm-er", lr, hr, 4, None,
                     "SFSRM (crrayna/SFSRM), BSD-3-Clause")
 
 

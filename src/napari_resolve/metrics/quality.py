@@ -234,3 +234,25 @@ def fit_metrics(sr, hr, *, crop: int = 0) -> dict:
 def wants_fit_metric(dtype, channels: int = 1) -> bool:
     """The fit metric is the default for grey images that are not 8-bit (fluorescence)."""
     return int(channels) == 1 and np.dtype(dtype) != np.uint8
+
+
+__all__ += ["relative_sharpness"]
+
+
+def relative_sharpness(sr, hr) -> float:
+    """Mean Sobel gradient magnitude of ``sr`` over that of ``hr``, on Y for RGB.
+
+    A no-reference-style sharpness figure for the GAN recipes (papers 002 and
+    004 warn that PSNR favours blur): 1.0 = as sharp as the reference, below =
+    blurrier, above = more (or false) detail. 8-bit RGB is read on the 0–255
+    scale, other data as given.
+    """
+    from skimage.filters import sobel
+
+    from napari_resolve.data.color import rgb_to_ycbcr
+
+    def luma(a):
+        a = np.asarray(a, np.float64)
+        return rgb_to_ycbcr(np.clip(a / 255.0, 0, 1))[..., 0] if a.ndim == 3 else a
+
+    return float(sobel(luma(sr)).mean() / max(sobel(luma(hr)).mean(), 1e-12))

@@ -29,18 +29,18 @@ from napari_resolve.train.devices import _unwrap
 def _make_discriminator(
     kind: str, channels: int, patch: int, width: int | None = None
 ) -> nn.Module:
+    # width: recipe option "discriminator_channels" (first level; default 64)
     if kind == "patchgan":
         from napari_resolve.models.pathsrgan import PatchDiscriminator
 
         # paper 002: 8×8 patch responses; pools = log2(size / 8), at least 1
         pools = max(1, int(math.floor(math.log2(max(patch, 16) / 8))))
-        # width: recipe option "discriminator_channels" (first level; default 64)
         extra = {"base_channels": int(width)} if width else {}
         return PatchDiscriminator(in_channels=channels, pools=pools, **extra)
     if kind == "srgan":
         from napari_resolve.models.srseg import SRGANDiscriminator
 
-        return SRGANDiscriminator(in_channels=channels)
+        return SRGANDiscriminator(in_channels=channels, **({"features": int(width)} if width else {}))
     raise InputError(f"unknown discriminator kind {kind!r}")
 
 

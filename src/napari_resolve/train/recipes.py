@@ -326,6 +326,15 @@ for _base in ("mhtcun-fluo", "mse-ssim-fluo"):
                  description=_r.description.replace("MHTCUN staged loss", "MHTCUN staged MSE")
                  .replace("MSE + 0.1·(1−SSIM)", "MSE") + "; SSIM term off for STORM targets"))
 
+# Paper 004's ablation (§4.4): the same three phases with the segmentation weight at 0,
+# so the segmentation extension is built but never trained (= SRGAN on our data).
+_r = RECIPES["srseg"]
+_add(replace(_r, name="srseg-noseg",
+             phases=tuple(replace(p, losses={k: (0.0 if k == "segmentation" else v)
+                                             for k, v in p.losses.items()})
+                          for p in _r.phases),
+             description=_r.description + " (segmentation weight 0: paper 004's ablation)"))
+
 _DEFAULTS = {
     "gp": "gp",
     "np": "gp",

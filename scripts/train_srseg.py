@@ -1,0 +1,263 @@
+"""Train the ``srseg-x4`` bundle on the CPU and paper 004's ablation at the same budget (issue 14, item 4).
+
+    .venv/bin/python scripts/train_srseg.py [RUN ...] [--epochs 40] [--data ../shared/data]
+        [--out bench_output/srseg_runs] [--resume] [--ship] [--write]
+
+Three runs, one after the other, with the same data, generator, batch, patch,
+seed and number of steps (``--epochs``, shared by each recipe's phases in the
+paper's proportions; an epoch is one random 96-px HR patch of every training
+cell):
+
+* ``srseg-x4``: recipe ``srseg`` (paper 004 §3.3–§4): MSE; + 0.8 · the
+  segmentation cross entropy on the LR-size labels with the boundary mask
+  (pixels within ``boundary_radius`` = 2 LR px of a class edge are left out,
+  §3.2); + 2e-6 · perceptual + 1e-3 · adversarial (SRGAN discriminator).
+  Shipped with ``--ship`` when it beats bicubic on the 12 held-out cells.
+* ``srseg-noseg-x4``: the same recipe with the segmentation weight 0
+  (``srseg-noseg``; paper 004's ablation, i.e. SRGAN on these cells).
+* ``srresnet-x4``: the same generator without the extension, MSE only
+  (recipe ``sr-mse``, the SRResNet baseline of papers 000 and 004).
+
+Every run is evaluated with its **final** weights (the GAN phases trade PSNR for
+other goals; a PSNR-chosen checkpoint would fall in the shared MSE phase) on
+the 12 data-set-2 cells of ``sample_data/`` and the ``HELDOUT_RULE`` cells
+(:func:`napari_resolve.train.parsing.leukocyte_split`): PSNR / SSIM on Y,
+the relative Sobel sharpness (:func:`napari_resolve.metrics.quality.relative_sharpness`)
+and, for the run that trains the extension, its LR segmentation IoU.
+
+Departures from paper 004, all for a CPU budget (recorded in each bundle):
+
+* CPU width: 32 feature maps in generator and discriminator (paper 64; a
+  step costs ~2 s instead of ~7 s on one core), 16 residual blocks as the paper;
+* ``bicubic_residual=True`` (the untrained net is bicubic; see ``models/srseg.py``);
+* the perceptual features come from the project's own ``ConvEncoder``, a
+  denoising autoencoder fitted on the training cells' HR patches
+  (``napari_resolve.losses``), as no ImageNet VGG can be downloaded; β = 2e-6
+  is kept as the paper's, so the term is small on these features;
+* labels: background / cytoplasm / nucleus of the WBC masks, not COCO-Stuff.
+
+Runs checkpoint every epoch; ``--resume`` continues an interrupted run with
+its optimiser state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAINED = REPO / "src" / "napari_resolve" / "pretrained"
+
+CPU_CONFIG = {"features": 32, "bicubic_residual": True}
+DISCRIMINATOR_FEATURES = 32
+#: run name: (architecture, recipe, what the table calls it)
+RUNS = {
+    "srseg-x4": ("srseg", "srseg", "SRSEG (segmentation + boundary mask)"),
+    "srseg-noseg-x4": ("srseg", "srseg-noseg", "SRSEG without segmentation (SRGAN)"),
+    "srresnet-x4": ("srresnet", "sr-mse", "SRResNet (MSE)"),
+}
+SCALE = 4
+BATCH = 16
+LR = 1e-4
+TABLE = ("<!-- srseg-cpu:start -->", "<!-- srseg-cpu:end -->")
+
+
+def _recipe(name: str, lr: float):
+    from dataclasses import replace
+
+    from napari_resolve.train import recipes
+
+    rec = recipes.get(name)
+    return replace(rec, lr=lr,
+                   options={**rec.options, "discriminator_channels": DISCRIMINATOR_FEATURES})
+
+
+def final_weights(path: Path):
+    """The run's last weights (not its best-PSNR checkpoint), its metadata and step count."""
+    from napari_resolve import bundle
+    from napari_resolve.train import checkpoint
+
+    model, meta = bundle.load(path)
+    state, parts = checkpoint.load_state(path)
+    model.load_state_dict(parts["model"])
+    return model, meta, int(state.get("step", 0))
+
+
+def segmentation_iou(model, cells) -> dict:
+    """Mean IoU (cytoplasm, nucleus) of the extension's LR labels on ``cells``."""
+    import torch
+
+    from napari_resolve.data.degrade import imresize
+    from napari_resolve.metrics.parsing import class_iou
+
+    ious = []
+    model.eval()
+    for hr, lab in zip(cells["hr"], cells["labels"]):
+        h, w = hr.shape[0] // SCALE * SCALE, hr.shape[1] // SCALE * SCALE
+        lr = imresize(hr[:h, :w], 1.0 / SCALE, channel_axis=-1).astype(np.float32) / 255.0
+        with torch.no_grad():
+            out = model(torch.from_numpy(lr).permute(2, 0, 1)[None], with_segmentation=True)
+        pred = out["segmentation"][0].argmax(0).numpy()
+        ious.append(class_iou(pred, np.asarray(lab)[:h:SCALE, :w:SCALE]))
+    return {k: float(np.mean([i[k] for i in ious])) for k in ious[0]}
+
+
+def evaluate(model, meta, cells) -> dict:
+    from napari_resolve.data.degrade import imresize
+    from napari_resolve.metrics.quality import evaluate_pair, relative_sharpness
+    from napari_resolve.predict import predict
+
+    rows = []
+    for hr in cells["hr"]:
+        hr = hr[: hr.shape[0] // SCALE * SCALE, : hr.shape[1] // SCALE * SCALE]
+        lr = imresize(hr, 1.0 / SCALE, channel_axis=-1)
+        sr = predict((model, meta), lr).image
+        q = evaluate_pair(sr, hr, scale=SCALE)
+        b = imresize(lr, SCALE, channel_axis=-1)
+        qb = evaluate_pair(b, hr, scale=SCALE)
+        rows.append((q["psnr"], q["ssim"], relative_sharpness(sr, hr),
+                     qb["psnr"], qb["ssim"], relative_sharpness(b, hr)))
+    return dict(zip(("psnr", "ssim", "sharpness", "bicubic_psnr", "bicubic_ssim",
+                     "bicubic_sharpness"), (float(v) for v in np.mean(rows, axis=0))))
+
+
+def train_run(name: str, epochs: int, data_root: Path, out_dir: Path, resume: bool,
+              lr: float = None) -> Path:
+    from napari_resolve import models
+    from napari_resolve import train as T
+    from napari_resolve.train import parsing as P
+
+    arch, recipe, _ = RUNS[name]
+    train, _, _ = P.leukocyte_split(data_root / "wbc-zheng2018", min_size=96)
+    out = out_dir / f"{name}.safetensors"
+    state = out.with_name(out.name.replace(".safetensors", ".state.safetensors"))
+    resuming = resume and state.exists()
+    model = None if resuming else models.build(arch, scale=SCALE, **CPU_CONFIG)
+    t0 = time.monotonic()
+    last = [0.0]
+
+    def report(ev):
+        now = time.monotonic()
+        if ev.val or ev.kind == "phase" or now - last[0] > 60:
+            last[0] = now
+            extra = f" val {ev.val}" if ev.val else (f" {ev.message}" if ev.message else "")
+            print(f"[{name}] {now - t0:6.0f}s step {ev.step}/{ev.total_steps} {ev.phase} "
+                  f"loss { {k: round(v, 5) for k, v in ev.losses.items()} }{extra}", flush=True)
+
+    res = T.train(model, {"hr": train["hr"], "labels": train["labels"]}, scale=SCALE,
+                  recipe=_recipe(recipe, lr or LR), epochs=epochs, batch_size=BATCH, patch_size=96,
+                  val_patch=128, val_fraction=0.05, seed=0, device="cpu", output=out,
+                  resume=out if resuming else None, callback=report,
+                  meta={"issue": 14, "cpu_config": CPU_CONFIG,
+                        "discriminator_features": DISCRIMINATOR_FEATURES,
+                        "script": "scripts/train_srseg.py"})
+    print(f"[{name}] {res.stopped} after {(time.monotonic() - t0) / 60:.1f} min", flush=True)
+    return out
+
+
+def table(results: dict, epochs: int) -> str:
+    lines = [
+        f"Same budget for each run: {epochs} epochs (one random 96-px HR patch of each of the "
+        f"training cells per epoch, batches of {BATCH}), the same 32-map generator "
+        "(16 residual blocks, bicubic skip), seed and data; final weights. PSNR / SSIM on Y, "
+        "border 4 px; sharpness = mean Sobel magnitude of SR / HR on Y (bicubic: "
+        "{bic_sharp}); segmentation IoU of the training-only extension on the LR cells.",
+        "",
+        "| run | steps | train (min) | PSNR 12 sample cells | SSIM | sharpness | "
+        "PSNR other held-out cells | SSIM | segmentation IoU cytoplasm / nucleus |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    bic = None
+    for name, r in results.items():
+        a, b = r["sample"], r["other"]
+        bic = r["bicubic"]
+        seg = r.get("segmentation")
+        seg_txt = f"{seg['cytoplasm']:.3f} / {seg['nucleus']:.3f}" if seg else "—"
+        lines.append(f"| {RUNS[name][2]} | {r['steps']} | {r['minutes']:.0f} | {a['psnr']:.3f} | "
+                     f"{a['ssim']:.4f} | {a['sharpness']:.3f} | {b['psnr']:.3f} | "
+                     f"{b['ssim']:.4f} | {seg_txt} |")
+    if bic:
+        lines.append(f"| bicubic | — | — | {bic['sample_psnr']:.3f} | {bic['sample_ssim']:.4f} | "
+                     f"{bic['sharpness']:.3f} | {bic['other_psnr']:.3f} | "
+                     f"{bic['other_ssim']:.4f} | — |")
+        lines[0] = lines[0].replace("{bic_sharp}", f"{bic['sharpness']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="*", metavar="RUN", help=f"of {', '.join(RUNS)} (default: all)")
+    ap.add_argument("--epochs", type=int, default=40, help="training epochs of every run")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=REPO / "bench_output" / "srseg_runs")
+    ap.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {LR:g})")
+    ap.add_argument("--resume", action="store_true", help="continue interrupted runs")
+    ap.add_argument("--evaluate-only", action="store_true", help="train nothing")
+    ap.add_argument("--ship", action="store_true",
+                    help="write srseg-x4 to pretrained/ when it beats bicubic on the 12 cells")
+    ap.add_argument("--write", action="store_true", help="put the table into docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.runs) - set(RUNS))
+    if unknown:
+        ap.error(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+    import torch
+
+    from napari_resolve.train import parsing as P
+    from napari_resolve.train.leukocyte import finish_bundle
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary_path = args.out / "summary.json"
+    results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    _, sample_cells, other_cells = P.leukocyte_split(args.data / "wbc-zheng2018", min_size=96)
+    for name in args.runs or list(RUNS):
+        path = args.out / f"{name}.safetensors"
+        t0 = time.monotonic()
+        if not args.evaluate_only:
+            train_run(name, args.epochs, args.data, args.out, args.resume, args.lr)
+        minutes = (time.monotonic() - t0) / 60 + (results.get(name, {}).get("minutes", 0)
+                                                  if args.resume or args.evaluate_only else 0)
+        model, meta, steps = final_weights(path)
+        ev_a, ev_b = evaluate(model, meta, sample_cells), evaluate(model, meta, other_cells)
+        row = {"steps": steps, "minutes": minutes, "sample": ev_a, "other": ev_b,
+               "bicubic": {"sample_psnr": ev_a["bicubic_psnr"], "sample_ssim": ev_a["bicubic_ssim"],
+                           "other_psnr": ev_b["bicubic_psnr"], "other_ssim": ev_b["bicubic_ssim"],
+                           "sharpness": ev_a["bicubic_sharpness"]}}
+        if getattr(model, "segmentation_head", None) is not None and RUNS[name][1] == "srseg":
+            row["segmentation"] = segmentation_iou(model, sample_cells)
+        results[name] = row
+        summary_path.write_text(json.dumps(results, indent=1))
+        print(f"[{name}] {json.dumps(row)}", flush=True)
+        if args.ship and name == "srseg-x4":
+            if ev_a["psnr"] > ev_a["bicubic_psnr"]:
+                final = args.out / "srseg-x4-final.safetensors"
+                from napari_resolve import bundle
+
+                bundle.save(final, model, meta)
+                finish_bundle(final, PRETRAINED / "srseg-x4.safetensors", args.data, SCALE,
+                              {"sr_steps": steps, "epochs": args.epochs, "batch": BATCH,
+                               "recipe": "srseg", "weights": "final (not best-PSNR)",
+                               "cpu_config": CPU_CONFIG,
+                               "discriminator_features": DISCRIMINATOR_FEATURES,
+                               "script": "scripts/train_srseg.py"},
+                              log=lambda m: print(f"[srseg-x4] {m}", flush=True))
+            else:
+                print(f"[srseg-x4] not shipped: {ev_a['psnr']:.3f} dB <= bicubic "
+                      f"{ev_a['bicubic_psnr']:.3f} dB", flush=True)
+    text = table({k: results[k] for k in RUNS if k in results}, args.epochs)
+    print(text)
+    if args.write:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from _docs import write_section
+
+        write_section(*TABLE, text, heading="SRSEG on the CPU (issue 14, item 4)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
