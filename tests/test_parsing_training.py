@@ -167,3 +167,31 @@ def test_smear_figures_run_gp_prior_net_on_a_real_smear(sample_dir):
     out = smear_figures(gp, smears, 4, magnifications=(0.5,))
     share = out["bccd_rbc_share_mag0.5"]
     assert 0.0 <= share["nucleus"] <= share["nucleus_or_cytoplasm"] <= 1.0
+
+
+@pytest.mark.slow
+def test_srseg_script_trains_the_ablation_at_one_budget(sample_dir, tmp_path, monkeypatch):
+    """scripts/train_srseg.py (issue 14, item 4): three runs, same steps, final weights, table."""
+    spec = importlib.util.spec_from_file_location("tss", REPO / "scripts" / "train_srseg.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "CPU_CONFIG", {"features": 8, "num_blocks": 2, "bicubic_residual": True})
+    monkeypatch.setattr(mod, "DISCRIMINATOR_FEATURES", 4)
+    monkeypatch.setattr(mod, "BATCH", 2)
+    monkeypatch.setattr(mod, "FEATURE_STEPS", 5)
+    monkeypatch.setattr(mod, "PRETRAINED", tmp_path / "pretrained")
+    (tmp_path / "pretrained").mkdir()
+    out = tmp_path / "runs"
+    assert mod.main(["--data", str(sample_dir), "--out", str(out), "--epochs", "3", "--ship"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == list(mod.RUNS)
+    assert len({row["steps"] for row in summary.values()}) == 1  # the same budget
+    assert summary["srseg-x4"]["steps"] > 0
+    assert {"cytoplasm", "nucleus"} == set(summary["srseg-x4"]["segmentation"])
+    assert "segmentation" not in summary["srresnet-x4"]
+    row = summary["srseg-x4"]
+    shipped = (tmp_path / "pretrained" / "srseg-x4.safetensors").exists()
+    assert shipped == (row["sample"]["psnr"] > row["sample"]["bicubic_psnr"])
+    # the final weights are what was evaluated, not the best-PSNR checkpoint
+    model, _, steps = mod.final_weights(out / "srseg-x4.safetensors")
+    assert steps == row["steps"] and model.segmentation_head is not None
