@@ -113,6 +113,17 @@ def finish_bundle(name, run_path, data_root, scale, arch, steps_info) -> dict:
                   log=lambda m: print(f"[{name}] {m}", flush=True))
 
 
+def _continuation(name: str, steps: int, init_from_bundle: bool) -> dict:
+    """Step history of a run that continues the shipped bundle (else nothing)."""
+    if not init_from_bundle or not (OUT / f"{name}.safetensors").exists():
+        return {}
+    from napari_resolve import bundle
+
+    prev = bundle.read_meta(OUT / f"{name}.safetensors").get("steps_info") or {}
+    return {"sr_steps_total": int(prev.get("sr_steps_total", prev.get("sr_steps", 0))) + steps,
+            "continued_from": prev}
+
+
 def _sr_init(init_from_bundle: bool, resuming: bool) -> str:
     if init_from_bundle:
         return "the previously shipped bundle's weights (SR steps counted from there)"
@@ -152,7 +163,8 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
             warm = str(PRIOR_CKPT.relative_to(REPO))  # the run being resumed started from it
         recipe = "gp-pretrained-prior" if arch == "gp" and warm else "gp"
         info = {"sr_steps": steps, "lr": SR_LR, "prior_warm_start": warm, "recipe": recipe,
-                "sr_init": _sr_init(init_from_bundle, resuming)}
+                "sr_init": _sr_init(init_from_bundle, resuming),
+                **_continuation(name, steps, init_from_bundle and not resuming)}
         kwargs = dict(config=None if not isinstance(model, str) else CPU_CONFIG[arch],
                       batch_size=8, patch_size=96, val_patch=128, val_fraction=0.05,
                       learning_rate=SR_LR, max_steps=steps, recipe=recipe,
@@ -236,7 +248,9 @@ def main(argv=None) -> int:
                            "prior_warm_start": str(PRIOR_CKPT.relative_to(REPO))
                            if arch == "gp" else None,
                            "recipe": "gp-pretrained-prior" if arch == "gp" else "gp",
-                           "sr_init": _sr_init(args.init_from_bundle, False)})
+                           "sr_init": _sr_init(args.init_from_bundle, False),
+                           **_continuation(name, args.steps or SR_STEPS[scale],
+                                           args.init_from_bundle)})
         return 0
     if args.prior_steps:
         run_prior(args.prior_steps, args.minutes, args.data, args.resume,
