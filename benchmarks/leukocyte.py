@@ -285,11 +285,9 @@ def main(argv=None) -> int:
         from napari_resolve.train import checkpoint
 
         path = saved_model(scale, label)
-        model, meta = bundle.load(path)
         if "srseg" in label.lower():
-            _, parts = checkpoint.load_state(path)
-            model.load_state_dict(parts["model"])
-        return model, meta
+            return checkpoint.final_model(path)[:2]
+        return bundle.load(path)
 
     if args.prior_study is not None:
         from napari_resolve import bundle

@@ -145,9 +145,7 @@ def main(argv=None) -> int:
         if arch == "srseg":  # the GAN recipe: its final weights, not the best-PSNR ones
             from napari_resolve.train import checkpoint
 
-            _, parts = checkpoint.load_state(out)
-            model, meta = bundle.load(out)
-            model.load_state_dict(parts["model"])
+            model, meta, _ = checkpoint.final_model(out)
             bundle.save(out, model, meta)
         model_meta = bundle.load(out)
         ev = evaluate_bundle(model_meta, cells, scale)

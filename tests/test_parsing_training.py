@@ -193,5 +193,7 @@ def test_srseg_script_trains_the_ablation_at_one_budget(sample_dir, tmp_path, mo
     shipped = (tmp_path / "pretrained" / "srseg-x4.safetensors").exists()
     assert shipped == (row["sample"]["psnr"] > row["sample"]["bicubic_psnr"])
     # the final weights are what was evaluated, not the best-PSNR checkpoint
-    model, _, steps = mod.final_weights(out / "srseg-x4.safetensors")
+    from napari_resolve.train.checkpoint import final_model
+
+    model, _, steps = final_model(out / "srseg-x4.safetensors")
     assert steps == row["steps"] and model.segmentation_head is not None

@@ -23,7 +23,8 @@ import torch
 from napari_resolve._atomic import atomic_path
 from napari_resolve.errors import BundleError
 
-__all__ = ["STATE_KEY", "state_path", "save_state", "load_state", "read_state_meta"]
+__all__ = ["STATE_KEY", "state_path", "save_state", "load_state", "read_state_meta",
+           "final_model"]
 
 STATE_KEY = "napari_resolve_state"
 
@@ -211,3 +212,20 @@ def _source_spec(data):
         out = {k: _source_spec(v) for k, v in data.items() if v is not None}
         return out if all(v is not None for v in out.values()) else None
     return None
+
+
+def final_model(path):
+    """``(model, meta, step)``: the run's *last* weights from its resume state.
+
+    ``path`` is a run's output bundle (its best checkpoint); the resume state
+    beside it holds the weights of the last step. The GAN recipes (SRSEG) are
+    judged on these: their later phases trade PSNR for other goals, so a
+    PSNR-chosen checkpoint would fall in the shared MSE phase.
+    """
+    from napari_resolve import bundle
+
+    model, meta = bundle.load(path)
+    state, parts = load_state(path)
+    model.load_state_dict(parts["model"])
+    return model, meta, int(state.get("step", 0))
+
