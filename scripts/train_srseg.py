@@ -79,8 +79,10 @@ FEATURE_STEPS = 200  # the ConvEncoder's fitting steps (the engine's default)
 TABLE = ("<!-- srseg-cpu:start -->", "<!-- srseg-cpu:end -->")
 
 
-def _recipe(name: str, lr: float, term_scale: float = None):
+def _recipe(name: str, lr: float, term_scale: float = None, seg_weight: float = None):
     """The recipe at learning rate ``lr``, its non-MSE weights times ``term_scale``.
+
+    ``seg_weight``: δ as used, replacing the scaled paper value (see ``--seg-weight``).
 
     ``term_scale`` (default :data:`TERM_SCALE`): paper 004 takes α, β, γ from
     SRGAN [5], whose MSE is computed on HR images scaled to [-1, 1]; ours are
@@ -93,7 +95,14 @@ def _recipe(name: str, lr: float, term_scale: float = None):
 
     scale = TERM_SCALE if term_scale is None else term_scale
     rec = recipes.get(name)
-    phases = tuple(replace(p, losses={k: (v if k == "mse" else v * scale) for k, v in p.losses.items()})
+    def weight(k, v):
+        if k == "mse":
+            return v
+        if k == "segmentation" and seg_weight is not None and v:
+            return seg_weight
+        return v * scale
+
+    phases = tuple(replace(p, losses={k: weight(k, v) for k, v in p.losses.items()})
                    for p in rec.phases)
     return replace(rec, lr=lr, phases=phases,
                    options={**rec.options, "discriminator_channels": DISCRIMINATOR_FEATURES})
@@ -138,7 +147,7 @@ def evaluate(model, meta, cells) -> dict:
 
 
 def train_run(name: str, epochs: int, data_root: Path, out_dir: Path, resume: bool,
-              lr: float = None, term_scale: float = None) -> Path:
+              lr: float = None, term_scale: float = None, seg_weight: float = None) -> Path:
     from napari_resolve import models
     from napari_resolve import train as T
     from napari_resolve.train import parsing as P
@@ -161,11 +170,12 @@ def train_run(name: str, epochs: int, data_root: Path, out_dir: Path, resume: bo
                   f"loss { {k: round(v, 5) for k, v in ev.losses.items()} }{extra}", flush=True)
 
     res = T.train(model, {"hr": train["hr"], "labels": train["labels"]}, scale=SCALE,
-                  recipe=_recipe(recipe, lr or LR, term_scale), epochs=epochs, batch_size=BATCH, patch_size=96,
+                  recipe=_recipe(recipe, lr or LR, term_scale, seg_weight), epochs=epochs, batch_size=BATCH, patch_size=96,
                   val_patch=128, val_fraction=0.05, seed=0, device="cpu", output=out,
                   resume=out if resuming else None, callback=report, feature_steps=FEATURE_STEPS,
                   meta={"issue": 14, "cpu_config": CPU_CONFIG, "lr": lr or LR,
                         "term_scale": TERM_SCALE if term_scale is None else term_scale,
+                        "seg_weight": seg_weight,
                         "discriminator_features": DISCRIMINATOR_FEATURES,
                         "script": "scripts/train_srseg.py"})
     print(f"[{name}] {res.stopped} after {(time.monotonic() - t0) / 60:.1f} min", flush=True)
@@ -210,6 +220,9 @@ def main(argv=None) -> int:
     ap.add_argument("--term-scale", type=float, default=None,
                     help=f"factor on the non-MSE loss weights (default {TERM_SCALE:g}: paper 004's "
                          "weights are for MSE on [-1, 1] images; 1 = the printed numbers)")
+    ap.add_argument("--seg-weight", type=float, default=None,
+                    help="δ, the segmentation weight as used (default: paper 004's 0.8 times "
+                         "--term-scale)")
     ap.add_argument("--resume", action="store_true", help="continue interrupted runs")
     ap.add_argument("--evaluate-only", action="store_true", help="train nothing")
     ap.add_argument("--table-only", action="store_true",
@@ -238,7 +251,7 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         if not args.evaluate_only:
             train_run(name, args.epochs, args.data, args.out, args.resume, args.lr,
-                      args.term_scale)
+                      args.term_scale, args.seg_weight)
         minutes = (time.monotonic() - t0) / 60 + (results.get(name, {}).get("minutes", 0)
                                                   if args.resume or args.evaluate_only else 0)
         model, meta, steps = checkpoint.final_model(path)
@@ -261,6 +274,7 @@ def main(argv=None) -> int:
                                "recipe": "srseg", "weights": "final (not best-PSNR)",
                                "lr": args.lr or LR, "term_scale": (TERM_SCALE if args.term_scale
                                                                    is None else args.term_scale),
+                               "seg_weight": args.seg_weight,
                                "cpu_config": CPU_CONFIG,
                                "discriminator_features": DISCRIMINATOR_FEATURES,
                                "script": "scripts/train_srseg.py"},

@@ -100,13 +100,15 @@ def test_demo_prints_real_fluorescence_lines_and_bundles_beat_bicubic(capsys):
     rows = {}
     for line in capsys.readouterr().out.splitlines():
         parts = line.rsplit(maxsplit=4)
-        if len(parts) == 5 and parts[1] in ("bicubic", "mhtcun-lite-x2", "mhtcun-lite-x4"):
+        if len(parts) == 5 and parts[1] in ("bicubic", "mhtcun-lite-x2", "mhtcun-lite-x4",
+                                                 "dfcan-x4"):
             rows[(parts[0].strip(), parts[1])] = [float(v) for v in parts[2:]]
     assert set(rows) == {(d, m) for d in ("DL-SIM normal", "DL-SIM low")
                          for m in ("bicubic", "mhtcun-lite-x2")} | {
-        ("SFSRM ER", "bicubic"), ("SFSRM ER", "mhtcun-lite-x4")}
+        ("SFSRM ER", "bicubic"), ("SFSRM ER", "mhtcun-lite-x4"), ("SFSRM ER", "dfcan-x4")}
     for (data, model), (psnr, ssim, mean) in rows.items():
         assert abs(mean - 1.0) <= 0.05, (data, model)  # intensity stays on the input's scale
     assert rows[("DL-SIM normal", "mhtcun-lite-x2")][0] >= rows[("DL-SIM normal", "bicubic")][0] + 1.0
     assert rows[("DL-SIM low", "mhtcun-lite-x2")][0] >= rows[("DL-SIM low", "bicubic")][0] + 0.5
     assert rows[("SFSRM ER", "mhtcun-lite-x4")][0] > rows[("SFSRM ER", "bicubic")][0]
+    assert rows[("SFSRM ER", "dfcan-x4")][0] > rows[("SFSRM ER", "bicubic")][0]
