@@ -195,5 +195,8 @@ def test_srseg_script_trains_the_ablation_at_one_budget(sample_dir, tmp_path, mo
     # the final weights are what was evaluated, not the best-PSNR checkpoint
     from napari_resolve.train.checkpoint import final_model
 
-    model, _, steps = final_model(out / "srseg-x4.safetensors")
+    model, meta, steps = final_model(out / "srseg-x4.safetensors")
     assert steps == row["steps"] and model.segmentation_head is not None
+    # ... and its metadata says so (not the best checkpoint's step and validation figures)
+    assert meta["metrics"]["step"] == steps and meta["metrics"]["weights"] == "last step"
+    assert meta["training"]["steps"] == steps and row["seg_weight"] == mod.SEG_WEIGHT

@@ -227,5 +227,13 @@ def final_model(path):
     model, meta = bundle.load(path)
     state, parts = load_state(path)
     model.load_state_dict(parts["model"])
-    return model, meta, int(state.get("step", 0))
+    step, epoch = int(state.get("step", 0)), int(state.get("epoch", 0))
+    # the bundle's metrics and step counts describe the best checkpoint, not these weights
+    meta = dict(meta)
+    best = meta.get("metrics") or {}
+    meta["metrics"] = {"step": step, "epoch": epoch, "weights": "last step",
+                       "best_validation_step": best.get("step")}
+    if isinstance(meta.get("training"), dict):
+        meta["training"] = {**meta["training"], "steps": step, "epochs": epoch}
+    return model, meta, step
 
