@@ -20,8 +20,10 @@ from napari_resolve.runtime.onnx import ExportError, export_onnx, load_onnx, rea
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 HAS_OV = importlib.util.find_spec("openvino") is not None
 NAMES = [p["name"] for p in bundle.pretrained()]
-EXPORTABLE = [n for n in NAMES if not n.startswith("mhtcun")]
-FFT_MODELS = [n for n in NAMES if n.startswith("mhtcun")]
+#: FFT channel attention: MHTCUN (paper 003) and its DFCAN baseline
+FFT_ARCHS = {"mhtcun", "mhtcun-lite", "dfcan"}
+FFT_MODELS = [n for n in NAMES if bundle.read_meta(n)["architecture"] in FFT_ARCHS]
+EXPORTABLE = [n for n in NAMES if n not in FFT_MODELS]
 
 
 @pytest.fixture(autouse=True, scope="module")

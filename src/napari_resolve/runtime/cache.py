@@ -62,7 +62,8 @@ def model_hash(model, *, weights: bool = True) -> str:
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         if weights and t.numel():
-            h.update(t.view(torch.uint8).numpy().tobytes())
+            # reshape: a 0-d tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:24]
 
 
