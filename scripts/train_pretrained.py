@@ -131,7 +131,8 @@ def _sr_init(init_from_bundle: bool, resuming: bool) -> str:
 
 
 def run_job(name: str, minutes: float, data_root: Path, device: str, resume: bool = False,
-            steps: int | None = None, ship: bool = True, init_from_bundle: bool = False) -> dict:
+            steps: int | None = None, ship: bool = True, init_from_bundle: bool = False,
+            end_to_end: bool = False) -> dict:
     from napari_resolve import train as T
 
     arch, scale, default_minutes = JOBS[name]
@@ -161,7 +162,9 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
         resuming = resume and state.exists()
         if resuming and arch == "gp" and PRIOR_CKPT.exists():
             warm = str(PRIOR_CKPT.relative_to(REPO))  # the run being resumed started from it
-        recipe = "gp-pretrained-prior" if arch == "gp" and warm else "gp"
+        # end_to_end: paper 000 §2.5 after the pre-training (prior net trains too, with the
+        # parsing cross entropy on the masks)
+        recipe = "gp-pretrained-prior" if arch == "gp" and warm and not end_to_end else "gp"
         info = {"sr_steps": steps, "lr": SR_LR, "prior_warm_start": warm, "recipe": recipe,
                 "sr_init": _sr_init(init_from_bundle, resuming),
                 **_continuation(name, steps, init_from_bundle and not resuming)}
@@ -228,6 +231,9 @@ def main(argv=None) -> int:
     ap.add_argument("--init-from-bundle", action="store_true",
                     help="leukocyte models: start from the shipped bundle's weights (GP: with "
                          "the pre-trained prior swapped in) instead of a random SR branch")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="GP: train the prior net too (recipe gp: Charbonnier + parsing cross "
+                         "entropy, paper 000 §2.5) instead of freezing it")
     ap.add_argument("--finish", action="store_true",
                     help="leukocyte models: write the bundles of finished runs, train nothing")
     args = ap.parse_args(argv)
@@ -247,7 +253,8 @@ def main(argv=None) -> int:
                           {"sr_steps": args.steps or SR_STEPS[scale], "lr": SR_LR,
                            "prior_warm_start": str(PRIOR_CKPT.relative_to(REPO))
                            if arch == "gp" else None,
-                           "recipe": "gp-pretrained-prior" if arch == "gp" else "gp",
+                           "recipe": "gp-pretrained-prior" if arch == "gp" and not args.end_to_end
+                           else "gp",
                            "sr_init": _sr_init(args.init_from_bundle, False),
                            **_continuation(name, args.steps or SR_STEPS[scale],
                                            args.init_from_bundle)})
@@ -260,7 +267,7 @@ def main(argv=None) -> int:
     for name in args.names:
         run_job(name, None if args.prior_steps else args.minutes, args.data, args.device,
                 resume=args.resume, steps=args.steps, ship=not args.no_ship,
-                init_from_bundle=args.init_from_bundle)
+                init_from_bundle=args.init_from_bundle, end_to_end=args.end_to_end)
     return 0
 
 
