@@ -200,3 +200,36 @@ def test_srseg_script_trains_the_ablation_at_one_budget(sample_dir, tmp_path, mo
     # ... and its metadata says so (not the best checkpoint's step and validation figures)
     assert meta["metrics"]["step"] == steps and meta["metrics"]["weights"] == "last step"
     assert meta["training"]["steps"] == steps and row["seg_weight"] == mod.SEG_WEIGHT
+
+
+@pytest.mark.parametrize("end_to_end, recipe", [(False, "gp-pretrained-prior"), (True, "gp")])
+def test_train_pretrained_freezes_the_prior_unless_end_to_end(sample_dir, tmp_path, monkeypatch,
+                                                              end_to_end, recipe):
+    """scripts/train_pretrained.py: GP with a pre-trained prior trains only its SR branch,
+    unless --end-to-end asks for paper 000 §2.5 (recipe gp: the prior net trains too)."""
+    from napari_resolve import train as T
+    from napari_resolve.train import recipes
+
+    spec = importlib.util.spec_from_file_location("tpp", REPO / "scripts" / "train_pretrained.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    prior = tmp_path / "prior.pt"
+    torch.save({"model": P.build_prior_net(16).state_dict(), "base_channels": 16}, prior)
+    monkeypatch.setattr(mod, "PRIOR_CKPT", prior)
+    monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(mod, "REPO", tmp_path)
+    seen = {}
+
+    def fake_train(model, data, **kw):
+        seen["model"], seen["recipe"] = model, kw["recipe"]
+        return type("R", (), {"stopped": "stop", "best": None})()
+
+    monkeypatch.setattr(T, "train", fake_train)
+    mod.run_job("gp-x4", None, sample_dir, "cpu", steps=2, ship=False, end_to_end=end_to_end)
+    assert seen["recipe"] == recipe
+    trains = recipes.get(recipe).phases[0].train
+    assert (trains == ("sr_net",)) == (not end_to_end)  # what the recipe lets learn
+    # the pre-trained prior is in the model either way
+    got = seen["model"].prior_net.state_dict()
+    want = P.load_prior(prior).state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
