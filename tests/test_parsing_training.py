@@ -233,3 +233,16 @@ def test_train_pretrained_freezes_the_prior_unless_end_to_end(sample_dir, tmp_pa
     got = seen["model"].prior_net.state_dict()
     want = P.load_prior(prior).state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_leukocyte_cards_name_the_prior_only_for_models_that_have_one():
+    """The card of an NP / SRSEG bundle must not tell a user about a prior net it lacks."""
+    from napari_resolve import bundle
+    from napari_resolve.train.leukocyte import leukocyte_domain
+
+    assert "prior net" in leukocyte_domain(4, 10, None, with_prior=True)["trained_on"]
+    assert "prior" not in leukocyte_domain(4, 10, None, with_prior=False)["trained_on"]
+    for entry in bundle.pretrained():
+        meta = bundle.read_meta(entry["path"])
+        if meta.get("architecture") in ("np", "srseg"):
+            assert "prior" not in meta["domain"]["trained_on"], entry["name"]

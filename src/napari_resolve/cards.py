@@ -37,6 +37,7 @@ PAPERS = {
     "srseg": "SRSEG (super-resolution with segmentation)",
     "srresnet": "SRResNet",
     "srcnn": "SRCNN",
+    "dfcan": "DFCAN (Qiao et al. 2021, fluorescence microscopy), the baseline of MHTCUN's paper",
     "bicubic": "bicubic interpolation (no learning)",
 }
 COLOUR_WORDS = {"rgb": "colour (RGB) images", "y": "colour or grey images (sharpens brightness, "

@@ -17,8 +17,12 @@ import numpy as np
 __all__ = ["leukocyte_domain", "evaluate_bundle", "smear_figures", "finish_bundle"]
 
 
-def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None, channels: int = 1) -> dict:
-    """The bundle's ``domain`` card (``input_stats`` filled by :func:`finish_bundle`)."""
+def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None, channels: int = 1,
+                     with_prior: bool = True) -> dict:
+    """The bundle's ``domain`` card (``input_stats`` filled by :func:`finish_bundle`).
+
+    ``with_prior``: the model has GP's prior net (its pre-training is named).
+    """
     return {
         "summary": "Bright-field images of Wright-Giemsa stained blood smears around white "
                    "blood cells" + (", super-resolved on the luma (Y)." if channels == 1 else "."),
@@ -29,9 +33,9 @@ def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None, channel
         "scale": int(scale),
         "pixel_size": None,
         "trained_on": f"{train_cells} white-blood-cell crops of Zheng et al. 2018 (data sets 1 "
-                      "and 2, GPL-3.0) with nucleus / cytoplasm masks, LR = MATLAB bicubic; "
-                      "GP's prior net was pre-trained on the same cells plus BCCD smear "
-                      "patches (MIT) as red-cell background",
+                      "and 2, GPL-3.0) with nucleus / cytoplasm masks, LR = MATLAB bicubic"
+                      + ("; the prior net was pre-trained on the same cells plus BCCD smear "
+                         "patches (MIT) as red-cell background" if with_prior else ""),
         "heldout": heldout,
         "input_stats": None,
     }
@@ -120,12 +124,15 @@ def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: i
                                        "sets that the model never trained on",
                                **{k: round(v, 4) for k, v in ev_held.items() if k != "iou"}}}
     channels = int(model.in_channels)
-    domain = leukocyte_domain(scale, len(train["hr"]), heldout, channels)
+    domain = leukocyte_domain(scale, len(train["hr"]), heldout, channels,
+                              with_prior=bool(getattr(model, "predicts_parsing", False)))
     domain["input_stats"] = _input_stats(train, scale, channels)
     meta = dict(meta)
     meta["domain"] = domain
+    chosen = ("the run's last weights" if str(steps_info.get("weights", "")).startswith("final")
+              else "checkpoint chosen on 5 % of the training cells")
     meta["training_data"] = ("WBC (Zheng 2018) data sets 1+2 minus the 12 sample_data cells and "
-                             "the HELDOUT_RULE cells; checkpoint chosen on 5 % of the training cells")
+                             f"the HELDOUT_RULE cells; {chosen}")
     meta["steps_info"] = dict(steps_info)
     if getattr(model, "predicts_parsing", False):
         _, bccd_held = P.bccd_split(data_root / "bccd")
