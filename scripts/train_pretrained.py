@@ -130,6 +130,13 @@ def _sr_init(init_from_bundle: bool, resuming: bool) -> str:
     return "resumed run" if resuming else "random (SR branch), as paper 000"
 
 
+def _recipe(arch: str, warm_prior: bool, end_to_end: bool) -> str:
+    """GP with a pre-trained prior trains its SR branch only (recipe gp-pretrained-prior),
+    unless ``end_to_end`` (paper 000 §2.5: the prior net trains too, with the parsing cross
+    entropy on the masks); NP: recipe gp (its parsing term has nothing to act on)."""
+    return "gp-pretrained-prior" if arch == "gp" and warm_prior and not end_to_end else "gp"
+
+
 def run_job(name: str, minutes: float, data_root: Path, device: str, resume: bool = False,
             steps: int | None = None, ship: bool = True, init_from_bundle: bool = False,
             end_to_end: bool = False) -> dict:
@@ -157,14 +164,10 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
             if arch == "gp" and PRIOR_CKPT.exists():
                 model.prior_net.load_state_dict(P.load_prior(PRIOR_CKPT).state_dict())
                 warm = str(PRIOR_CKPT.relative_to(REPO))
-        # GP with a pre-trained prior: the SR branch learns, the prior stays (recipe
-        # gp-pretrained-prior); NP: recipe gp (its parsing term has nothing to act on)
         resuming = resume and state.exists()
         if resuming and arch == "gp" and PRIOR_CKPT.exists():
             warm = str(PRIOR_CKPT.relative_to(REPO))  # the run being resumed started from it
-        # end_to_end: paper 000 §2.5 after the pre-training (prior net trains too, with the
-        # parsing cross entropy on the masks)
-        recipe = "gp-pretrained-prior" if arch == "gp" and warm and not end_to_end else "gp"
+        recipe = _recipe(arch, bool(warm), end_to_end)
         info = {"sr_steps": steps, "lr": SR_LR, "prior_warm_start": warm, "recipe": recipe,
                 "sr_init": _sr_init(init_from_bundle, resuming),
                 **_continuation(name, steps, init_from_bundle and not resuming)}
@@ -253,8 +256,7 @@ def main(argv=None) -> int:
                           {"sr_steps": args.steps or SR_STEPS[scale], "lr": SR_LR,
                            "prior_warm_start": str(PRIOR_CKPT.relative_to(REPO))
                            if arch == "gp" else None,
-                           "recipe": "gp-pretrained-prior" if arch == "gp" and not args.end_to_end
-                           else "gp",
+                           "recipe": _recipe(arch, True, args.end_to_end),
                            "sr_init": _sr_init(args.init_from_bundle, False),
                            **_continuation(name, args.steps or SR_STEPS[scale],
                                            args.init_from_bundle)})

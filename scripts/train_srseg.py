@@ -103,6 +103,7 @@ def _recipe(name: str, lr: float, term_scale: float = None, seg_weight: float = 
 
     scale = TERM_SCALE if term_scale is None else term_scale
     rec = recipes.get(name)
+
     def weight(k, v):
         if k == "mse":
             return v
@@ -268,8 +269,8 @@ def main(argv=None) -> int:
         row = {"steps": steps, "minutes": minutes, "sample": ev_a, "other": ev_b}
         if RUNS[name][1] == "srseg":
             row["seg_weight"] = args.seg_weight
-        if getattr(model, "segmentation_head", None) is not None and RUNS[name][1] == "srseg":
-            row["segmentation"] = segmentation_iou(model, sample_cells)
+            if getattr(model, "segmentation_head", None) is not None:
+                row["segmentation"] = segmentation_iou(model, sample_cells)
         results[name] = row
         with atomic_path(summary_path) as tmp:
             Path(tmp).write_text(json.dumps(results, indent=1))

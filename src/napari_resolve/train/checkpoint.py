@@ -236,4 +236,3 @@ def final_model(path):
     if isinstance(meta.get("training"), dict):
         meta["training"] = {**meta["training"], "steps": step, "epochs": epoch}
     return model, meta, step
-

@@ -124,17 +124,17 @@ def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: i
                                        "sets that the model never trained on",
                                **{k: round(v, 4) for k, v in ev_held.items() if k != "iou"}}}
     channels = int(model.in_channels)
-    domain = leukocyte_domain(scale, len(train["hr"]), heldout, channels,
-                              with_prior=bool(getattr(model, "predicts_parsing", False)))
+    parses = bool(getattr(model, "predicts_parsing", False))
+    domain = leukocyte_domain(scale, len(train["hr"]), heldout, channels, with_prior=parses)
     domain["input_stats"] = _input_stats(train, scale, channels)
     meta = dict(meta)
     meta["domain"] = domain
-    chosen = ("the run's last weights" if str(steps_info.get("weights", "")).startswith("final")
-              else "checkpoint chosen on 5 % of the training cells")
+    last = (meta.get("metrics") or {}).get("weights") == "last step"  # train.checkpoint.final_model
+    chosen = "the run's last weights" if last else "checkpoint chosen on 5 % of the training cells"
     meta["training_data"] = ("WBC (Zheng 2018) data sets 1+2 minus the 12 sample_data cells and "
                              f"the HELDOUT_RULE cells; {chosen}")
     meta["steps_info"] = dict(steps_info)
-    if getattr(model, "predicts_parsing", False):
+    if parses:
         _, bccd_held = P.bccd_split(data_root / "bccd")
         smear_list = P.load_smears(data_root / "bccd", bccd_held[:smears]) if smears else []
         meta["parsing"] = {
