@@ -24,8 +24,8 @@ Sibling of the fluorescence ``scripts/train_gpu.py`` (issue 14, item 5). Within
    with the issue-14 card) only when it beats bicubic and the bundle there
    now, and for GP only when its parsing IoU is not worse either.
 
-Architectures are the bundles' CPU configs (32 SR features, 16-channel prior
-U-Net) so a bundle stays under ~9 MB; ``--paper-width`` trains the paper's
+Architectures are the bundles' CPU configs (32 SR features; GP's colour prior
+U-Net of 32 base channels and depth 3 at the LR size) so a bundle stays under ~9 MB; ``--paper-width`` trains the paper's
 widths instead (then nothing over ``MAX_BUNDLE_MB`` is shipped). Checkpoints
 are chosen on 5 % of the training cells. ``--max-steps`` / ``--prior-steps``
 cap the steps (the CPU test uses 2).
@@ -43,7 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "src" / "napari_resolve" / "pretrained"
 MAX_BUNDLE_MB = 9.5
 
-CPU_CONFIG = {"gp": {"features": 32, "prior_base_channels": 16}, "np": {"features": 32},
+#: GP: the bundled colour prior at the LR size (scripts/train_pretrained.py GP_CONFIGS["lr-rgb32"])
+CPU_CONFIG = {"gp": {"features": 32, "in_channels": 3, "luma_sr": True, "prior_input": "lr",
+                     "prior_base_channels": 32, "prior_depth": 3},
+              "np": {"features": 32},
               # the paper's generator, plus the bicubic skip (a departure: starts as bicubic)
               "srseg": {"bicubic_residual": True}}
 #: name: (architecture, scale, share of the training time)
@@ -110,16 +113,18 @@ def main(argv=None) -> int:
 
     prior_ckpt = args.out / "prior.pt"
     if any(JOBS[n][0] == "gp" for n in names):
-        cpu_prior = REPO / "bench_output" / "prior" / "prior-unet16.pt"
+        cpu_prior = REPO / "bench_output" / "prior" / "prior-lr-rgb32.pt"
         smears = P.load_smears(bccd_root, P.bccd_split(bccd_root)[0])
         sampler = P.ParsingSampler(train, smears, patch=128, scales=(4, 8))
         gp_config = {**({} if args.paper_width else CPU_CONFIG["gp"]),
                      **(args.config or {}).get("gp", {})}
         base = int(gp_config.get("prior_base_channels", 32))
-        init = cpu_prior if cpu_prior.exists() and base == 16 else None
+        prior_model = models.build("gp", scale=4, **gp_config)  # its prior trains as GP runs it
+        init = cpu_prior if cpu_prior.exists() and gp_config == CPU_CONFIG["gp"] else None
         P.pretrain_prior(sampler, prior_ckpt, steps=args.prior_steps, batch_size=args.prior_batch,
                          lr=3e-4 if init else 1e-3, base_channels=base, device=device,
-                         minutes=budget * PRIOR_SHARE / 60.0, init=init,
+                         minutes=budget * PRIOR_SHARE / 60.0, init=init, model=prior_model,
+                         class_weights=(1.0, 1.5, 1.0),
                          log=lambda m: print(f"[prior] {m}", flush=True))
     gp_steps = {}
     for name in names:

@@ -43,8 +43,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "src" / "napari_resolve" / "pretrained"
 
+#: GP configs by prior: "y16" reads the bicubic-upsampled Y (paper 000 §2.1, a quarter of its
+#: width; the bundles up to session 6), "lr-rgb32" reads the LR RGB image (ours, see
+#: docs/benchmarks.md "Prior at the LR size, in colour"); the SR branch works on Y in both
+GP_CONFIGS = {
+    "y16": {"features": 32, "prior_base_channels": 16},
+    "lr-rgb32": {"features": 32, "in_channels": 3, "luma_sr": True, "prior_input": "lr",
+                 "prior_base_channels": 32, "prior_depth": 3},
+}
+PRIOR = "lr-rgb32"  # the bundled one
+PRIOR_CKPTS = {"y16": "prior-unet16.pt", "lr-rgb32": "prior-lr-rgb32.pt"}
 CPU_CONFIG = {  # see the module docstring
-    "gp": {"features": 32, "prior_base_channels": 16},
+    "gp": GP_CONFIGS[PRIOR],
     "np": {"features": 32},
 }
 
@@ -66,13 +76,21 @@ def fluorescence_split():
     return train, val
 
 
-PRIOR_CKPT = REPO / "bench_output" / "prior" / "prior-unet16.pt"
+PRIOR_CKPT = REPO / "bench_output" / "prior" / PRIOR_CKPTS[PRIOR]
 
 
 def run_prior(steps: int, minutes, data_root: Path, resume: bool,
-              cytoplasm_weight: float | None = None) -> None:
-    """Pre-train GP's prior U-Net on parsing maps (napari_resolve.train.parsing)."""
+              cytoplasm_weight: float | None = None, lr_patch: int = 48, batch: int = 8) -> None:
+    """Pre-train GP's prior U-Net on parsing maps (napari_resolve.train.parsing).
+
+    ``lr-rgb32`` (``PRIOR``): the prior of a GP model of that config, trained as
+    the model runs it; batches of ``batch`` LR patches ``lr_patch`` px square,
+    ×4 and ×8 in turn, Adam 1e-3 with cosine decay, cross-entropy weights 1 / 1.5 / 1.
+    ``y16``: the bare U-Net on upsampled Y, batches of 8 HR patches 128 px square.
+    """
     import torch
+
+    from napari_resolve import models
 
     from napari_resolve.metrics import parsing as MP
     from napari_resolve.train import parsing as P
@@ -86,16 +104,25 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
     sampler = P.ParsingSampler(train, smears, patch=128, scales=(4, 8))
 
     def evaluate(net):
-        parse = P.net_parser(net)
+        parse = P.net_parser(net) if PRIOR == "y16" else P.model_parser(net)
         out = {f"x{s} sample": MP.parse_cells(parse, sample_cells, s) for s in (4, 8)}
         out["x4 heldout"] = MP.parse_cells(parse, heldout, 4)
+        out["x8 heldout"] = MP.parse_cells(parse, heldout, 8)
         out["x4 bccd"] = MP.parse_smears(parse, check_smears, 4)
         return {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in out.items()}
 
     torch.manual_seed(0)
-    weights = P.CLASS_WEIGHTS if cytoplasm_weight is None else (1.0, cytoplasm_weight, 1.0)
+    if PRIOR == "y16":
+        weights = P.CLASS_WEIGHTS if cytoplasm_weight is None else (1.0, cytoplasm_weight, 1.0)
+        P.pretrain_prior(sampler, PRIOR_CKPT, steps=steps, minutes=minutes, resume=resume,
+                         evaluate=evaluate, eval_every=200, class_weights=weights,
+                         log=lambda m: print(f"[prior] {m}", flush=True))
+        return
+    weights = (1.0, 1.5 if cytoplasm_weight is None else cytoplasm_weight, 1.0)
+    model = models.build("gp", scale=4, **GP_CONFIGS[PRIOR])
     P.pretrain_prior(sampler, PRIOR_CKPT, steps=steps, minutes=minutes, resume=resume,
-                     evaluate=evaluate, eval_every=200, class_weights=weights,
+                     evaluate=evaluate, eval_every=500, class_weights=weights, model=model,
+                     batch_size=batch, lr=1e-3, seed=11, lr_patch=lr_patch,
                      log=lambda m: print(f"[prior] {m}", flush=True))
 
 
@@ -160,7 +187,10 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
                 from napari_resolve import bundle
 
                 shipped, _ = bundle.load(OUT / f"{name}.safetensors")
-                model.load_state_dict(shipped.state_dict())
+                if arch == "gp":  # its SR branch; the prior may be of another config
+                    model.sr_net.load_state_dict(shipped.sr_net.state_dict())
+                else:
+                    model.load_state_dict(shipped.state_dict())
             if arch == "gp" and PRIOR_CKPT.exists():
                 model.prior_net.load_state_dict(P.load_prior(PRIOR_CKPT).state_dict())
                 warm = str(PRIOR_CKPT.relative_to(REPO))
@@ -226,6 +256,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prior-cytoplasm-weight", type=float, default=None,
                     help="cross-entropy weight of the cytoplasm class for the prior "
                          "(default: train.parsing.CLASS_WEIGHTS, 3)")
+    ap.add_argument("--prior-patch", type=int, default=48,
+                    help="LR patch side of the lr-rgb32 prior pre-training (px)")
+    ap.add_argument("--prior-batch", type=int, default=8, help="its batch size")
     ap.add_argument("--resume", action="store_true", help="continue interrupted runs")
     ap.add_argument("--steps", type=int, default=None,
                     help="SR steps of the leukocyte models (default SR_STEPS, the same for GP and NP)")
@@ -263,7 +296,7 @@ def main(argv=None) -> int:
         return 0
     if args.prior_steps:
         run_prior(args.prior_steps, args.minutes, args.data, args.resume,
-                  args.prior_cytoplasm_weight)
+                  args.prior_cytoplasm_weight, args.prior_patch, args.prior_batch)
         if not args.names:
             return 0
     for name in args.names:

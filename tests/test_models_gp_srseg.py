@@ -261,6 +261,92 @@ def test_gp_sr_loss_trains_prior_net_end_to_end(gp_case):
     net.zero_grad()
 
 
+# GP with the colour prior at the LR size (the bundled config since issue 14, session 7)
+LR_RGB = dict(in_channels=3, luma_sr=True, prior_input="lr", prior_base_channels=8, prior_depth=3,
+              features=16)
+
+
+@pytest.fixture(scope="module")
+def gp_rgb_case(wbc):
+    net = build("gp", scale=4, **LR_RGB).eval()
+    torch.manual_seed(1)
+    torch.nn.init.normal_(net.sr_net.decoder[-1].weight, std=0.05)
+    x = lr_input(wbc, "srseg", 4, (30, 30))  # RGB
+    return net, x, torch.from_numpy(wbc[1][:120, :120])[None]
+
+
+def test_gp_rgb_sr_works_on_luma_and_keeps_bicubic_chroma(wbc, gp_rgb_case):
+    from napari_resolve.data.color import rgb_to_ycbcr, rgb_to_ycbcr_torch
+    from napari_resolve.data.degrade import imresize_torch
+
+    net, x, _ = gp_rgb_case
+    with torch.no_grad():
+        out = net(x)
+    up = imresize_torch(x, 4)
+    assert out["sr"].shape == up.shape == (1, 3, 120, 120)
+    got, want = rgb_to_ycbcr_torch(out["sr"]), rgb_to_ycbcr_torch(up)
+    sr = out["sr"]
+    inside = ((sr > 1e-4) & (sr < 1 - 1e-4)).all(1)  # the output is clipped to [0, 1]
+    assert inside.float().mean() > 0.9
+    # chroma is bicubic's, the luma is not (the SR branch changed it)
+    assert (got[:, 1:] - want[:, 1:]).abs()[:, :, inside[0]].max() < 1e-5
+    assert (got[:, :1] - want[:, :1]).abs().max() > 1e-3
+    # untrained (last conv zero): the model is bicubic, as predict's Y path gives it
+    fresh = build("gp", scale=4, **LR_RGB).eval()
+    with torch.no_grad():
+        sr = fresh(x)["sr"]
+    assert (sr - up.clamp(0, 1)).abs().max() < 1e-5
+    # the skimage conversion (MATLAB rgb2ycbcr) is the same as the torch one
+    np.testing.assert_allclose(
+        rgb_to_ycbcr(up[0].permute(1, 2, 0).numpy()), want[0].permute(1, 2, 0).numpy(), atol=1e-5)
+
+
+def test_gp_lr_prior_reads_the_lr_image(gp_rgb_case):
+    net, x, _ = gp_rgb_case
+    with torch.no_grad():
+        logits = net(x)["parsing"]
+        own = F.interpolate(net.prior_net(F.pad(x - 0.5, (0, 2, 0, 2), mode="reflect"))[..., :30, :30],
+                            size=(120, 120), mode="bilinear", align_corners=False)
+    assert torch.allclose(logits, own, atol=1e-6)
+
+
+def test_gp_lr_prior_one_prior_path_and_receptive_field(gp_rgb_case):
+    net, x, labels = gp_rgb_case
+    with torch.no_grad():
+        own = net(x)
+        back = net(x, prior=own["parsing"].argmax(1))
+        edited = labels.clone()
+        edited[0, 60:64, 60:64] = 2 - edited[0, 60:64, 60:64].clamp(max=2)
+        a, b = net(x, prior=labels), net(x, prior=edited)
+    assert torch.equal(own["sr"], back["sr"])
+    d = (a["sr"] - b["sr"]).abs().amax(1)[0]
+    assert d.max() > 1e-4
+    far = torch.ones_like(d, dtype=torch.bool)
+    r = net.prior_radius
+    far[60 - r : 64 + r, 60 - r : 64 + r] = False
+    assert d[far].max() == 0
+    # one LR pixel reaches no SR / parsing pixel farther than receptive_field LR px
+    rf = net.receptive_field
+    long = 2 * rf + 9
+    z = torch.rand(1, 3, long, 6, generator=torch.Generator().manual_seed(0))
+    y = z.clone()
+    y[..., long // 2, 3] += 0.5
+    with torch.no_grad():
+        oz, oy = net(z), net(y)
+    for key in ("sr", "parsing"):
+        changed = torch.nonzero((oy[key] - oz[key]).abs().amax(dim=(0, 1, 3)) > 0)[:, 0]
+        assert len(changed) > 0
+        reach = ((changed.double() + 0.5) / 4 - 0.5 - long // 2).abs().max().item()
+        assert reach <= rf, (key, reach, rf)
+
+
+def test_gp_luma_sr_needs_rgb():
+    with pytest.raises(InputError, match="luma_sr"):
+        models.build("gp", scale=4, luma_sr=True)
+    with pytest.raises(InputError, match="prior_input"):
+        models.build("gp", scale=4, prior_input="hr")
+
+
 @pytest.mark.parametrize(
     ("prior", "message"),
     [

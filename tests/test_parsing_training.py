@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_resolve import models
 from napari_resolve.metrics.parsing import class_iou, red_cell_share
 from napari_resolve.train import parsing as P
 
@@ -107,6 +108,53 @@ def test_pretraining_lowers_the_loss_and_resumes(split, tmp_path):
     assert P.net_parser(net)(lr, 4).shape == (40, 52)
 
 
+def test_pretraining_through_a_colour_lr_gp_model(split, tmp_path):
+    """The prior of an RGB GP model with prior_input="lr" trains as the model runs it
+    (×4 and ×8 in turn, LR patches); the checkpoint loads back into a GP model."""
+    train, _, _ = split
+    cfg = dict(in_channels=3, luma_sr=True, prior_input="lr", prior_base_channels=4,
+               prior_depth=3, features=8)
+    torch.manual_seed(0)
+    model = models.build("gp", scale=4, **cfg)
+    sampler = P.ParsingSampler(train, [], patch=64, scales=(4, 8))
+    seen = []
+    sampler_input = P.model_input
+
+    def spy(lr, in_channels):
+        seen.append(lr.shape)
+        return sampler_input(lr, in_channels)
+
+    x, scale, y = _lr_batch(sampler, model, 4)
+    with torch.no_grad():
+        before = P.parsing_loss(model.parsing_logits(x, scale), y)
+    P.model_input, restore = spy, P.model_input
+    try:
+        P.pretrain_prior(sampler, tmp_path / "p.pt", steps=30, batch_size=4, lr=3e-3,
+                         model=model, lr_patch=16, log=lambda m: None)
+    finally:
+        P.model_input = restore
+    # LR crops 16 px square at both scales, RGB
+    assert {s for s in seen[-8:]} == {(16, 16, 3)}
+    with torch.no_grad():
+        after = P.parsing_loss(model.parsing_logits(x, scale), y)
+    assert float(after) < float(before)
+    fresh = models.build("gp", scale=8, **cfg)
+    fresh.prior_net.load_state_dict(P.load_prior(tmp_path / "p.pt").state_dict())
+    lr = np.zeros((10, 13, 3), np.uint8) + 200
+    got = P.model_parser(fresh)(lr, 8)
+    assert got.shape == (80, 104)
+    assert np.array_equal(got, P.model_parser(model.eval())(lr, 8))
+
+
+def _lr_batch(sampler, model, scale):
+    """A fixed batch of (LR RGB, scale, HR labels) for the loss before / after."""
+    fn = sampler.input_fn
+    sampler.input_fn = lambda lr, s: P.model_input(lr, 3)
+    x, y = sampler.batch(np.random.default_rng(3), 4, scale=scale, patch=16 * scale)
+    sampler.input_fn = fn
+    return x, scale, y
+
+
 def test_iou_and_red_cell_share_on_known_maps():
     truth = np.zeros((10, 10), np.uint8)
     truth[2:8, 2:8] = 1
@@ -133,7 +181,7 @@ def test_gpu_script_trains_evaluates_and_ships_on_cpu(sample_dir, tmp_path):
     shipped = tmp_path / "pretrained"
     shipped.mkdir()
     rc = mod.main(["gp-x4", "np-x4", "--data", str(sample_dir), "--out", str(tmp_path / "out"),
-                   "--device", "cpu", "--max-steps", "2", "--prior-steps", "2",
+                   "--device", "cpu", "--max-steps", "6", "--prior-steps", "2",
                    "--eval-cells", "1", "--ship", "--pretrained-dir", str(shipped),
                    "--minutes", "5", "--prior-batch", "2",
                    "--config", json.dumps({"gp": {"features": 8, "prior_base_channels": 4},
@@ -149,7 +197,8 @@ def test_gpu_script_trains_evaluates_and_ships_on_cpu(sample_dir, tmp_path):
     card = meta["domain"]
     assert card["modality"] == "brightfield" and card["scale"] == 4
     assert {"model", "bicubic", "ssim_model", "ssim_bicubic"} <= set(card["heldout"])
-    assert card["input_stats"]["channels"] == 1
+    assert card["input_stats"]["channels"] == 3  # the colour GP config
+    assert "luma (Y)" in card["summary"]
     assert "iou_sample_cells" in meta["parsing"]
     assert (shipped / "np-x4.safetensors").exists()
     # a second run must beat what is there now: the summary says whether it did
@@ -214,7 +263,9 @@ def test_train_pretrained_freezes_the_prior_unless_end_to_end(sample_dir, tmp_pa
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     prior = tmp_path / "prior.pt"
-    torch.save({"model": P.build_prior_net(16).state_dict(), "base_channels": 16}, prior)
+    net = models.build("gp", scale=4, **mod.CPU_CONFIG["gp"]).prior_net  # the bundled config
+    torch.save({"model": net.state_dict(), "base_channels": net.base_channels,
+                "depth": net.depth, "in_channels": net.in_channels}, prior)
     monkeypatch.setattr(mod, "PRIOR_CKPT", prior)
     monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(mod, "REPO", tmp_path)
@@ -232,6 +283,17 @@ def test_train_pretrained_freezes_the_prior_unless_end_to_end(sample_dir, tmp_pa
     # the pre-trained prior is in the model either way
     got = seen["model"].prior_net.state_dict()
     want = P.load_prior(prior).state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    if end_to_end:
+        return
+    # --init-from-bundle: the shipped bundle's SR branch with the pre-trained prior beside it
+    from napari_resolve import bundle
+
+    mod.run_job("gp-x4", None, sample_dir, "cpu", steps=2, ship=False, init_from_bundle=True)
+    shipped, _ = bundle.load(mod.OUT / "gp-x4.safetensors")
+    got = seen["model"].sr_net.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in shipped.sr_net.state_dict().items())
+    got = seen["model"].prior_net.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 

@@ -34,7 +34,8 @@ import numpy as np
 
 from napari_resolve.errors import InputError
 
-__all__ = ["rgb_to_ycbcr", "ycbcr_to_rgb", "rgb_to_y", "round_half_away"]
+__all__ = ["rgb_to_ycbcr", "ycbcr_to_rgb", "rgb_to_y", "round_half_away", "rgb_to_ycbcr_torch",
+           "ycbcr_to_rgb_torch"]
 
 _INT_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -110,3 +111,29 @@ def rgb_to_y(img, *, channel_axis: int = -1) -> np.ndarray:
     """The Y (luma) channel of :func:`rgb_to_ycbcr`, channel axis removed."""
     ycc = rgb_to_ycbcr(img, channel_axis=channel_axis)
     return np.take(ycc, 0, axis=channel_axis)
+
+
+#: BT.601 of MATLAB ``rgb2ycbcr`` for RGB in [0, 1]: YCbCr = OFFSET + MATRIX @ RGB (the
+#: constants of the module docstring, divided by 255)
+_YCBCR_MATRIX = np.array([[65.481, 128.553, 24.966],
+                          [-37.797, -74.203, 112.0],
+                          [112.0, -93.786, -18.214]]) / 255.0
+_YCBCR_OFFSET = np.array([16.0, 128.0, 128.0]) / 255.0
+
+
+def rgb_to_ycbcr_torch(x):
+    """:func:`rgb_to_ycbcr` of a float tensor (N, 3, H, W) in [0, 1], differentiable."""
+    import torch
+
+    m = torch.as_tensor(_YCBCR_MATRIX, dtype=x.dtype, device=x.device)
+    off = torch.as_tensor(_YCBCR_OFFSET, dtype=x.dtype, device=x.device)
+    return torch.einsum("ij,njhw->nihw", m, x) + off[None, :, None, None]
+
+
+def ycbcr_to_rgb_torch(x):
+    """:func:`ycbcr_to_rgb` of a float tensor (N, 3, H, W), without the clipping."""
+    import torch
+
+    inv = torch.as_tensor(np.linalg.inv(_YCBCR_MATRIX), dtype=x.dtype, device=x.device)
+    off = torch.as_tensor(_YCBCR_OFFSET, dtype=x.dtype, device=x.device)
+    return torch.einsum("ij,njhw->nihw", inv, x - off[None, :, None, None])

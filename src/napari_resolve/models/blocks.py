@@ -175,6 +175,8 @@ class UNet(nn.Module):
         if depth < 1:
             raise ValueError(f"U-Net depth must be >= 1, got {depth}")
         self.depth = int(depth)
+        self.base_channels = int(base_channels)
+        self.in_channels = int(in_channels)
         self.size_multiple = 2**self.depth
         kw = dict(
             act=act, negative_slope=negative_slope, batch_norm=batch_norm, padding_mode=padding_mode

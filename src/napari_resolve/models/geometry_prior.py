@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_resolve.data.color import rgb_to_ycbcr_torch, ycbcr_to_rgb_torch
 from napari_resolve.data.degrade import imresize_torch
 from napari_resolve.errors import InputError
 from napari_resolve.models import register
@@ -31,6 +32,8 @@ from napari_resolve.models.blocks import ResidualBlock, UNet, conv, conv_act
 __all__ = ["GeometryPriorSR", "NonePriorSR", "prior_to_mask", "hard_mask"]
 
 NUM_CLASSES = 3  # background, cytoplasm, nucleus (paper 000 §2.1; docs/architecture.md)
+#: what the prior U-Net reads: the bicubic-upsampled image (paper 000 §2.1) or the LR image
+PRIOR_INPUTS = ("upsampled", "lr")
 
 
 def _check_scale(scale) -> int:
@@ -217,6 +220,22 @@ class GeometryPriorSR(SRModel):
       ``"parsing"`` is always the network's own prediction (the widget shows it
       beside the edited one).
     * scales: any integer 2–8 (the paper evaluates ×4 and ×8).
+    * ``prior_input="lr"`` (ours; the bundles since issue 14's seventh session):
+      the prior U-Net reads the LR image itself, centred (``x - 0.5``), and
+      its logits are upsampled ×s bilinearly (``align_corners=False``) to
+      the SR size. Bicubic upsampling adds no information, so this sees what
+      the paper's prior sees at 1/s² of the cost, which on a CPU buys a
+      wider prior and ten times the pre-training steps. Default
+      ``"upsampled"``: the paper's.
+    * ``luma_sr=True`` with ``in_channels=3`` (ours): the model takes and
+      returns RGB; the prior net reads the colour (the stains tell a pink red
+      cell from lilac cytoplasm, which Y alone does not), the SR branch works
+      on Y of BT.601 (MATLAB ``rgb2ycbcr``) as §2.4 says, Cb / Cr stay
+      bicubic, and the result is clipped to [0, 1] — exactly what predict's
+      Y path does for a one-channel model, moved inside. In training mode
+      the clipping is left out, so the loss on Y (``train.objectives``)
+      sees the SR branch's Y unchanged (with it, the gradient of clipped
+      pixels pulled Y off: measured, the Y PSNR fell below bicubic in 8 steps).
     """
 
     paper = "Hua et al. 2020 (paper 000)"
@@ -238,27 +257,40 @@ class GeometryPriorSR(SRModel):
         prior_base_channels: int = 32,
         prior_depth: int = 4,
         prior_act: str = "relu",
+        prior_input: str = "upsampled",
+        luma_sr: bool = False,
     ):
         super().__init__(_check_scale(scale), in_channels)
+        if prior_input not in PRIOR_INPUTS:
+            raise InputError(f"prior_input must be one of {', '.join(PRIOR_INPUTS)}, got {prior_input!r}")
+        if luma_sr and in_channels != 3:
+            raise InputError(f"luma_sr needs an RGB model (in_channels=3), got {in_channels}")
         self.global_residual = bool(global_residual)
+        self.prior_input = prior_input
+        self.luma_sr = bool(luma_sr)
         self.prior_net = UNet(
             in_channels, NUM_CLASSES, prior_base_channels, prior_depth,
             act=prior_act, padding_mode="zeros",
         )
-        self.sr_net = _SRNet(in_channels, features, encoder_blocks, decoder_blocks,
+        sr_channels = 1 if self.luma_sr else in_channels
+        self.sr_net = _SRNet(sr_channels, features, encoder_blocks, decoder_blocks,
                              negative_slope, with_mask=True)
         if self.global_residual:
             self.sr_net.zero_last()
-        hr_multiple = self.prior_net.size_multiple
-        self.hr_multiple = hr_multiple
-        # forward pads the upsampled image for the U-Net itself and crops back, so any
-        # LR size works; a size rule here would make predict pad the LR image and a
-        # user's prior (with edge values), where the own map has the net's values
+        # the U-Net's size multiple (at the size it reads); forward pads for it and crops
+        # back, so any LR size works; a size rule here would make predict pad the LR image
+        # and a user's prior (with edge values), where the own map has the net's values
+        self.hr_multiple = self.prior_net.size_multiple
         self.size_multiple = 1
-        # HR radius: the decoder reads the image path and the mask path (U-Net + encoder)
         s = self.sr_net
-        hr_radius = max(s.image_radius, self.prior_net.receptive_field + s.mask_radius)
-        self.receptive_field = _lr_radius(hr_radius + s.decoder_radius, self.scale)
+        image = _lr_radius(s.image_radius + s.decoder_radius, self.scale)
+        if prior_input == "lr":  # U-Net in LR px, +1 for the bilinear upsampling of its logits
+            prior = self.prior_net.receptive_field + 1 + math.ceil(
+                (s.mask_radius + s.decoder_radius) / self.scale) + 1
+        else:  # HR radius: the decoder reads the mask path (U-Net + encoder)
+            prior = _lr_radius(self.prior_net.receptive_field + s.mask_radius + s.decoder_radius,
+                               self.scale)
+        self.receptive_field = max(image, prior)
 
     @property
     def prior_radius(self) -> int:
@@ -269,6 +301,23 @@ class GeometryPriorSR(SRModel):
         """
         return self.sr_net.mask_radius + self.sr_net.decoder_radius
 
+    def parsing_logits(self, x: torch.Tensor, scale: int | None = None, up=None) -> torch.Tensor:
+        """The prior net's parsing logits (N, 3, s·h, s·w) for the LR input ``x``.
+
+        ``scale`` defaults to the model's (the prior pre-training draws ×4 and
+        ×8 for one net); ``up``: ``x`` bicubic-upsampled, when already computed.
+        """
+        s = self.scale if scale is None else int(scale)
+        h, w = x.shape[-2:]
+        hw = (h * s, w * s)
+        if self.prior_input == "lr":
+            padded, _ = self.pad_input(x - 0.5, self.hr_multiple)
+            logits = self.prior_net(padded)[..., :h, :w]
+            return F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
+        up = imresize_torch(x, s) if up is None else up
+        padded, _ = self.pad_input(up, self.hr_multiple)
+        return self.prior_net(padded)[..., : hw[0], : hw[1]]
+
     def forward(self, x: torch.Tensor, prior=None) -> dict:
         self.check_input(x)
         n, _, h, w = x.shape
@@ -277,13 +326,20 @@ class GeometryPriorSR(SRModel):
         if prior is not None:  # validate before any work
             mask = prior_to_mask(prior, n, hw, NUM_CLASSES, device=x.device, dtype=x.dtype)
         up = imresize_torch(x, self.scale)
-        padded, _ = self.pad_input(up, self.hr_multiple)
-        parsing = self.prior_net(padded)[..., : hw[0], : hw[1]]
+        parsing = self.parsing_logits(x, up=up)
         if mask is None:
             mask = hard_mask(parsing)
-        sr = self.sr_net(up, mask)
-        if self.global_residual:
-            sr = sr + up
+        if self.luma_sr:  # paper 000 §2.4: SR of Y; chroma stays bicubic (as predict's Y path)
+            ycc = rgb_to_ycbcr_torch(up)
+            luma = ycc[:, :1]
+            sr = self.sr_net(luma, mask) + (luma if self.global_residual else 0)
+            sr = ycbcr_to_rgb_torch(torch.cat([sr, ycc[:, 1:]], dim=1))
+            if not self.training:  # training: Y of the output is exactly the SR branch's Y
+                sr = sr.clamp(0.0, 1.0)
+        else:
+            sr = self.sr_net(up, mask)
+            if self.global_residual:
+                sr = sr + up
         return {"sr": sr, "parsing": parsing}
 
 

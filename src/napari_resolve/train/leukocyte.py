@@ -18,14 +18,16 @@ __all__ = ["leukocyte_domain", "evaluate_bundle", "smear_figures", "finish_bundl
 
 
 def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None, channels: int = 1,
-                     with_prior: bool = True) -> dict:
+                     with_prior: bool = True, luma: bool | None = None) -> dict:
     """The bundle's ``domain`` card (``input_stats`` filled by :func:`finish_bundle`).
 
-    ``with_prior``: the model has GP's prior net (its pre-training is named).
+    ``with_prior``: the model has GP's prior net (its pre-training is named);
+    ``luma``: the SR works on Y (default: one-channel models).
     """
+    luma = channels == 1 if luma is None else luma
     return {
         "summary": "Bright-field images of Wright-Giemsa stained blood smears around white "
-                   "blood cells" + (", super-resolved on the luma (Y)." if channels == 1 else "."),
+                   "blood cells" + (", super-resolved on the luma (Y)." if luma else "."),
         "modality": "brightfield",
         "sample": "Wright-Giemsa stained peripheral blood smear, white blood cells",
         "microscope": "bright-field, 8-bit RGB camera (CellaVision / Jiangxi Tecom images; "
@@ -92,12 +94,12 @@ def smear_figures(model, smears, scale, magnifications=(1.0, 0.5, 1.5)) -> dict:
     """Red-cell shares of GP's parsing map on smears, per magnification.
 
     Only the prior net runs (the parsing map does not depend on the SR branch;
-    :func:`napari_resolve.train.parsing.net_parser` feeds it exactly as GP does).
+    :func:`napari_resolve.train.parsing.model_parser` feeds it as predict feeds GP).
     """
     from napari_resolve.metrics import parsing as MP
-    from napari_resolve.train.parsing import net_parser
+    from napari_resolve.train.parsing import model_parser
 
-    parse = net_parser(model.prior_net, model.hr_multiple)
+    parse = model_parser(model)
     return {f"bccd_rbc_share_mag{mag:g}": {k: round(v, 4) for k, v in
                                            MP.parse_smears(parse, smears, scale, mag).items()}
             for mag in magnifications}
@@ -125,7 +127,8 @@ def finish_bundle(run_path, out_path, data_root, scale, steps_info, *, smears: i
                                **{k: round(v, 4) for k, v in ev_held.items() if k != "iou"}}}
     channels = int(model.in_channels)
     parses = bool(getattr(model, "predicts_parsing", False))
-    domain = leukocyte_domain(scale, len(train["hr"]), heldout, channels, with_prior=parses)
+    domain = leukocyte_domain(scale, len(train["hr"]), heldout, channels, with_prior=parses,
+                              luma=channels == 1 or bool(getattr(model, "luma_sr", False)))
     domain["input_stats"] = _input_stats(train, scale, channels)
     meta = dict(meta)
     meta["domain"] = domain

@@ -134,6 +134,17 @@ class _Terms:
         self.radius = int(recipe.options.get("boundary_radius", 2))
         # beta of paper 003's MSE + beta (1 - SSIM) (eq. 7: 0.1); option "ssim_weight"
         self.beta = float(recipe.options.get("ssim_weight", 0.1))
+        # an RGB model whose SR works on Y (GP ``luma_sr``): its pixel losses compare Y, as
+        # paper 000 §2.4 trains on Y. On RGB, the loss would pull Y to offset the (fixed,
+        # bicubic) chroma error: measured, a few steps then lowered the Y PSNR below bicubic
+        self.luma = bool(getattr(base, "luma_sr", False))
+
+    def _pixels(self, pred: torch.Tensor, target: torch.Tensor, key: str):
+        if not (self.luma and key == "sr"):
+            return pred, target
+        from napari_resolve.data.color import rgb_to_ycbcr_torch
+
+        return rgb_to_ycbcr_torch(pred)[:, :1], rgb_to_ycbcr_torch(target)[:, :1]
 
     def target(self, out: dict, key: str, batch: dict) -> torch.Tensor:
         hr = batch["hr"]
@@ -159,11 +170,12 @@ class _Terms:
                 raise InputError(f"loss {name!r} needs the model output {key!r}")
             pred = out[key]
             if term == "charbonnier":
-                v = L.charbonnier(pred, self.target(out, key, batch))
+                v = L.charbonnier(*self._pixels(pred, self.target(out, key, batch), key))
             elif term == "mse":
-                v = L.mse(pred, self.target(out, key, batch))
+                v = L.mse(*self._pixels(pred, self.target(out, key, batch), key))
             elif term == "mse_ssim":
-                v = L.mse_ssim_loss(pred, self.target(out, key, batch), beta=self.beta)
+                v = L.mse_ssim_loss(*self._pixels(pred, self.target(out, key, batch), key),
+                                    beta=self.beta)
             elif term == "staged":
                 if "stages" in out:
                     v, _ = L.staged_loss(out["stages"], hr, beta=self.beta)

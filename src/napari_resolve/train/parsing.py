@@ -58,6 +58,8 @@ __all__ = [
     "prior_input",
     "pretrain_prior",
     "load_prior",
+    "model_input",
+    "model_parser",
 ]
 
 #: cells never trained on, besides the 12 sample cells: every 15th data-set-1 cell
@@ -209,7 +211,7 @@ class ParsingSampler:
     """
 
     def __init__(self, cells, smears=(), *, patch=128, scales=(4, 8), scale_range=(0.6, 1.6),
-                 smear_fraction=0.25, seed=0, balance_sources=True):
+                 smear_fraction=0.25, seed=0, balance_sources=True, input_fn=None):
         if patch % 16 or any(patch % s for s in scales):
             raise InputError(f"patch {patch} must be a multiple of 16 and of every scale {scales}")
         self.cells = list(zip(cells["hr"], cells["labels"]))
@@ -236,9 +238,14 @@ class ParsingSampler:
         self.scale_range = scale_range
         self.smear_fraction = float(smear_fraction) if self.smears else 0.0
         self.seed = int(seed)
+        self.input_fn = input_fn or prior_input
 
-    def sample(self, rng):
-        """One (input (1, H, W) float tensor, labels (H, W) int64 tensor, scale)."""
+    def sample(self, rng, scale=None, patch=None):
+        """One (input (C, h, w) float tensor, labels (H, W) int64 tensor, scale).
+
+        ``scale`` / ``patch`` (HR px) override the drawn scale and ``self.patch``.
+        """
+        patch = self.patch if patch is None else int(patch)
         lo, hi = np.log(self.scale_range[0]), np.log(self.scale_range[1])
         factor = float(np.exp(rng.uniform(lo, hi)))
         if rng.random() < self.smear_fraction:
@@ -246,26 +253,27 @@ class ParsingSampler:
             centre = centres[int(rng.integers(len(centres)))]
             # BCCD cells are at about the magnification of data set 2 (median WBC box
             # 138 px, data-set-2 WBC 155 px across): the same scale range fits both
-            patch_img, patch_lab = _crop_resized(img, lab, self.patch, factor, rng, centre)
+            patch_img, patch_lab = _crop_resized(img, lab, patch, factor, rng, centre)
         else:
             group = self.groups[int(rng.integers(len(self.groups)))]
             img, lab = self.cells[group[int(rng.integers(len(group)))]]
             if min(img.shape[:2]) < 200:  # data set 1: cells half the size of data set 2
                 factor *= 1.6
-            patch_img, patch_lab = _crop_resized(img, lab.astype(np.int64), self.patch, factor, rng)
+            patch_img, patch_lab = _crop_resized(img, lab.astype(np.int64), patch, factor, rng)
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
         patch_img = np.rot90(patch_img, k, axes=(0, 1))
         patch_lab = np.rot90(patch_lab, k, axes=(0, 1))
         if flip:
             patch_img, patch_lab = patch_img[:, ::-1], patch_lab[:, ::-1]
         rgb = _stain_jitter(np.asarray(patch_img, np.float64) / 255.0, rng)
-        scale = self.scales[int(rng.integers(len(self.scales)))]
+        drawn = self.scales[int(rng.integers(len(self.scales)))]
+        scale = drawn if scale is None else int(scale)
         lr = degrade_lr(rgb, scale, rng)
-        x = prior_input(lr, scale)[0]
+        x = self.input_fn(lr, scale)[0]
         return x, torch.from_numpy(np.ascontiguousarray(patch_lab)), scale
 
-    def batch(self, rng, size):
-        xs, ys = zip(*[self.sample(rng)[:2] for _ in range(size)])
+    def batch(self, rng, size, scale=None, patch=None):
+        xs, ys = zip(*[self.sample(rng, scale, patch)[:2] for _ in range(size)])
         return torch.stack(xs), torch.stack(ys)
 
 
@@ -290,31 +298,70 @@ def parsing_loss(logits, labels, weights=CLASS_WEIGHTS):
     return F.cross_entropy(logits, labels, weight=w, ignore_index=-1) + _dice_loss(logits, labels)
 
 
-def build_prior_net(base_channels: int = 16, depth: int = 4):
-    """The prior U-Net exactly as GP builds it (``prior_net`` of GeometryPriorSR)."""
+def build_prior_net(base_channels: int = 16, depth: int = 4, in_channels: int = 1):
+    """The prior U-Net as GP builds it (``prior_net`` of GeometryPriorSR)."""
     from napari_resolve.models.blocks import UNet
 
-    return UNet(1, 3, base_channels, depth, act="relu", padding_mode="zeros")
+    return UNet(in_channels, 3, base_channels, depth, act="relu", padding_mode="zeros")
+
+
+def model_input(lr_rgb, in_channels: int) -> torch.Tensor:
+    """(1, C, h, w) tensor a GP model reads for an LR RGB uint8 image, as predict feeds it:
+    RGB / 255, or for a one-channel model the (unrounded) Y of BT.601 of that."""
+    from napari_resolve.data.color import rgb_to_y
+
+    rgb = np.asarray(lr_rgb, np.uint8).astype(np.float32) / 255.0
+    arr = rgb_to_y(rgb)[None] if in_channels == 1 else np.moveaxis(rgb, -1, 0)
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
 
 
 def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: int = 8,
                    lr: float = 1e-3, base_channels: int = 16, minutes: float | None = None,
                    resume: bool = False, save_every_s: float = 60.0, seed: int = 0,
                    log=print, evaluate=None, eval_every: int = 0, device="cpu", init=None,
-                   class_weights=CLASS_WEIGHTS):
+                   class_weights=CLASS_WEIGHTS, model=None, lr_patch: int = 32):
     """Train the prior net on ``sampler``; checkpoints to ``output`` (``.pt``, tensors only).
 
     Returns the trained net (eval mode, on the CPU). ``evaluate(net) -> dict``
     runs every ``eval_every`` steps and at the end, and goes into the log and
     checkpoint. ``init``: a checkpoint to start from (weights only).
     ``class_weights``: cross-entropy weights of background, cytoplasm, nucleus.
+
+    ``model``: a GP model whose ``prior_net`` is trained exactly as the model
+    runs it (:meth:`~napari_resolve.models.geometry_prior.GeometryPriorSR.parsing_logits`
+    on :func:`model_input`; for ``prior_input="lr"`` the scale alternates
+    between the sampler's scales from step to step, every batch ``lr_patch``
+    LR px square). Without it, a bare one-channel U-Net of ``base_channels``
+    reads :func:`prior_input` (the bundled Y models).
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
-    net = build_prior_net(base_channels)
+    if model is None:
+        net = build_prior_net(base_channels)
+        spec = {"base_channels": base_channels, "depth": 4, "in_channels": 1, "input": "upsampled"}
+
+        def forward(x, scale):
+            return net(x)
+
+        def draw(rng, step):
+            return sampler.batch(rng, batch_size)
+    else:
+        net = model.prior_net
+        spec = {"base_channels": net.base_channels, "depth": net.depth,
+                "in_channels": int(model.in_channels), "input": model.prior_input}
+        sampler.input_fn = lambda lr_rgb, scale: model_input(lr_rgb, model.in_channels)
+        scales = sampler.scales
+
+        def forward(x, scale):
+            return model.parsing_logits(x, scale)
+
+        def draw(rng, step):
+            scale = scales[step % len(scales)]
+            patch = lr_patch * scale if model.prior_input == "lr" else sampler.patch
+            return sampler.batch(rng, batch_size, scale=scale, patch=patch) + (scale,)
     if init is not None:
-        net.load_state_dict(load_prior(init, base_channels).state_dict())
+        net.load_state_dict(load_prior(init).state_dict())
     net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     step, history = 0, []
@@ -333,7 +380,7 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
         tmp = output.with_suffix(".tmp")
         torch.save({"model": {k: v.cpu() for k, v in net.state_dict().items()},
                     "optimizer": opt.state_dict(), "step": step,
-                    "history": json.dumps(history), "base_channels": base_channels}, tmp)
+                    "history": json.dumps(history), **spec}, tmp)
         tmp.replace(output)
 
     t0 = time.monotonic()
@@ -344,8 +391,9 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
         rng = np.random.default_rng([seed, step])
         for group in opt.param_groups:
             group["lr"] = rate(step)
-        x, y = sampler.batch(rng, batch_size)
-        loss = parsing_loss(net(x.to(dev)), y.to(dev), class_weights)
+        x, y, *scale = draw(rng, step)
+        loss = parsing_loss(forward(x.to(dev), scale[0] if scale else None), y.to(dev),
+                            class_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -358,7 +406,7 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
             running = []
         if evaluate is not None and eval_every and step % eval_every == 0:
             net.eval()
-            res = evaluate(net)
+            res = evaluate(net if model is None else model)
             net.train()
             history.append({"step": step, **res})
             log(f"eval step {step}: {res}")
@@ -372,7 +420,7 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
     save()
     net.cpu()
     if evaluate is not None:
-        res = evaluate(net)
+        res = evaluate(net if model is None else model.cpu())
         history.append({"step": step, **res})
         log(f"final eval step {step}: {res}")
     save()
@@ -382,9 +430,22 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
 def load_prior(path, base_channels: int | None = None):
     """The prior U-Net from a :func:`pretrain_prior` checkpoint (``weights_only`` load)."""
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    net = build_prior_net(int(base_channels or state.get("base_channels", 16)))
+    net = build_prior_net(int(base_channels or state.get("base_channels", 16)),
+                          int(state.get("depth", 4)), int(state.get("in_channels", 1)))
     net.load_state_dict(state["model"])
     return net.eval()
+
+
+def model_parser(model):
+    """A parser ``(lr RGB uint8, scale) -> labels`` from a GP model's prior net, fed as
+    predict feeds the model (:func:`model_input`); the SR branch does not run."""
+
+    @torch.no_grad()
+    def parse(lr, scale):
+        x = model_input(lr, model.in_channels).to(next(model.parameters()).device)
+        return model.parsing_logits(x, scale)[0].argmax(0).cpu().numpy().astype(np.uint8)
+
+    return parse
 
 
 def net_parser(net, multiple: int = 16):
