@@ -8,8 +8,14 @@ the paper's loss (Charbonnier + parsing cross entropy). This is a departure
 from the paper, recorded in each bundle's metadata.
 
 What the prior net sees here is what it sees inside
-:class:`~napari_resolve.models.geometry_prior.GeometryPriorSR`: the LR image
-(Y of BT.601, 0..1) MATLAB-bicubic upsampled to the HR size. Training pairs:
+:class:`~napari_resolve.models.geometry_prior.GeometryPriorSR`. The bundled
+GP models (config ``prior_input="lr"``, ``luma_sr=True``) read the LR RGB
+image itself; :func:`pretrain_prior` with ``model=`` trains their prior
+through :meth:`~napari_resolve.models.geometry_prior.GeometryPriorSR.parsing_logits`
+(the logits upsampled ×s to the mask), batches of LR patches at ×4 and ×8 in
+turn. The paper's own input, and the bundles' up to issue 14's sixth round,
+is the LR image's Y (BT.601, 0..1) MATLAB-bicubic upsampled to the HR size
+(:func:`prior_input`, a bare U-Net). Training pairs:
 
 * the WBC cells of Zheng et al. 2018, both data sets, with their masks
   (0 background — which includes red cells, platelets and glass — 1
