@@ -117,11 +117,12 @@ def test_onnx_export_has_dynamic_sizes_and_a_parsing_output(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["sr", "parsing"]
     model, _ = bundle.load("gp-x4")
-    x = torch.rand(1, 1, 22, 30)  # not a multiple of the model's size rule
+    c = model.in_channels  # RGB since the colour prior
+    x = torch.rand(1, c, 22, 30)  # not a multiple of the model's size rule
     sr, parsing = sess.run(None, {"lr": x.numpy()})
     with torch.inference_mode():
         ref = model(x)
-    assert sr.shape == (1, 1, 88, 120)
+    assert sr.shape == (1, c, 88, 120)
     assert np.abs(sr - ref["sr"].numpy()).max() < 1e-4
     assert np.abs(parsing - ref["parsing"].numpy()).max() < 1e-3
 

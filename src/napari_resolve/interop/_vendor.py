@@ -4,7 +4,7 @@ A BioImage Model Zoo ``pytorch_state_dict`` entry names an architecture source
 *file* and a callable in it (``bioimageio.core`` imports that single file; it
 cannot import a package). Our networks live in several modules
 (``models/*``, ``models/blocks``, ``data/degrade`` for the MATLAB bicubic
-inside the networks, ``errors``), so :func:`architecture_source` writes one
+inside the networks, ``data/color`` for GP's BT.601 on Y, ``errors``), so :func:`architecture_source` writes one
 file that carries the exact source of those modules as strings and installs
 them, on import, as a private package ``_napari_resolve_vendored_<hash>``
 (``napari_resolve`` renamed in the copies, so an installed napari-resolve of
@@ -34,7 +34,8 @@ CALLABLE = "NapariResolveSR"
 VENDORED_MODULES = (
     ("", "__init__", True),  # an empty top-level package
     ("errors", "errors.py", False),
-    ("data", "__init__", True),  # empty: only degrade is needed
+    ("data", "__init__", True),  # empty: only degrade and color are needed
+    ("data.color", "data/color.py", False),  # GP's luma_sr (torch BT.601; numpy at import)
     ("data.degrade", "data/degrade.py", False),
     ("models", "models/__init__.py", True),
     ("models.base", "models/base.py", False),
