@@ -177,7 +177,8 @@ def bundled_table(args, sample_cells) -> int:
                 b = evaluate_bundle((model, meta), heldout, scale)
             bic = (a["bicubic_psnr"], a["bicubic_ssim"], b["bicubic_psnr"], b["bicubic_ssim"])
             rows[name] = (a["psnr"], b["psnr"])
-            steps = (meta.get("steps_info") or {}).get("sr_steps", meta.get("training", {}).get("steps"))
+            info = meta.get("steps_info") or {}  # a continued bundle: all its SR steps
+            steps = info.get("sr_steps_total", info.get("sr_steps", meta.get("training", {}).get("steps")))
             parsing = meta.get("parsing") or {}
             iou = "—"
             if parsing:
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
                     help="train nothing: evaluate the models saved in --save-dir again and "
                          "rewrite the results in --json")
     args = ap.parse_args(argv)
-    if len(args.epochs) not in (1, len(args.scales)):
+    if len(args.epochs) not in (1, len(args.scales)) and not args.bundled:
         ap.error("--epochs takes one value or one per scale")
     epochs_for = dict(zip(args.scales, args.epochs * len(args.scales) if len(args.epochs) == 1
                           else args.epochs))

@@ -20,9 +20,13 @@ frozen (recipe ``gp-pretrained-prior``). Runs go to ``bench_output/leukocyte_run
 CPU budget: the paper trains GP for 100 epochs on two GTX 1080 (6 h). Here a
 run gets a fixed number of minutes on 2 CPU cores, so the bundled leukocyte
 models use a narrower config (``CPU_CONFIG``: 32 feature channels in the SR
-branch, prior U-Net with 16 base channels, i.e. a quarter of the paper's
-prior width) and 96-px HR patches instead of whole images. Everything else is
-the paper's. The bundle records config, recipe, budget and device.
+branch) and 96-px HR patches instead of whole images. GP's prior
+(``PRIOR = "lr-rgb32"``, since 2026-12-01) is a U-Net of 32 base channels and
+depth 3 that reads the LR *colour* image (``prior_input="lr"``; the model is
+RGB in / out with the SR on Y, ``luma_sr``): the paper's prior reads the
+bicubic-upsampled Y, which costs s² times the pixels for no extra information
+and cannot tell a pink red cell from lilac cytoplasm (``GP_CONFIGS["y16"]``
+keeps the earlier config). The bundle records config, recipe, budget and device.
 
 ``mhtcun-lite-x2-sim`` is the former simulation-only fluorescence recipe
 (microtubules, vesicles, ER; widefield Airy PSF, NA 1.3, 520 nm; Poisson +
