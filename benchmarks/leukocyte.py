@@ -178,7 +178,8 @@ def bundled_table(args, sample_cells) -> int:
             bic = (a["bicubic_psnr"], a["bicubic_ssim"], b["bicubic_psnr"], b["bicubic_ssim"])
             rows[name] = (a["psnr"], b["psnr"])
             info = meta.get("steps_info") or {}  # a continued bundle: all its SR steps
-            steps = info.get("sr_steps_total", info.get("sr_steps", meta.get("training", {}).get("steps")))
+            steps = info.get("sr_steps_total",
+                             info.get("sr_steps", meta.get("training", {}).get("steps")))
             parsing = meta.get("parsing") or {}
             iou = "—"
             if parsing:

@@ -25,10 +25,10 @@ Sibling of the fluorescence ``scripts/train_gpu.py`` (issue 14, item 5). Within
    now, and for GP only when its parsing IoU is not worse either.
 
 Architectures are the bundles' CPU configs (32 SR features; GP's colour prior
-U-Net of 32 base channels and depth 3 at the LR size) so a bundle stays under ~9 MB; ``--paper-width`` trains the paper's
-widths instead (then nothing over ``MAX_BUNDLE_MB`` is shipped). Checkpoints
-are chosen on 5 % of the training cells. ``--max-steps`` / ``--prior-steps``
-cap the steps (the CPU test uses 2).
+U-Net of 32 base channels and depth 3 at the LR size) so a bundle stays under
+~9 MB; ``--paper-width`` trains the paper's widths instead (then nothing over
+``MAX_BUNDLE_MB`` is shipped). Checkpoints are chosen on 5 % of the training
+cells. ``--max-steps`` / ``--prior-steps`` cap the steps (the CPU test uses 2).
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ import sys
 import time
 from pathlib import Path
 
+from napari_resolve.train.leukocyte import GP_CONFIGS, GP_PRIOR
+
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "src" / "napari_resolve" / "pretrained"
 MAX_BUNDLE_MB = 9.5
 
-#: GP: the bundled colour prior at the LR size (scripts/train_pretrained.py GP_CONFIGS["lr-rgb32"])
-CPU_CONFIG = {"gp": {"features": 32, "in_channels": 3, "luma_sr": True, "prior_input": "lr",
-                     "prior_base_channels": 32, "prior_depth": 3},
+#: GP: the bundled colour prior at the LR size (as scripts/train_pretrained.py)
+CPU_CONFIG = {"gp": GP_CONFIGS[GP_PRIOR],
               "np": {"features": 32},
               # the paper's generator, plus the bicubic skip (a departure: starts as bicubic)
               "srseg": {"bicubic_residual": True}}

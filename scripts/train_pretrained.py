@@ -44,18 +44,12 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_resolve.train.leukocyte import GP_CONFIGS
+from napari_resolve.train.leukocyte import GP_PRIOR as PRIOR
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "src" / "napari_resolve" / "pretrained"
 
-#: GP configs by prior: "y16" reads the bicubic-upsampled Y (paper 000 §2.1, a quarter of its
-#: width; the bundles up to session 6), "lr-rgb32" reads the LR RGB image (ours, see
-#: docs/benchmarks.md "Prior at the LR size, in colour"); the SR branch works on Y in both
-GP_CONFIGS = {
-    "y16": {"features": 32, "prior_base_channels": 16},
-    "lr-rgb32": {"features": 32, "in_channels": 3, "luma_sr": True, "prior_input": "lr",
-                 "prior_base_channels": 32, "prior_depth": 3},
-}
-PRIOR = "lr-rgb32"  # the bundled one
 PRIOR_CKPTS = {"y16": "prior-unet16.pt", "lr-rgb32": "prior-lr-rgb32.pt"}
 CPU_CONFIG = {  # see the module docstring
     "gp": GP_CONFIGS[PRIOR],
@@ -95,7 +89,6 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
     import torch
 
     from napari_resolve import models
-
     from napari_resolve.metrics import parsing as MP
     from napari_resolve.train import parsing as P
 

@@ -305,8 +305,8 @@ def test_gp_lr_prior_reads_the_lr_image(gp_rgb_case):
     net, x, _ = gp_rgb_case
     with torch.no_grad():
         logits = net(x)["parsing"]
-        own = F.interpolate(net.prior_net(F.pad(x - 0.5, (0, 2, 0, 2), mode="reflect"))[..., :30, :30],
-                            size=(120, 120), mode="bilinear", align_corners=False)
+        lr_logits = net.prior_net(F.pad(x - 0.5, (0, 2, 0, 2), mode="reflect"))[..., :30, :30]
+        own = F.interpolate(lr_logits, size=(120, 120), mode="bilinear", align_corners=False)
     assert torch.allclose(logits, own, atol=1e-6)
 
 

@@ -119,6 +119,7 @@ _YCBCR_MATRIX = np.array([[65.481, 128.553, 24.966],
                           [-37.797, -74.203, 112.0],
                           [112.0, -93.786, -18.214]]) / 255.0
 _YCBCR_OFFSET = np.array([16.0, 128.0, 128.0]) / 255.0
+_RGB_FROM_YCBCR = np.linalg.inv(_YCBCR_MATRIX)
 
 
 def rgb_to_ycbcr_torch(x):
@@ -134,6 +135,6 @@ def ycbcr_to_rgb_torch(x):
     """:func:`ycbcr_to_rgb` of a float tensor (N, 3, H, W), without the clipping."""
     import torch
 
-    inv = torch.as_tensor(np.linalg.inv(_YCBCR_MATRIX), dtype=x.dtype, device=x.device)
+    inv = torch.as_tensor(_RGB_FROM_YCBCR, dtype=x.dtype, device=x.device)
     off = torch.as_tensor(_YCBCR_OFFSET, dtype=x.dtype, device=x.device)
     return torch.einsum("ij,njhw->nihw", inv, x - off[None, :, None, None])

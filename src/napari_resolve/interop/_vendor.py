@@ -4,11 +4,11 @@ A BioImage Model Zoo ``pytorch_state_dict`` entry names an architecture source
 *file* and a callable in it (``bioimageio.core`` imports that single file; it
 cannot import a package). Our networks live in several modules
 (``models/*``, ``models/blocks``, ``data/degrade`` for the MATLAB bicubic
-inside the networks, ``data/color`` for GP's BT.601 on Y, ``errors``), so :func:`architecture_source` writes one
-file that carries the exact source of those modules as strings and installs
-them, on import, as a private package ``_napari_resolve_vendored_<hash>``
-(``napari_resolve`` renamed in the copies, so an installed napari-resolve of
-another version is neither used nor shadowed).
+inside the networks, ``data/color`` for GP's BT.601 on Y, ``errors``), so
+:func:`architecture_source` writes one file that carries the exact source of
+those modules as strings and installs them, on import, as a private package
+``_napari_resolve_vendored_<hash>`` (``napari_resolve`` renamed in the copies,
+so an installed napari-resolve of another version is neither used nor shadowed).
 
 The file needs only ``torch`` and ``numpy``. Its callable
 :class:`NapariResolveSR` ``(architecture, config)`` rebuilds the network with

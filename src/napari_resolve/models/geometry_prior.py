@@ -262,7 +262,8 @@ class GeometryPriorSR(SRModel):
     ):
         super().__init__(_check_scale(scale), in_channels)
         if prior_input not in PRIOR_INPUTS:
-            raise InputError(f"prior_input must be one of {', '.join(PRIOR_INPUTS)}, got {prior_input!r}")
+            raise InputError(f"prior_input must be one of {', '.join(PRIOR_INPUTS)}, "
+                             f"got {prior_input!r}")
         if luma_sr and in_channels != 3:
             raise InputError(f"luma_sr needs an RGB model (in_channels=3), got {in_channels}")
         self.global_residual = bool(global_residual)
@@ -280,7 +281,7 @@ class GeometryPriorSR(SRModel):
         # the U-Net's size multiple (at the size it reads); forward pads for it and crops
         # back, so any LR size works; a size rule here would make predict pad the LR image
         # and a user's prior (with edge values), where the own map has the net's values
-        self.hr_multiple = self.prior_net.size_multiple
+        self.prior_multiple = self.prior_net.size_multiple
         self.size_multiple = 1
         s = self.sr_net
         image = _lr_radius(s.image_radius + s.decoder_radius, self.scale)
@@ -311,11 +312,11 @@ class GeometryPriorSR(SRModel):
         h, w = x.shape[-2:]
         hw = (h * s, w * s)
         if self.prior_input == "lr":
-            padded, _ = self.pad_input(x - 0.5, self.hr_multiple)
+            padded, _ = self.pad_input(x - 0.5, self.prior_multiple)
             logits = self.prior_net(padded)[..., :h, :w]
             return F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
         up = imresize_torch(x, s) if up is None else up
-        padded, _ = self.pad_input(up, self.hr_multiple)
+        padded, _ = self.pad_input(up, self.prior_multiple)
         return self.prior_net(padded)[..., : hw[0], : hw[1]]
 
     def forward(self, x: torch.Tensor, prior=None) -> dict:

@@ -14,7 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["leukocyte_domain", "evaluate_bundle", "smear_figures", "finish_bundle"]
+__all__ = ["GP_CONFIGS", "GP_PRIOR", "leukocyte_domain", "evaluate_bundle", "smear_figures",
+           "finish_bundle"]
+
+#: GP's CPU configs by prior (scripts/train_pretrained.py, scripts/train_gpu_leukocyte.py):
+#: "y16" reads the bicubic-upsampled Y (paper 000 §2.1 at a quarter of its width; the bundles
+#: up to issue 14's sixth round), "lr-rgb32" reads the LR RGB image (ours: docs/benchmarks.md
+#: "Prior at the LR size, in colour"); the SR branch works on Y in both
+GP_CONFIGS = {
+    "y16": {"features": 32, "prior_base_channels": 16},
+    "lr-rgb32": {"features": 32, "in_channels": 3, "luma_sr": True, "prior_input": "lr",
+                 "prior_base_channels": 32, "prior_depth": 3},
+}
+GP_PRIOR = "lr-rgb32"  # the bundled one
 
 
 def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None, channels: int = 1,

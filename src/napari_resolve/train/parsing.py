@@ -44,6 +44,7 @@ Checkpoints (weights, optimiser, step, RNG) every ``save_every_s`` seconds;
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -338,7 +339,7 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
     on :func:`model_input`; for ``prior_input="lr"`` the scale alternates
     between the sampler's scales from step to step, every batch ``lr_patch``
     LR px square). Without it, a bare one-channel U-Net of ``base_channels``
-    reads :func:`prior_input` (the bundled Y models).
+    reads :func:`prior_input` (the "y16" config of the bundles up to issue 14's sixth round).
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -350,22 +351,22 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
         def forward(x, scale):
             return net(x)
 
-        def draw(rng, step):
-            return sampler.batch(rng, batch_size)
+        def draw(rng, step):  # the scale is drawn per sample (all read the HR size)
+            return (*sampler.batch(rng, batch_size), None)
     else:
         net = model.prior_net
         spec = {"base_channels": net.base_channels, "depth": net.depth,
                 "in_channels": int(model.in_channels), "input": model.prior_input}
+        sampler = copy.copy(sampler)  # the caller's sampler keeps its input
         sampler.input_fn = lambda lr_rgb, scale: model_input(lr_rgb, model.in_channels)
-        scales = sampler.scales
 
         def forward(x, scale):
             return model.parsing_logits(x, scale)
 
-        def draw(rng, step):
-            scale = scales[step % len(scales)]
+        def draw(rng, step):  # one scale per batch: LR sizes differ between scales
+            scale = sampler.scales[step % len(sampler.scales)]
             patch = lr_patch * scale if model.prior_input == "lr" else sampler.patch
-            return sampler.batch(rng, batch_size, scale=scale, patch=patch) + (scale,)
+            return (*sampler.batch(rng, batch_size, scale=scale, patch=patch), scale)
     if init is not None:
         net.load_state_dict(load_prior(init).state_dict())
     net.to(dev)
@@ -397,9 +398,8 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
         rng = np.random.default_rng([seed, step])
         for group in opt.param_groups:
             group["lr"] = rate(step)
-        x, y, *scale = draw(rng, step)
-        loss = parsing_loss(forward(x.to(dev), scale[0] if scale else None), y.to(dev),
-                            class_weights)
+        x, y, scale = draw(rng, step)
+        loss = parsing_loss(forward(x.to(dev), scale), y.to(dev), class_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
