@@ -78,12 +78,17 @@ PRIOR_CKPT = REPO / "bench_output" / "prior" / PRIOR_CKPTS[PRIOR]
 
 
 def run_prior(steps: int, minutes, data_root: Path, resume: bool,
-              cytoplasm_weight: float | None = None, lr_patch: int = 48, batch: int = 8) -> None:
+              cytoplasm_weight: float | None = None, lr_patch: int = 48, batch: int = 8,
+              rate: float = 1e-3, small_boost=(1.6, 1.6), from_bundle: bool = False) -> None:
     """Pre-train GP's prior U-Net on parsing maps (napari_resolve.train.parsing).
 
     ``lr-rgb32`` (``PRIOR``): the prior of a GP model of that config, trained as
     the model runs it; batches of ``batch`` LR patches ``lr_patch`` px square,
-    ×4 and ×8 in turn, Adam 1e-3 with cosine decay, cross-entropy weights 1 / 1.5 / 1.
+    ×4 and ×8 in turn, Adam ``rate`` with cosine decay, cross-entropy weights
+    1 / ``cytoplasm_weight`` (default 1.5) / 1; data-set-1 crops magnified by
+    ``small_boost`` (:class:`~napari_resolve.train.parsing.ParsingSampler`).
+    ``from_bundle``: start from the prior inside the shipped ``gp-x4`` (a second
+    stage; the seed differs from the first stage's so it draws other batches).
     ``y16``: the bare U-Net on upsampled Y, batches of 8 HR patches 128 px square.
     """
     import torch
@@ -98,7 +103,7 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
     check_smears = P.load_smears(data_root / "bccd", bccd_held[:12])
     print(f"[prior] {len(train['hr'])} training cells, {len(smears)} BCCD smears; "
           f"held out {len(sample_cells['hr'])} + {len(heldout['hr'])} cells", flush=True)
-    sampler = P.ParsingSampler(train, smears, patch=128, scales=(4, 8))
+    sampler = P.ParsingSampler(train, smears, patch=128, scales=(4, 8), small_boost=small_boost)
 
     def evaluate(net):
         parse = P.net_parser(net) if PRIOR == "y16" else P.model_parser(net)
@@ -116,10 +121,16 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
                          log=lambda m: print(f"[prior] {m}", flush=True))
         return
     weights = (1.0, 1.5 if cytoplasm_weight is None else cytoplasm_weight, 1.0)
-    model = models.build("gp", scale=4, **GP_CONFIGS[PRIOR])
+    if from_bundle:
+        from napari_resolve import bundle
+
+        model, _ = bundle.load(OUT / "gp-x4.safetensors")
+    else:
+        model = models.build("gp", scale=4, **GP_CONFIGS[PRIOR])
     P.pretrain_prior(sampler, PRIOR_CKPT, steps=steps, minutes=minutes, resume=resume,
-                     evaluate=evaluate, eval_every=500, class_weights=weights, model=model,
-                     batch_size=batch, lr=1e-3, seed=11, lr_patch=lr_patch,
+                     evaluate=evaluate, eval_every=0 if from_bundle else 500,
+                     class_weights=weights, model=model, batch_size=batch, lr=rate,
+                     seed=23 if from_bundle else 11, lr_patch=lr_patch,
                      log=lambda m: print(f"[prior] {m}", flush=True))
 
 
@@ -252,10 +263,17 @@ def main(argv=None) -> int:
                     help="pre-train GP's prior U-Net for this many steps first (issue 14)")
     ap.add_argument("--prior-cytoplasm-weight", type=float, default=None,
                     help="cross-entropy weight of the cytoplasm class for the prior "
-                         "(default: train.parsing.CLASS_WEIGHTS, 3)")
+                         "(default: 1.5 for the lr-rgb32 prior, "
+                         "train.parsing.CLASS_WEIGHTS' 3 for y16)")
     ap.add_argument("--prior-patch", type=int, default=48,
                     help="LR patch side of the lr-rgb32 prior pre-training (px)")
     ap.add_argument("--prior-batch", type=int, default=8, help="its batch size")
+    ap.add_argument("--prior-lr", type=float, default=1e-3, help="its Adam rate (cosine decay)")
+    ap.add_argument("--prior-small-boost", type=float, nargs=2, default=(1.6, 1.6),
+                    metavar=("LO", "HI"), help="magnification range of data-set-1 crops "
+                    "(train.parsing.ParsingSampler small_boost)")
+    ap.add_argument("--prior-from-bundle", action="store_true",
+                    help="start the prior from the one inside the shipped gp-x4 (second stage)")
     ap.add_argument("--resume", action="store_true", help="continue interrupted runs")
     ap.add_argument("--steps", type=int, default=None,
                     help="SR steps of the leukocyte models (default SR_STEPS, the same for GP and NP)")
@@ -293,7 +311,8 @@ def main(argv=None) -> int:
         return 0
     if args.prior_steps:
         run_prior(args.prior_steps, args.minutes, args.data, args.resume,
-                  args.prior_cytoplasm_weight, args.prior_patch, args.prior_batch)
+                  args.prior_cytoplasm_weight, args.prior_patch, args.prior_batch,
+                  args.prior_lr, tuple(args.prior_small_boost), args.prior_from_bundle)
         if not args.names:
             return 0
     for name in args.names:

@@ -118,13 +118,16 @@ def test_onnx_export_has_dynamic_sizes_and_a_parsing_output(tmp_path):
     assert [o.name for o in sess.get_outputs()] == ["sr", "parsing"]
     model, _ = bundle.load("gp-x4")
     c = model.in_channels  # RGB since the colour prior
-    x = torch.rand(1, c, 22, 30)  # not a multiple of the model's size rule
-    sr, parsing = sess.run(None, {"lr": x.numpy()})
-    with torch.inference_mode():
-        ref = model(x)
-    assert sr.shape == (1, c, 88, 120)
-    assert np.abs(sr - ref["sr"].numpy()).max() < 1e-4
-    assert np.abs(parsing - ref["parsing"].numpy()).max() < 1e-3
+    # not a multiple of the model's size rule; under and over the prior's minimum LR side
+    # (smaller images are reflect-padded to it inside: the graph must do the same)
+    for hw in ((22, 30), (50, 66)):
+        x = torch.rand(1, c, *hw)
+        sr, parsing = sess.run(None, {"lr": x.numpy()})
+        with torch.inference_mode():
+            ref = model(x)
+        assert sr.shape == (1, c, 4 * hw[0], 4 * hw[1])
+        assert np.abs(sr - ref["sr"].numpy()).max() < 1e-4
+        assert np.abs(parsing - ref["parsing"].numpy()).max() < 1e-3
 
 
 def test_cache_key_follows_the_weights(tmp_path):

@@ -51,6 +51,36 @@ def _lr_radius(hr_radius: int, scale: int) -> int:
     return math.ceil(hr_radius / scale) + 2
 
 
+#: the LR side below which the LR prior reads a reflected copy of the image: its training
+#: patches (``train.parsing``, 48 LR px) are reflect-padded crops whenever a cell image is
+#: smaller, so a 15-px LR cell (a 120-px data-set-1 cell at x8) is parsed as it was trained;
+#: without it the nucleus IoU of those cells fell from 0.8 to 0.0-0.4 (docs/benchmarks.md)
+PRIOR_MIN_LR = 48
+
+
+def _reflect_to_min(x: torch.Tensor, side: int):
+    """``x`` reflect-padded on all sides to at least ``side`` px (h and w), and the
+    (top, left) offset of the original; three passes (each can at most double a side
+    plus one) cover any input from 7 px. Written with tensor sizes so that ONNX
+    tracing records the same padding for every input size."""
+    top = left = 0
+    for _ in range(3):
+        h, w = x.shape[-2], x.shape[-1]
+        need_h = torch.clamp(torch.as_tensor(side - h), min=0)
+        need_w = torch.clamp(torch.as_tensor(side - w), min=0)
+        need_h = torch.minimum(need_h, torch.as_tensor(h - 1))
+        need_w = torch.minimum(need_w, torch.as_tensor(w - 1))
+        if not torch.jit.is_tracing() and int(need_h) == 0 and int(need_w) == 0:
+            break
+        t, le = need_h // 2, need_w // 2
+        pads = (le, need_w - le, t, need_h - t)
+        if not torch.jit.is_tracing():
+            pads = tuple(int(v) for v in pads)
+        x = F.pad(x, pads, mode="reflect")
+        top, left = top + pads[2], left + pads[0]
+    return x, top, left
+
+
 def prior_to_mask(prior, batch: int, hw: tuple[int, int], num_classes: int = NUM_CLASSES,
                   *, device=None, dtype=torch.float32) -> torch.Tensor:
     """Turn a user parsing map into the (N, num_classes, H, W) mask the encoder reads.
@@ -225,7 +255,9 @@ class GeometryPriorSR(SRModel):
       its logits are upsampled ×s bilinearly (``align_corners=False``) to
       the SR size. Bicubic upsampling adds no information, so this sees what
       the paper's prior sees at 1/s² of the cost, which on a CPU buys a
-      wider prior and ten times the pre-training steps. Default
+      wider prior and ten times the pre-training steps. An LR image under
+      :data:`PRIOR_MIN_LR` px on a side is reflect-padded to it first (as
+      the pre-training crops of small cell images were). Default
       ``"upsampled"``: the paper's.
     * ``luma_sr=True`` with ``in_channels=3`` (ours): the model takes and
       returns RGB; the prior net reads the colour (the stains tell a pink red
@@ -312,8 +344,9 @@ class GeometryPriorSR(SRModel):
         h, w = x.shape[-2:]
         hw = (h * s, w * s)
         if self.prior_input == "lr":
-            padded, _ = self.pad_input(x - 0.5, self.prior_multiple)
-            logits = self.prior_net(padded)[..., :h, :w]
+            big, top, left = _reflect_to_min(x - 0.5, PRIOR_MIN_LR)
+            padded, _ = self.pad_input(big, self.prior_multiple)
+            logits = self.prior_net(padded)[..., top : top + h, left : left + w]
             return F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
         up = imresize_torch(x, s) if up is None else up
         padded, _ = self.pad_input(up, self.prior_multiple)

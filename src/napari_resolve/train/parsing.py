@@ -215,10 +215,15 @@ class ParsingSampler:
     ``balance_sources``: draw data-set-1 crops (small, under 200 px) and data-set-2
     crops equally often (the 300 small crops of one lab's scanner would otherwise
     make 7 of 8 cell samples; smears of other labs look more like data set 2).
+    ``small_boost``: the range (log-uniform) of the extra magnification of data-set-1
+    crops, whose cells are half the size of data set 2's; ``(1.6, 1.6)`` shows them only
+    at data-set-2 size, ``(1.0, 1.6)`` also at their own (the x8 LR of a native
+    data-set-1 cell is 15 px: a prior never shown cells that small loses them).
     """
 
     def __init__(self, cells, smears=(), *, patch=128, scales=(4, 8), scale_range=(0.6, 1.6),
-                 smear_fraction=0.25, seed=0, balance_sources=True, input_fn=None):
+                 smear_fraction=0.25, seed=0, balance_sources=True, input_fn=None,
+                 small_boost=(1.6, 1.6)):
         if patch % 16 or any(patch % s for s in scales):
             raise InputError(f"patch {patch} must be a multiple of 16 and of every scale {scales}")
         self.cells = list(zip(cells["hr"], cells["labels"]))
@@ -246,6 +251,7 @@ class ParsingSampler:
         self.smear_fraction = float(smear_fraction) if self.smears else 0.0
         self.seed = int(seed)
         self.input_fn = input_fn or prior_input
+        self.small_boost = (float(small_boost[0]), float(small_boost[1]))
 
     def sample(self, rng, scale=None, patch=None):
         """One (input (C, h, w) float tensor, labels (H, W) int64 tensor, scale).
@@ -265,7 +271,9 @@ class ParsingSampler:
             group = self.groups[int(rng.integers(len(self.groups)))]
             img, lab = self.cells[group[int(rng.integers(len(group)))]]
             if min(img.shape[:2]) < 200:  # data set 1: cells half the size of data set 2
-                factor *= 1.6
+                lo_b, hi_b = self.small_boost
+                factor *= lo_b if lo_b == hi_b else float(np.exp(rng.uniform(np.log(lo_b),
+                                                                              np.log(hi_b))))
             patch_img, patch_lab = _crop_resized(img, lab.astype(np.int64), patch, factor, rng)
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
         patch_img = np.rot90(patch_img, k, axes=(0, 1))
