@@ -303,11 +303,18 @@ def test_gp_rgb_sr_works_on_luma_and_keeps_bicubic_chroma(wbc, gp_rgb_case):
 
 def test_gp_lr_prior_reads_the_lr_image(gp_rgb_case):
     net, x, _ = gp_rgb_case
+    # 30 LR px is under PRIOR_MIN_LR (48): the prior reads it reflected 9 px on each side,
+    # as its training crops of small cell images were; 50 px only gets the U-Net's multiple
+    big = torch.rand(1, 3, 50, 50, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = net(x)["parsing"]
-        lr_logits = net.prior_net(F.pad(x - 0.5, (0, 2, 0, 2), mode="reflect"))[..., :30, :30]
+        lr_logits = net.prior_net(F.pad(x - 0.5, (9, 9, 9, 9), mode="reflect"))[..., 9:39, 9:39]
         own = F.interpolate(lr_logits, size=(120, 120), mode="bilinear", align_corners=False)
+        logits_big = net(big)["parsing"]
+        lr_big = net.prior_net(F.pad(big - 0.5, (0, 6, 0, 6), mode="reflect"))[..., :50, :50]
+        own_big = F.interpolate(lr_big, size=(200, 200), mode="bilinear", align_corners=False)
     assert torch.allclose(logits, own, atol=1e-6)
+    assert torch.allclose(logits_big, own_big, atol=1e-6)
 
 
 def test_gp_lr_prior_one_prior_path_and_receptive_field(gp_rgb_case):
