@@ -79,14 +79,16 @@ PRIOR_CKPT = REPO / "bench_output" / "prior" / PRIOR_CKPTS[PRIOR]
 
 def run_prior(steps: int, minutes, data_root: Path, resume: bool,
               cytoplasm_weight: float | None = None, lr_patch: int = 48, batch: int = 8,
-              rate: float = 1e-3, small_boost=(1.6, 1.6), from_bundle: bool = False) -> None:
+              rate: float = 1e-3, small_boost=(1.6, 1.6), from_bundle: bool = False,
+              wbc_centred: float = 0.0) -> None:
     """Pre-train GP's prior U-Net on parsing maps (napari_resolve.train.parsing).
 
     ``lr-rgb32`` (``PRIOR``): the prior of a GP model of that config, trained as
     the model runs it; batches of ``batch`` LR patches ``lr_patch`` px square,
     ×4 and ×8 in turn, Adam ``rate`` with cosine decay, cross-entropy weights
     1 / ``cytoplasm_weight`` (default 1.5) / 1; data-set-1 crops magnified by
-    ``small_boost`` (:class:`~napari_resolve.train.parsing.ParsingSampler`).
+    ``small_boost``, and a share ``wbc_centred`` of the BCCD patches centred on
+    white-cell boxes (:class:`~napari_resolve.train.parsing.ParsingSampler`).
     ``from_bundle``: start from the prior inside the shipped ``gp-x4`` (a second
     stage; the seed differs from the first stage's so it draws other batches).
     ``y16``: the bare U-Net on upsampled Y, batches of 8 HR patches 128 px square.
@@ -103,7 +105,8 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
     check_smears = P.load_smears(data_root / "bccd", bccd_held[:12])
     print(f"[prior] {len(train['hr'])} training cells, {len(smears)} BCCD smears; "
           f"held out {len(sample_cells['hr'])} + {len(heldout['hr'])} cells", flush=True)
-    sampler = P.ParsingSampler(train, smears, patch=128, scales=(4, 8), small_boost=small_boost)
+    sampler = P.ParsingSampler(train, smears, patch=128, scales=(4, 8), small_boost=small_boost,
+                               wbc_centred=wbc_centred)
 
     def evaluate(net):
         parse = P.net_parser(net) if PRIOR == "y16" else P.model_parser(net)
@@ -272,6 +275,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prior-small-boost", type=float, nargs=2, default=(1.6, 1.6),
                     metavar=("LO", "HI"), help="magnification range of data-set-1 crops "
                     "(train.parsing.ParsingSampler small_boost)")
+    ap.add_argument("--prior-wbc-centred", type=float, default=0.0, metavar="SHARE",
+                    help="share of the BCCD patches centred on white-cell boxes")
     ap.add_argument("--prior-from-bundle", action="store_true",
                     help="start the prior from the one inside the shipped gp-x4 (second stage)")
     ap.add_argument("--resume", action="store_true", help="continue interrupted runs")
@@ -312,7 +317,8 @@ def main(argv=None) -> int:
     if args.prior_steps:
         run_prior(args.prior_steps, args.minutes, args.data, args.resume,
                   args.prior_cytoplasm_weight, args.prior_patch, args.prior_batch,
-                  args.prior_lr, tuple(args.prior_small_boost), args.prior_from_bundle)
+                  args.prior_lr, tuple(args.prior_small_boost), args.prior_from_bundle,
+                  args.prior_wbc_centred)
         if not args.names:
             return 0
     for name in args.names:

@@ -56,6 +56,12 @@ def test_sampler_gives_augmented_patches_with_background_red_cells(split, sample
     smear_only = P.ParsingSampler(train, smears, patch=64, smear_fraction=1.0)
     _, ys = smear_only.batch(rng, 4)
     assert set(torch.unique(ys).tolist()) <= {-1, 0}
+    # centred on white-cell boxes: the ignored box sits in the middle, background around it
+    at_wbc = P.ParsingSampler(train, smears, patch=256, smear_fraction=1.0, wbc_centred=1.0,
+                              scale_range=(1.0, 1.0))
+    for _ in range(4):
+        y_w = at_wbc.sample(rng)[1]
+        assert (y_w[112:144, 112:144] == -1).float().mean() > 0.5 and (y_w == 0).any()
     # colour jitter: the same cell patch comes out differently with another seed
     a, _, _ = sampler.sample(np.random.default_rng(5))
     b, _, _ = sampler.sample(np.random.default_rng(5))

@@ -215,6 +215,9 @@ class ParsingSampler:
     ``balance_sources``: draw data-set-1 crops (small, under 200 px) and data-set-2
     crops equally often (the 300 small crops of one lab's scanner would otherwise
     make 7 of 8 cell samples; smears of other labs look more like data set 2).
+    ``wbc_centred``: share of the smear samples centred on a white-cell box instead of a
+    red cell (the box itself ignored, the red cells touching it background), so that the
+    prior sees red cells right at a white cell's edge, where it paints them cytoplasm.
     ``small_boost``: the range (log-uniform) of the extra magnification of data-set-1
     crops, whose cells are half the size of data set 2's; ``(1.6, 1.6)`` shows them only
     at data-set-2 size, ``(1.0, 1.6)`` also at their own (the x8 LR of a native
@@ -223,7 +226,7 @@ class ParsingSampler:
 
     def __init__(self, cells, smears=(), *, patch=128, scales=(4, 8), scale_range=(0.6, 1.6),
                  smear_fraction=0.25, seed=0, balance_sources=True, input_fn=None,
-                 small_boost=(1.6, 1.6)):
+                 small_boost=(1.6, 1.6), wbc_centred=0.0):
         if patch % 16 or any(patch % s for s in scales):
             raise InputError(f"patch {patch} must be a multiple of 16 and of every scale {scales}")
         self.cells = list(zip(cells["hr"], cells["labels"]))
@@ -244,14 +247,17 @@ class ParsingSampler:
                     cy, cx = (b["ymin"] + b["ymax"]) / 2, (b["xmin"] + b["xmax"]) / 2
                     if lab[int(cy), int(cx)] != -1:
                         rbc.append((int(cy), int(cx)))
+            wbc = [(int((b["ymin"] + b["ymax"]) / 2), int((b["xmin"] + b["xmax"]) / 2))
+                   for b in boxes if b["name"] == "WBC"]
             if rbc:
-                self.smears.append((img, lab, rbc))
+                self.smears.append((img, lab, rbc, wbc))
         self.patch, self.scales = int(patch), tuple(int(s) for s in scales)
         self.scale_range = scale_range
         self.smear_fraction = float(smear_fraction) if self.smears else 0.0
         self.seed = int(seed)
         self.input_fn = input_fn or prior_input
         self.small_boost = (float(small_boost[0]), float(small_boost[1]))
+        self.wbc_centred = float(wbc_centred)
 
     def sample(self, rng, scale=None, patch=None):
         """One (input (C, h, w) float tensor, labels (H, W) int64 tensor, scale).
@@ -262,7 +268,9 @@ class ParsingSampler:
         lo, hi = np.log(self.scale_range[0]), np.log(self.scale_range[1])
         factor = float(np.exp(rng.uniform(lo, hi)))
         if rng.random() < self.smear_fraction:
-            img, lab, centres = self.smears[int(rng.integers(len(self.smears)))]
+            img, lab, centres, wbc = self.smears[int(rng.integers(len(self.smears)))]
+            if self.wbc_centred and wbc and rng.random() < self.wbc_centred:
+                centres = wbc
             centre = centres[int(rng.integers(len(centres)))]
             # BCCD cells are at about the magnification of data set 2 (median WBC box
             # 138 px, data-set-2 WBC 155 px across): the same scale range fits both
