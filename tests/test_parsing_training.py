@@ -186,10 +186,10 @@ def _lr_batch(sampler, model, scale):
 def test_bundled_gp_parses_the_held_out_cells_and_leaves_red_cells_alone(split, sample_dir,
                                                                          name, scale):
     """The shipped prior on the 12 sample cells it never trained on (issue 14, item 1):
-    measured 0.54 / 0.91 (x4) and 0.58 / 0.88 (x8) cytoplasm / nucleus when shipped; the
+    measured 0.59 / 0.91 (x4) and 0.60 / 0.88 (x8) cytoplasm / nucleus when shipped; the
     first colour prior reached 0.46 / 0.86, the Y prior before it 0.43 / 0.78. The two
     held-out data-set-1 cells (120 px: 15 LR px at x8, parsed reflect-padded to
-    PRIOR_MIN_LR) measured 0.80 / 0.75 at x8, 0.16 / 0.10 unpadded. Red-cell boxes of the
+    PRIOR_MIN_LR) measured 0.81 / 0.77 at x8, 0.11 / 0.09 unpadded. Red-cell boxes of the
     sample BCCD smears."""
     from napari_resolve import bundle
     from napari_resolve.data import samples
@@ -199,7 +199,7 @@ def test_bundled_gp_parses_the_held_out_cells_and_leaves_red_cells_alone(split, 
     model, _ = bundle.load(name)
     parse = P.model_parser(model)
     iou = MP.parse_cells(parse, sample, scale)
-    assert iou["nucleus"] > 0.86 and iou["cytoplasm"] > 0.50, iou
+    assert iou["nucleus"] > 0.86 and iou["cytoplasm"] > 0.55, iou
     small = MP.parse_cells(parse, heldout, scale)
     assert small["nucleus"] > 0.6 and small["cytoplasm"] > 0.6, small
     smears = P.load_smears(sample_dir / "bccd", samples.bccd_names())
