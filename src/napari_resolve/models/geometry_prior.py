@@ -60,22 +60,19 @@ PRIOR_MIN_LR = 48
 
 def _reflect_to_min(x: torch.Tensor, side: int):
     """``x`` reflect-padded on all sides to at least ``side`` px (h and w), and the
-    (top, left) offset of the original; three passes (each can at most double a side
-    plus one) cover any input from 7 px. Written with tensor sizes so that ONNX
+    (top, left) offset of the original; a pass reflects at most n - 1 px of a side of n,
+    so three passes (7 -> 13 -> 25 -> 49) cover any input from 7 px. Written with tensor sizes so that ONNX
     tracing records the same padding for every input size."""
+    tracing = torch.jit.is_tracing()
     top = left = 0
     for _ in range(3):
-        h, w = x.shape[-2], x.shape[-1]
-        need_h = torch.clamp(torch.as_tensor(side - h), min=0)
-        need_w = torch.clamp(torch.as_tensor(side - w), min=0)
-        need_h = torch.minimum(need_h, torch.as_tensor(h - 1))
-        need_w = torch.minimum(need_w, torch.as_tensor(w - 1))
-        if not torch.jit.is_tracing() and int(need_h) == 0 and int(need_w) == 0:
-            break
-        t, le = need_h // 2, need_w // 2
-        pads = (le, need_w - le, t, need_h - t)
-        if not torch.jit.is_tracing():
-            pads = tuple(int(v) for v in pads)
+        need_h, need_w = (torch.as_tensor(side - n).clamp(min=0).minimum(torch.as_tensor(n - 1))
+                          for n in x.shape[-2:])
+        if not tracing:
+            need_h, need_w = int(need_h), int(need_w)
+            if need_h == need_w == 0:
+                break
+        pads = (need_w // 2, need_w - need_w // 2, need_h // 2, need_h - need_h // 2)
         x = F.pad(x, pads, mode="reflect")
         top, left = top + pads[2], left + pads[0]
     return x, top, left
