@@ -63,6 +63,8 @@ JOBS = {
     "mhtcun-lite-x4": ("mhtcun-lite", 4, "mhtcun-fluo-storm", 384, 256),
     "dfcan-x4": ("dfcan", 4, "mse-ssim-fluo-storm", 384, 256),
 }
+# architecture options per job beyond the registry defaults (recorded in the bundle's config)
+CONFIG: dict = {}
 # batch per scale (None: the recipe's 4). x4: 256-px HR patches (64 LR px) at batch 2,
 # about twice the pixels of the first runs' 4 x 128 px per step: the SFSRM wide field
 # carries out-of-focus haze on a scale of ~8 LR px (a Gaussian background of sigma 32
@@ -157,7 +159,8 @@ def domain_card(name: str, desc: dict, heldout: dict | None = None) -> dict:
     }  # fmt: skip
 
 
-def run_job(name: str, minutes: float, root: Path, out_dir: Path, resume: bool, max_steps=None):
+def run_job(name: str, minutes: float, root: Path, out_dir: Path, resume: bool, max_steps=None,
+            config: dict | None = None):
     from napari_resolve import train as T
 
     arch, scale, recipe, tile, patch = JOBS[name]
@@ -181,6 +184,7 @@ def run_job(name: str, minutes: float, root: Path, out_dir: Path, resume: bool, 
     print(f"[{name}] {json.dumps({k: v for k, v in desc.items() if k != 'regions'})}", flush=True)
     res = T.train(
         None if (resume and state.exists()) else arch, data, scale=scale, in_channels=1,
+        config={**CONFIG.get(name, {}), **(config or {})} or None,
         recipe=recipe, minutes=minutes, max_steps=max_steps, patch_size=patch, batch_size=batch,
         patches_per_image=ppi, val_data=select, val_patch=None, output=out,
         resume=state if (resume and state.exists()) else None, device="cpu", seed=0,
@@ -272,6 +276,8 @@ def main(argv=None) -> int:
                     help="measure the runs in --out on the held-out regions and write the bundles "
                          "(with held-out figures and domain card) to --dest")
     ap.add_argument("--dest", type=Path, default=OUT)
+    ap.add_argument("--config", type=json.loads, default=None,
+                    help='architecture options over the job\'s, as JSON (e.g. \'{"feature_scale": 2}\')')
     args = ap.parse_args(argv)
     unknown = sorted(set(args.names) - set(JOBS))
     if unknown:
@@ -286,7 +292,7 @@ def main(argv=None) -> int:
             finalize(name, args.data, args.out, args.dest, base)
         return 0
     for name in args.names:
-        run_job(name, args.minutes, args.data, args.out, args.resume, args.max_steps)
+        run_job(name, args.minutes, args.data, args.out, args.resume, args.max_steps, args.config)
     return 0
 
 

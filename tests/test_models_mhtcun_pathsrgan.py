@@ -64,6 +64,8 @@ def image_for(name, grey_hr, rgb_hr):
 
 def build(name, seed=0, **cfg):
     torch.manual_seed(seed)
+    if name == "mhtcun-lite-fs2":  # x4 with the cascade at 2x the LR size (feature_scale)
+        name, cfg = "mhtcun-lite", {"feature_scale": 2, **cfg}
     return models.build(name, **{**SMALL.get(name, {}), **cfg})
 
 
@@ -107,6 +109,8 @@ def test_fcab_variants_follow_their_papers():
         ("mhtcun-lite", 2, (37, 53)),
         ("mhtcun-lite", 4, (37, 53)),
         ("mhtcun-lite", 2, (5, 3)),
+        ("mhtcun-lite-fs2", 4, (37, 53)),
+        ("mhtcun-lite-fs2", 4, (3, 5)),
         ("dfcan", 2, (37, 53)),
         ("dfcan", 3, (37, 53)),
         ("dfcan", 4, (9, 14)),
@@ -139,17 +143,19 @@ def test_full_mhtcun_forward_shape(grey_hr, scale, hw):
     assert [s.shape for s in out["stages"]] == [(1, 1, scale * hw[0], scale * hw[1])] * 3
 
 
-def test_mhtcun_stages_are_residuals_on_aligned_bicubic(grey_hr):
+@pytest.mark.parametrize("scale, cfg", [(2, {}), (4, {"feature_scale": 2})])
+def test_mhtcun_stages_are_residuals_on_aligned_bicubic(grey_hr, scale, cfg):
     # zero reconstruction convs: every stage must be exactly the MATLAB bicubic of the
-    # input, which checks the pad-inside / crop-back alignment on an odd size
-    lr, _ = pair(grey_hr, 2, (37, 53))
-    net = build("mhtcun-lite").eval()
+    # input, which checks the pad-inside / crop-back alignment on an odd size (and, with
+    # feature_scale, that the PixelShuffle output is cropped to the SR size before the skip)
+    lr, _ = pair(grey_hr, scale, (37, 53))
+    net = build("mhtcun-lite", scale=scale, **cfg).eval()
     for branch in net.pixel_branches:
         torch.nn.init.zeros_(branch.reconstruct.weight)
         torch.nn.init.zeros_(branch.reconstruct.bias)
     with torch.no_grad():
         out = net(lr)
-    bicubic = imresize_torch(lr, 2)
+    bicubic = imresize_torch(lr, scale)
     for stage in out["stages"]:
         torch.testing.assert_close(stage, bicubic, rtol=0, atol=1e-6)
     net.global_residual = False
@@ -162,6 +168,7 @@ def test_mhtcun_stages_are_residuals_on_aligned_bicubic(grey_hr):
     [
         ("mhtcun", dict(scale=3), "scale 2 or 4"),
         ("mhtcun-lite", dict(blocks=0), "blocks"),
+        ("mhtcun-lite", dict(scale=4, feature_scale=3), "feature_scale must divide"),
         ("dfcan", dict(scale=8), "scale 2, 3 or 4"),
         ("pathsrgan", dict(scale=2), "x4"),
         ("pathsrgan", dict(depth=3), "no option"),
