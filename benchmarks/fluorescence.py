@@ -1,7 +1,7 @@
 """Fluorescence on real data (issue 13): the table in docs/benchmarks.md.
 
     PYTHONPATH=src .venv/bin/python benchmarks/fluorescence.py [--data ../shared/data]
-        [--models DIR] [--finetune-minutes 10] [--calibrate] [--write]
+        [--models DIR] [--finetune-minutes 10] [--calibrate] [--calibrate-haze] [--write]
 
 Per data set and signal level (DL-SIM microtubules at normal and low light,
 x2; SFSRM ER, x4), on the **held-out** region of each field
@@ -18,7 +18,8 @@ resolution of the output (HR px; neither data set records its pixel size).
 ``DIR`` = ``benchmarks/out/fluorescence`` for DFCAN, which is not shipped).
 ``--finetune-minutes M``: fine-tune the x2 bundle for M minutes of CPU first
 (``--finetuned FILE`` reuses one). ``--calibrate``: also print the camera /
-PSF calibration of docs/fluorescence.md. ``--write``: put the table into
+PSF calibration of docs/fluorescence.md; ``--calibrate-haze`` prints only the
+out-of-focus fit (:func:`calibrate_haze`). ``--write``: put the table into
 docs/benchmarks.md between its markers.
 """
 
@@ -86,6 +87,46 @@ def calibrate(root: Path) -> str:
         prow(f"BioSR {kind} level {lvl}",
              tifffile.imread(biosr / kind / "input_wide_field_images" / f"level_{lvl:02d}.tif"))
     return "\n".join(lines) + "\n\n" + "\n".join(psf)
+
+
+def calibrate_haze(root: Path) -> str:
+    """Markdown: the out-of-focus share of each real wide field (``data.camera.HAZE_RANGES``).
+
+    On the train region of each real pair, least squares of the wide field on
+    ``c0 + c1 bin(G_psf * target) + c2 bin(G_sigma * target)`` (the target's
+    in-focus image and a wide blur of it standing for the out-of-plane light),
+    for sigma from 2 to 32 LR px; the out-of-focus share is ``c2 mean / (c1 mean
+    + c2 mean)``. The PSF FWHM is 3.3 LR px at x2 and 3.0 at x4 (the
+    calibration table of docs/fluorescence.md).
+    """
+    from scipy import ndimage
+
+    from napari_resolve.data.fluorescence_pairs import real_pairs, region
+
+    def binned(img, s):
+        h, w = img.shape[0] // s * s, img.shape[1] // s * s
+        return img[:h, :w].reshape(h // s, s, w // s, s).mean(axis=(1, 3))
+
+    lines = ["| data | σ (LR px) | R² without haze | R² | out-of-focus share |", "|---|---|---|---|---|"]
+    for scale, fwhm in ((2, 3.3), (4, 3.0)):
+        for pair in real_pairs(root, scale):
+            lr, hr = (np.asarray(a, np.float64) for a in region(pair, "train")[0])
+            focus = binned(ndimage.gaussian_filter(hr, fwhm * scale / 2.3548), scale)
+            y = lr.ravel()
+            r2 = {}
+            for sigma in (0, 2, 4, 8, 16, 32):
+                cols = [np.ones_like(focus), focus]
+                if sigma:
+                    cols.append(binned(ndimage.gaussian_filter(hr, sigma * scale), scale))
+                A = np.stack([c.ravel() for c in cols], 1)
+                coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+                r2[sigma] = 1.0 - (y - A @ coef).var() / y.var()
+                if sigma:
+                    oof = coef[2] * cols[2].mean()
+                    share = oof / (coef[1] * cols[1].mean() + oof)
+                    lines.append(f"| {pair.name} | {sigma} | {r2[0]:.3f} | {r2[sigma]:.3f} | "
+                                 f"{share:.2f} |")
+    return "\n".join(lines)
 
 
 def register_microtubules(root: Path) -> str:
@@ -248,6 +289,8 @@ def main(argv=None) -> int:
                     help="fine-tuning rate (default: the fine-tuning recipe's, 1e-4 here)")
     ap.add_argument("--finetuned", type=Path, default=None, help="reuse this fine-tuned x2 bundle")
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--calibrate-haze", action="store_true",
+                    help="print the out-of-focus share of each real wide field (HAZE_RANGES)")
     ap.add_argument("--register", action="store_true",
                     help="also register the SFSRM microtubule pair and print how well it worked")
     ap.add_argument("--write", action="store_true")
@@ -259,6 +302,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     if args.calibrate:
         print(calibrate(args.data))
+    if args.calibrate_haze:
+        print(calibrate_haze(args.data))
+        return 0
     if args.register:
         print(register_microtubules(args.data))
     extra = ""

@@ -63,6 +63,9 @@ JOBS = {
     "mhtcun-lite-x4": ("mhtcun-lite", 4, "mhtcun-fluo-storm", 384, 256),
     "dfcan-x4": ("dfcan", 4, "mse-ssim-fluo-storm", 384, 256),
 }
+# jobs whose simulated pairs carry out-of-focus haze (data.camera.HAZE_RANGES); --sim-haze
+# turns it on for a run of any job
+SIM_HAZE: dict = {}
 # architecture options per job beyond the registry defaults (recorded in the bundle's config)
 CONFIG: dict = {}
 # batch per scale (None: the recipe's 4). x4: 256-px HR patches (64 LR px) at batch 2,
@@ -102,9 +105,14 @@ def tiles(lr: np.ndarray, hr: np.ndarray, scale: int, tile: int, stride: int):
     return out
 
 
-def job_data(name: str, root: Path):
-    """(train dict, select dict, description dict) for job ``name``."""
+def job_data(name: str, root: Path, haze: bool | None = None):
+    """(train dict, select dict, description dict) for job ``name``.
+
+    ``haze``: simulated pairs with out-of-focus light (``camera.HAZE_RANGES``);
+    None: the job's default (:data:`SIM_HAZE`).
+    """
     from napari_resolve.data import fluorescence_pairs as FP
+    from napari_resolve.data.camera import HAZE_RANGES, TRAINING_RANGES
     from napari_resolve.data.fluorescence import calibrated_pairs
 
     arch, scale, recipe, tile, patch = JOBS[name]
@@ -122,7 +130,9 @@ def job_data(name: str, root: Path):
             sel_lr.append(lr)
             sel_hr.append(hr)
     n_sim = int(round(SIM_PER_REAL[scale] * len(real_lr)))
-    sims = calibrated_pairs(n_sim, scale, (tile, tile), seed=scale)
+    haze = SIM_HAZE.get(name, False) if haze is None else bool(haze)
+    cal = {**TRAINING_RANGES[scale], **(HAZE_RANGES[scale] if haze else {})}
+    sims = calibrated_pairs(n_sim, scale, (tile, tile), seed=scale, calibration=cal)
     data = {"lr": real_lr + [s.lr for s in sims], "hr": real_hr + [s.hr for s in sims]}
     desc = {
         "real_fields": fields,
@@ -131,6 +141,7 @@ def job_data(name: str, root: Path):
         "mix": f"{len(real_lr)} real tiles : {n_sim} simulated pairs (same patches per image)",
         "regions": FP.REGIONS[FP.real_pairs(root, scale)[0].dataset],
         "tile_hr_px": tile,
+        "simulator": cal,
     }
     return data, {"lr": sel_lr, "hr": sel_hr}, desc
 
@@ -160,12 +171,12 @@ def domain_card(name: str, desc: dict, heldout: dict | None = None) -> dict:
 
 
 def run_job(name: str, minutes: float, root: Path, out_dir: Path, resume: bool, max_steps=None,
-            config: dict | None = None):
+            config: dict | None = None, haze: bool | None = None):
     from napari_resolve import train as T
 
     arch, scale, recipe, tile, patch = JOBS[name]
     out = out_dir / f"{name}.safetensors"
-    data, select, desc = job_data(name, root)
+    data, select, desc = job_data(name, root, haze)
     n_items = len(data["lr"])
     batch = BATCH[scale]
     ppi = max(1, int(round(100 * (batch or 4) / n_items)))  # ~100 steps (or fewer) per epoch
@@ -214,7 +225,8 @@ def for_hr_only(scale: int) -> dict:
             "read_noise": float(np.mean(r["read_noise"]))}
 
 
-def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None) -> dict:
+def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None,
+             haze: bool | None = None) -> dict:
     """Measure run ``name`` on the held-out regions and write the bundle with its full metadata."""
     from napari_resolve import bundle, models
     from napari_resolve.data import fluorescence_pairs as FP
@@ -223,7 +235,7 @@ def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None
 
     arch, scale, recipe, tile, patch = JOBS[name]
     model, meta = bundle.load(runs / f"{name}.safetensors")
-    data, _, desc = job_data(name, root)
+    data, _, desc = job_data(name, root, haze)
     norm = Normalizer.from_meta(NORMALIZATION)
     vals = np.concatenate([norm.fit(x).forward(x).ravel() for x in data["lr"]])
     figures = {}
@@ -278,6 +290,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dest", type=Path, default=OUT)
     ap.add_argument("--config", type=json.loads, default=None,
                     help='architecture options over the job\'s, as JSON (e.g. \'{"feature_scale": 2}\')')
+    ap.add_argument("--sim-haze", action=argparse.BooleanOptionalAction, default=None,
+                    help="simulated pairs with out-of-focus haze (data.camera.HAZE_RANGES; "
+                         "default: the job's, SIM_HAZE); give the same to --finalize")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.names) - set(JOBS))
     if unknown:
@@ -289,10 +304,11 @@ def main(argv=None) -> int:
     if args.finalize:
         for name in args.names:
             base = name.replace("mhtcun-lite", "dfcan") if name.startswith("mhtcun") else None
-            finalize(name, args.data, args.out, args.dest, base)
+            finalize(name, args.data, args.out, args.dest, base, args.sim_haze)
         return 0
     for name in args.names:
-        run_job(name, args.minutes, args.data, args.out, args.resume, args.max_steps, args.config)
+        run_job(name, args.minutes, args.data, args.out, args.resume, args.max_steps, args.config,
+                args.sim_haze)
     return 0
 
 

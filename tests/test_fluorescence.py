@@ -106,6 +106,42 @@ def test_lr_is_the_blurred_noisy_hr_and_targets_are_sharper():
     assert beyond_cutoff(s.hr) > 5 * beyond_cutoff(obj_wf)
 
 
+def test_out_of_focus_haze_is_smooth_light_in_the_widefield_only():
+    from scipy import ndimage
+
+    kw = dict(shape=(384, 384), scale=4, structures=("er",), photons=4000.0, read_noise=0.5)
+    clean = fl.simulate(seed=3, **kw)
+    assert np.array_equal(clean.lr, fl.simulate(seed=3, haze=0.0, **kw).lr)  # off = as before
+    hazy = fl.simulate(seed=3, haze=0.6, haze_sigma=8.0, **kw)
+    assert np.array_equal(clean.hr, hazy.hr)  # SIM / STORM section it away: target unchanged
+    assert hazy.meta["haze"] == 0.6 and hazy.meta["haze_sigma_lr_px"] == 8.0
+
+    def smooth_share(lr):  # share of the LR's variation that survives a 4-px blur
+        lr = lr.astype(np.float64)
+        return ndimage.gaussian_filter(lr, 4.0).std() / lr.std()
+
+    assert smooth_share(hazy.lr) > smooth_share(clean.lr) + 0.1
+    # the in-focus detail is still there, with less of the signal
+    corr = np.corrcoef((hazy.lr - ndimage.gaussian_filter(hazy.lr, 6.0)).ravel(),
+                       (clean.lr - ndimage.gaussian_filter(clean.lr, 6.0)).ravel())[0, 1]
+    assert corr > 0.7
+    for bad in (dict(haze=1.0), dict(haze=-0.1), dict(haze=0.3, haze_sigma=0.0)):
+        with pytest.raises(InputError, match="haze"):
+            fl.simulate((64, 64), **bad)
+
+
+def test_calibrated_pairs_with_haze_keep_the_in_focus_samples():
+    from napari_resolve.data.camera import HAZE_RANGES, TRAINING_RANGES
+
+    plain = fl.calibrated_pairs(3, 4, (128, 128), seed=4)
+    hazy = fl.calibrated_pairs(3, 4, (128, 128), seed=4,
+                               calibration={**TRAINING_RANGES[4], **HAZE_RANGES[4]})
+    lo, hi = HAZE_RANGES[4]["haze"]
+    for p, h in zip(plain, hazy):
+        assert np.array_equal(p.hr, h.hr) and p.meta["haze"] == 0.0
+        assert lo <= h.meta["haze"] <= hi
+
+
 @pytest.mark.parametrize("structure", ["microtubules", "vesicles", "er"])
 def test_each_structure_renders_sparse_bright_content(structure):
     obj = fl.render_structures((128, 128), 31.3, (structure,), rng=0)

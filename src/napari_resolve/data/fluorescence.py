@@ -25,7 +25,17 @@ bilinear weights (anti-aliased, sub-pixel). Optics:
   photo-electrons);
 * the **HR target** is the object seen through a PSF ``hr_gain`` times
   narrower (NA × ``hr_gain``): ``hr_gain=2`` mimics linear SIM (twice the
-  OTF support, as BioSR's targets); ``hr_gain=None`` returns the object itself.
+  OTF support, as BioSR's targets); ``hr_gain=None`` returns the object itself;
+* **out-of-focus haze** (``haze > 0``, issue 13): a wide-field image of a
+  thick cell also collects the light of structures above and below the
+  focal plane, which SIM's and STORM's optical sectioning leave out. It is
+  modelled as a second, independent draw of the same structures (the
+  out-of-plane layers), weighted by a smooth random thickness envelope (a
+  logistic of Gaussian-filtered noise, 4× the haze's σ: thick cell body,
+  thin periphery) and blurred by a Gaussian of ``haze_sigma`` LR px, making
+  up the share ``haze`` of the wide-field signal; the HR target does not
+  contain it. (A 3D PSF would need the axial positions the 2D simulator does
+  not have; a Gaussian is the far-defocus limit of the wide-field PSF.)
 
 Everything is drawn from one ``numpy.random.Generator`` so a seed gives the
 same sample. A 256×256 target takes a few tens of milliseconds.
@@ -319,6 +329,8 @@ def simulate(
     background: float = 10.0,
     read_noise: float = 2.0,
     density: float = 1.0,
+    haze: float = 0.0,
+    haze_sigma: float = 8.0,
     seed=None,
 ) -> FluorescenceSample:
     """One (HR, LR) pair of simulated fluorescence.
@@ -344,6 +356,11 @@ def simulate(
     structures : sequence of "microtubules" / "filaments", "vesicles", "er"
     density : float
         Objects per area relative to the default.
+    haze, haze_sigma : float
+        Share (0 to <1) of the wide-field signal that is out-of-focus light,
+        and the Gaussian σ of that light in LR (camera) pixels; see the
+        module docstring. ``haze=0`` draws nothing extra (the same sample as
+        before the option existed).
     seed : int, sequence or numpy Generator
     """
     rng = np.random.default_rng(seed)
@@ -354,8 +371,22 @@ def simulate(
     if h < 4 * scale or w < 4 * scale:
         raise InputError(f"shape {tuple(shape)} is too small for scale {scale}")
     _check_optics(wavelength, na, pixel_size)
+    if not 0.0 <= float(haze) < 1.0 or float(haze_sigma) <= 0:
+        raise InputError(f"haze must be in [0, 1) and haze_sigma > 0, got {haze}, {haze_sigma}")
     obj = render_structures((h, w), pixel_size, structures, density, rng)
     wf = widefield(obj, wavelength, na, pixel_size, psf_kind)
+    if haze > 0:
+        layers = render_structures((h, w), pixel_size, structures, density, rng)
+        # the cell is thick in places and thin or absent in others: a smooth random
+        # thickness envelope (4x the haze's sigma) weights the out-of-plane layers;
+        # without it the blurred layers are a near-flat offset that normalisation removes
+        sigma_hr = float(haze_sigma) * scale
+        field = ndimage.gaussian_filter(rng.standard_normal((h, w)), 4.0 * sigma_hr, mode="reflect")
+        envelope = 1.0 / (1.0 + np.exp(-2.0 * (field - field.mean()) / max(field.std(), 1e-12)))
+        out_of_focus = ndimage.gaussian_filter(layers * envelope, sigma_hr, mode="reflect")
+        # the shares are of the mean signal, so the in-focus image keeps its own contrast
+        wf_mean, oof_mean = max(wf.mean(), 1e-12), max(out_of_focus.mean(), 1e-12)
+        wf = (1.0 - haze) * wf + haze * out_of_focus * (wf_mean / oof_mean)
     lr = camera(wf, scale, photons, background, read_noise, rng)
     hr = (
         obj
@@ -369,6 +400,7 @@ def simulate(
         "wavelength_nm": float(wavelength), "na": float(na), "psf": psf_kind,
         "hr_gain": hr_gain, "photons": float(photons), "background": float(background),
         "read_noise": float(read_noise), "density": float(density),
+        "haze": float(haze), "haze_sigma_lr_px": float(haze_sigma),
         "widefield_fwhm_nm": psf_fwhm(wavelength, na, psf_kind),
     }  # fmt: skip
     return FluorescenceSample(
@@ -435,6 +467,9 @@ def calibrated_pairs(n: int, scale: int, shape=(128, 128), seed=0, calibration: 
     the HR pixel size, so only the FWHM in pixels matters. Each sample shows 1–3
     of :data:`STRUCTURES`, so a model sees vesicles and ER as well as
     filaments (generalisation beyond the one real field of each data set).
+    A calibration with ``haze`` (uniform range of the out-of-focus share) and
+    ``haze_sigma_lr_px`` (uniform range of its σ) adds out-of-focus light
+    (:func:`simulate`); without these keys there is none.
     """
     from napari_resolve.data.camera import TRAINING_RANGES
 
@@ -452,11 +487,16 @@ def calibrated_pairs(n: int, scale: int, shape=(128, 128), seed=0, calibration: 
         fwhm_lr = float(rng.uniform(*cal["fwhm_lr_px"]))
         k = int(rng.integers(1, len(STRUCTURES) + 1))
         structures = tuple(rng.choice(STRUCTURES, size=k, replace=False).tolist())
+        haze = {}
+        if "haze" in cal:  # its own stream: with or without haze, the in-focus sample is the same
+            hz = np.random.default_rng([int(seed), i, 14])
+            haze = {"haze": float(hz.uniform(*cal["haze"])),
+                    "haze_sigma": float(hz.uniform(*cal["haze_sigma_lr_px"]))}
         out.append(simulate(
             shape, scale, structures=structures, pixel_size=fwhm_nm / (fwhm_lr * scale),
             wavelength=wavelength, na=na, hr_gain=float(cal["hr_gain"]),
             photons=logu(cal["photons"]), background=logu(cal["background"]),
             read_noise=float(rng.uniform(*cal["read_noise"])),
-            density=float(rng.uniform(0.6, 1.6)), seed=rng,
+            density=float(rng.uniform(0.6, 1.6)), seed=rng, **haze,
         ))  # fmt: skip
     return out
