@@ -347,6 +347,28 @@ def test_gp_lr_prior_one_prior_path_and_receptive_field(gp_rgb_case):
         assert reach <= rf, (key, reach, rf)
 
 
+def test_gp_prior_tta_averages_the_eight_orientations(gp_rgb_case):
+    net, x, _ = gp_rgb_case
+    tta = build("gp", scale=4, **LR_RGB, prior_tta=True).eval()
+    tta.load_state_dict(net.state_dict())
+    torch.manual_seed(3)
+    z = torch.rand(1, 3, 64, 64)  # no padding at this size: the map is exactly equivariant
+    with torch.no_grad():
+        probs = sum(torch.rot90(torch.softmax(net.parsing_logits(
+            torch.rot90(z, k, (2, 3)).flip(3) if m else torch.rot90(z, k, (2, 3))), 1).flip(3)
+            if m else torch.softmax(net.parsing_logits(torch.rot90(z, k, (2, 3))), 1), -k, (2, 3))
+            for k in range(4) for m in (False, True)) / 8
+        got = tta.parsing_logits(z)
+        assert torch.allclose(torch.softmax(got, 1), probs, atol=1e-5)
+        turned = tta.parsing_logits(torch.rot90(z, 1, (2, 3)).flip(2))
+        assert torch.allclose(torch.rot90(turned.flip(2), -1, (2, 3)), got, atol=1e-4)
+        # (and it is not what one pass gives: an untrained U-Net is far from equivariant)
+        assert not torch.allclose(torch.softmax(net.parsing_logits(z), 1), probs, atol=1e-4)
+        # the one prior path is unchanged: the own map given back gives the same SR
+        own = tta(x)
+        assert torch.equal(tta(x, prior=own["parsing"].argmax(1))["sr"], own["sr"])
+
+
 def test_gp_luma_sr_needs_rgb():
     with pytest.raises(InputError, match="luma_sr"):
         models.build("gp", scale=4, luma_sr=True)

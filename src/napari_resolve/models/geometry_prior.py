@@ -123,6 +123,21 @@ def prior_to_mask(prior, batch: int, hw: tuple[int, int], num_classes: int = NUM
     raise InputError(f"prior has shape {tuple(t.shape)}; expected {want}")
 
 
+def _d4(t: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    """``t`` rotated by ``k`` quarter turns (as ``torch.rot90(t, k, (2, 3))``), then mirrored
+    left-right; transposes and flips only, which every exporter knows."""
+    for _ in range(k % 4):
+        t = t.transpose(2, 3).flip(2)
+    return t.flip(3) if mirror else t
+
+
+def _d4_inverse(t: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    t = t.flip(3) if mirror else t
+    for _ in range(k % 4):
+        t = t.flip(2).transpose(2, 3)
+    return t
+
+
 def hard_mask(parsing: torch.Tensor) -> torch.Tensor:
     """One-hot argmax of parsing logits, with the gradient of their softmax (straight-through).
 
@@ -247,6 +262,18 @@ class GeometryPriorSR(SRModel):
       ``"parsing"`` is always the network's own prediction (the widget shows it
       beside the edited one).
     * scales: any integer 2–8 (the paper evaluates ×4 and ×8).
+    * ``prior_tta=True`` (ours; the bundles since issue 14's ninth session):
+      the prior net reads the image in all 8 orientations of the square
+      (4 quarter turns, each also mirrored), and the map is the argmax of
+      the mean of the 8 softmax outputs turned back (test-time augmentation;
+      the pre-training already draws these orientations). It is part of the
+      model, so the one prior path holds as before. It makes the map exactly
+      equivariant to those turns on sizes the U-Net needs no padding for.
+      Measured on the shipped third-stage prior: cytoplasm IoU +0.05 on the
+      12 sample cells at ×4 (0.595 → 0.646), +0.01 on the 31 others, nucleus
+      +0.006; ×8 within ±0.005. The prior reads the LR image, so the 8 passes
+      add about 0.1 s per 128² LR px at ×4 to an SR pass of several
+      seconds. Default False: the paper's single pass.
     * ``prior_input="lr"`` (ours; the bundles since issue 14's seventh session):
       the prior U-Net reads the LR image itself, centred (``x - 0.5``), and
       its logits are upsampled ×s bilinearly (``align_corners=False``) to
@@ -288,6 +315,7 @@ class GeometryPriorSR(SRModel):
         prior_act: str = "relu",
         prior_input: str = "upsampled",
         luma_sr: bool = False,
+        prior_tta: bool = False,
     ):
         super().__init__(_check_scale(scale), in_channels)
         if prior_input not in PRIOR_INPUTS:
@@ -298,6 +326,7 @@ class GeometryPriorSR(SRModel):
         self.global_residual = bool(global_residual)
         self.prior_input = prior_input
         self.luma_sr = bool(luma_sr)
+        self.prior_tta = bool(prior_tta)
         self.prior_net = UNet(
             in_channels, NUM_CLASSES, prior_base_channels, prior_depth,
             act=prior_act, padding_mode="zeros",
@@ -337,6 +366,21 @@ class GeometryPriorSR(SRModel):
         ``scale`` defaults to the model's (the prior pre-training draws ×4 and
         ×8 for one net); ``up``: ``x`` bicubic-upsampled, when already computed.
         """
+        s = self.scale if scale is None else int(scale)
+        if not self.prior_tta:
+            return self.parsing_logits_one_pass(x, s, up)
+        probs = 0
+        for k in range(4):
+            for mirror in (False, True):
+                p = torch.softmax(self.parsing_logits_one_pass(
+                    _d4(x, k, mirror), s, None if up is None else _d4(up, k, mirror)), dim=1)
+                probs = probs + _d4_inverse(p, k, mirror)
+        # log of the mean probability: its argmax is the ensemble's, its softmax the mean
+        return torch.log((probs / 8.0).clamp_min(1e-12))
+
+    def parsing_logits_one_pass(self, x: torch.Tensor, scale: int | None = None,
+                                up=None) -> torch.Tensor:
+        """The prior net's logits from one pass, whatever ``prior_tta`` says (pre-training)."""
         s = self.scale if scale is None else int(scale)
         h, w = x.shape[-2:]
         hw = (h * s, w * s)

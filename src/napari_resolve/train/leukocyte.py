@@ -20,11 +20,12 @@ __all__ = ["GP_CONFIGS", "GP_PRIOR", "leukocyte_domain", "evaluate_bundle", "sme
 #: GP's CPU configs by prior (scripts/train_pretrained.py, scripts/train_gpu_leukocyte.py):
 #: "y16" reads the bicubic-upsampled Y (paper 000 §2.1 at a quarter of its width; the bundles
 #: up to issue 14's sixth round), "lr-rgb32" reads the LR RGB image (ours: docs/benchmarks.md
-#: "Prior at the LR size, in colour"); the SR branch works on Y in both
+#: "Prior at the LR size, in colour"; since session 9 with the 8-orientation prior,
+#: ``prior_tta``); the SR branch works on Y in both
 GP_CONFIGS = {
     "y16": {"features": 32, "prior_base_channels": 16},
     "lr-rgb32": {"features": 32, "in_channels": 3, "luma_sr": True, "prior_input": "lr",
-                 "prior_base_channels": 32, "prior_depth": 3},
+                 "prior_base_channels": 32, "prior_depth": 3, "prior_tta": True},
 }
 GP_PRIOR = "lr-rgb32"  # the bundled one
 

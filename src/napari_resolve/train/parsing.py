@@ -376,8 +376,8 @@ def pretrain_prior(sampler: ParsingSampler, output, *, steps: int, batch_size: i
         sampler = copy.copy(sampler)  # the caller's sampler keeps its input
         sampler.input_fn = lambda lr_rgb, scale: model_input(lr_rgb, model.in_channels)
 
-        def forward(x, scale):
-            return model.parsing_logits(x, scale)
+        def forward(x, scale):  # one pass: the sampler already draws the orientations
+            return model.parsing_logits_one_pass(x, scale)
 
         def draw(rng, step):  # one scale per batch: LR sizes differ between scales
             scale = sampler.scales[step % len(sampler.scales)]
