@@ -80,7 +80,7 @@ PRIOR_CKPT = REPO / "bench_output" / "prior" / PRIOR_CKPTS[PRIOR]
 def run_prior(steps: int, minutes, data_root: Path, resume: bool,
               cytoplasm_weight: float | None = None, lr_patch: int = 48, batch: int = 8,
               rate: float = 1e-3, small_boost=(1.6, 1.6), from_bundle: bool = False,
-              wbc_centred: float = 0.0) -> None:
+              wbc_centred: float = 0.0, seed: int | None = None) -> None:
     """Pre-train GP's prior U-Net on parsing maps (napari_resolve.train.parsing).
 
     ``lr-rgb32`` (``PRIOR``): the prior of a GP model of that config, trained as
@@ -90,7 +90,8 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
     ``small_boost``, and a share ``wbc_centred`` of the BCCD patches centred on
     white-cell boxes (:class:`~napari_resolve.train.parsing.ParsingSampler`).
     ``from_bundle``: start from the prior inside the shipped ``gp-x4`` (a second
-    stage; the seed differs from the first stage's so it draws other batches).
+    stage; the seed differs from the first stage's so it draws other batches; each
+    later stage needs a ``seed`` of its own: 23 second and third, 29 fourth).
     ``y16``: the bare U-Net on upsampled Y, batches of 8 HR patches 128 px square.
     """
     import torch
@@ -133,7 +134,8 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
     P.pretrain_prior(sampler, PRIOR_CKPT, steps=steps, minutes=minutes, resume=resume,
                      evaluate=evaluate, eval_every=0 if from_bundle else 500,
                      class_weights=weights, model=model, batch_size=batch, lr=rate,
-                     seed=23 if from_bundle else 11, lr_patch=lr_patch,
+                     seed=seed if seed is not None else (23 if from_bundle else 11),
+                     lr_patch=lr_patch,
                      log=lambda m: print(f"[prior] {m}", flush=True))
 
 
@@ -279,6 +281,8 @@ def main(argv=None) -> int:
                     help="share of the BCCD patches centred on white-cell boxes")
     ap.add_argument("--prior-from-bundle", action="store_true",
                     help="start the prior from the one inside the shipped gp-x4 (second stage)")
+    ap.add_argument("--prior-seed", type=int, default=None,
+                    help="seed of the prior's batches (default 23 with --prior-from-bundle, else 11)")
     ap.add_argument("--resume", action="store_true", help="continue interrupted runs")
     ap.add_argument("--steps", type=int, default=None,
                     help="SR steps of the leukocyte models (default SR_STEPS, the same for GP and NP)")
@@ -318,7 +322,7 @@ def main(argv=None) -> int:
         run_prior(args.prior_steps, args.minutes, args.data, args.resume,
                   args.prior_cytoplasm_weight, args.prior_patch, args.prior_batch,
                   args.prior_lr, tuple(args.prior_small_boost), args.prior_from_bundle,
-                  args.prior_wbc_centred)
+                  args.prior_wbc_centred, args.prior_seed)
         if not args.names:
             return 0
     for name in args.names:
