@@ -65,9 +65,13 @@ JOBS = {
 }
 # jobs whose simulated pairs carry out-of-focus haze (data.camera.HAZE_RANGES); --sim-haze
 # turns it on for a run of any job
-SIM_HAZE: dict = {}
+SIM_HAZE: dict = {"mhtcun-lite-x4": True, "dfcan-x4": True}  # since 2026-12-01, session 9
 # architecture options per job beyond the registry defaults (recorded in the bundle's config)
-CONFIG: dict = {}
+CONFIG: dict = {
+    # x4: the cascade at 2x the LR size, PixelShuffle(2) to the SR size in each stage
+    # (models.mhtcun feature_scale; a quarter of the compute, twice the reach in LR px)
+    "mhtcun-lite-x4": {"feature_scale": 2},
+}
 # batch per scale (None: the recipe's 4). x4: 256-px HR patches (64 LR px) at batch 2,
 # about twice the pixels of the first runs' 4 x 128 px per step: the SFSRM wide field
 # carries out-of-focus haze on a scale of ~8 LR px (a Gaussian background of sigma 32
@@ -230,7 +234,6 @@ def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None
     """Measure run ``name`` on the held-out regions and write the bundle with its full metadata."""
     from napari_resolve import bundle, models
     from napari_resolve.data import fluorescence_pairs as FP
-    from napari_resolve.data.camera import TRAINING_RANGES
     from napari_resolve.data.normalize import Normalizer
 
     arch, scale, recipe, tile, patch = JOBS[name]
@@ -263,7 +266,7 @@ def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None
         "domain": card,
         "pixel_size": card["pixel_size"],
         "degradation": {"kind": "paired", "scale": scale, "data": desc["mix"],
-                        "simulator": dict(TRAINING_RANGES[scale]), "for_hr_only": for_hr_only(scale)},
+                        "simulator": dict(desc["simulator"]), "for_hr_only": for_hr_only(scale)},
         "training_data": desc,
         "heldout": heldout,
         "normalization": NORMALIZATION,
