@@ -264,9 +264,10 @@ class GeometryPriorSR(SRModel):
     * scales: any integer 2–8 (the paper evaluates ×4 and ×8).
     * ``prior_tta=True`` (ours; the bundles since issue 14's ninth session):
       the prior net reads the image in all 8 orientations of the square
-      (4 quarter turns, each also mirrored), and the map is the argmax of
-      the mean of the 8 softmax outputs turned back (test-time augmentation;
-      the pre-training already draws these orientations). It is part of the
+      (4 quarter turns, each also mirrored, of the padded LR image), and the
+      map is the argmax of the mean of the 8 softmax outputs turned back
+      (test-time augmentation; the pre-training already draws these
+      orientations). It is part of the
       model, so the one prior path holds as before. It makes the map exactly
       equivariant to those turns on sizes the U-Net needs no padding for.
       Measured on the shipped third-stage prior: cytoplasm IoU +0.05 on the
@@ -366,32 +367,43 @@ class GeometryPriorSR(SRModel):
         ``scale`` defaults to the model's (the prior pre-training draws ×4 and
         ×8 for one net); ``up``: ``x`` bicubic-upsampled, when already computed.
         """
-        s = self.scale if scale is None else int(scale)
-        if not self.prior_tta:
-            return self.parsing_logits_one_pass(x, s, up)
-        probs = 0
-        for k in range(4):
-            for mirror in (False, True):
-                p = torch.softmax(self.parsing_logits_one_pass(
-                    _d4(x, k, mirror), s, None if up is None else _d4(up, k, mirror)), dim=1)
-                probs = probs + _d4_inverse(p, k, mirror)
-        # log of the mean probability: its argmax is the ensemble's, its softmax the mean
-        return torch.log((probs / 8.0).clamp_min(1e-12))
+        return self._parsing(x, scale, up, self.prior_tta)
 
     def parsing_logits_one_pass(self, x: torch.Tensor, scale: int | None = None,
                                 up=None) -> torch.Tensor:
         """The prior net's logits from one pass, whatever ``prior_tta`` says (pre-training)."""
+        return self._parsing(x, scale, up, False)
+
+    def _prior_net(self, padded: torch.Tensor, tta: bool) -> torch.Tensor:
+        """The U-Net on its padded input; with ``tta`` the log of the mean softmax of the 8
+        orientations turned back (its argmax is the ensemble's, its softmax the mean).
+
+        Only the U-Net sees turned tensors: the padding, cropping and resizing
+        around it read the input's own sizes, which keeps the exported graph's
+        shapes inferable (OpenVINO could not bound sizes read after a flip).
+        The padded sides are multiples of the U-Net's, so any turn of them is too.
+        """
+        if not tta:
+            return self.prior_net(padded)
+        probs = 0
+        for k in range(4):
+            for mirror in (False, True):
+                p = torch.softmax(self.prior_net(_d4(padded, k, mirror)), dim=1)
+                probs = probs + _d4_inverse(p, k, mirror)
+        return torch.log((probs / 8.0).clamp_min(1e-12))
+
+    def _parsing(self, x: torch.Tensor, scale, up, tta: bool) -> torch.Tensor:
         s = self.scale if scale is None else int(scale)
         h, w = x.shape[-2:]
         hw = (h * s, w * s)
         if self.prior_input == "lr":
             big, top, left = _reflect_to_min(x - 0.5, PRIOR_MIN_LR)
             padded, _ = self.pad_input(big, self.prior_multiple)
-            logits = self.prior_net(padded)[..., top : top + h, left : left + w]
+            logits = self._prior_net(padded, tta)[..., top : top + h, left : left + w]
             return F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
         up = imresize_torch(x, s) if up is None else up
         padded, _ = self.pad_input(up, self.prior_multiple)
-        return self.prior_net(padded)[..., : hw[0], : hw[1]]
+        return self._prior_net(padded, tta)[..., : hw[0], : hw[1]]
 
     def forward(self, x: torch.Tensor, prior=None) -> dict:
         self.check_input(x)
