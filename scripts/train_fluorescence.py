@@ -63,9 +63,9 @@ JOBS = {
     "mhtcun-lite-x4": ("mhtcun-lite", 4, "mhtcun-fluo-storm", 384, 256),
     "dfcan-x4": ("dfcan", 4, "mse-ssim-fluo-storm", 384, 256),
 }
-# jobs whose simulated pairs carry out-of-focus haze (data.camera.HAZE_RANGES); --sim-haze
-# turns it on for a run of any job
-SIM_HAZE: dict = {"mhtcun-lite-x4": True, "dfcan-x4": True}  # since 2026-12-01, session 9
+# jobs whose simulated pairs carry out-of-focus haze (data.camera.HAZE_RANGES) since
+# 2026-12-01, session 9; --sim-haze / --no-sim-haze sets it for a training run of any job
+SIM_HAZE = {"mhtcun-lite-x4", "dfcan-x4"}
 # architecture options per job beyond the registry defaults (recorded in the bundle's config)
 CONFIG: dict = {
     # x4: the cascade at 2x the LR size, PixelShuffle(2) to the SR size in each stage
@@ -134,7 +134,7 @@ def job_data(name: str, root: Path, haze: bool | None = None):
             sel_lr.append(lr)
             sel_hr.append(hr)
     n_sim = int(round(SIM_PER_REAL[scale] * len(real_lr)))
-    haze = SIM_HAZE.get(name, False) if haze is None else bool(haze)
+    haze = name in SIM_HAZE if haze is None else bool(haze)
     cal = {**TRAINING_RANGES[scale], **(HAZE_RANGES[scale] if haze else {})}
     sims = calibrated_pairs(n_sim, scale, (tile, tile), seed=scale, calibration=cal)
     data = {"lr": real_lr + [s.lr for s in sims], "hr": real_hr + [s.hr for s in sims]}
@@ -231,15 +231,19 @@ def for_hr_only(scale: int) -> dict:
             "read_noise": float(np.mean(r["read_noise"]))}
 
 
-def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None,
-             haze: bool | None = None) -> dict:
-    """Measure run ``name`` on the held-out regions and write the bundle with its full metadata."""
+def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None) -> dict:
+    """Measure run ``name`` on the held-out regions and write the bundle with its full metadata.
+
+    The simulated pairs are rebuilt as the run drew them: with haze when its recorded
+    simulator had it (runs from before the option recorded none, and had none).
+    """
     from napari_resolve import bundle, models
     from napari_resolve.data import fluorescence_pairs as FP
     from napari_resolve.data.normalize import Normalizer
 
     arch, scale, recipe, tile, patch = JOBS[name]
     model, meta = bundle.load(runs / f"{name}.safetensors")
+    haze = "haze" in ((meta.get("training_data") or {}).get("simulator") or {})
     data, _, desc = job_data(name, root, haze)
     norm = Normalizer.from_meta(NORMALIZATION)
     vals = np.concatenate([norm.fit(x).forward(x).ravel() for x in data["lr"]])
@@ -297,7 +301,7 @@ def main(argv=None) -> int:
                     help='architecture options over the job\'s, as JSON (e.g. \'{"feature_scale": 2}\')')
     ap.add_argument("--sim-haze", action=argparse.BooleanOptionalAction, default=None,
                     help="simulated pairs with out-of-focus haze (data.camera.HAZE_RANGES; "
-                         "default: the job's, SIM_HAZE); give the same to --finalize")
+                         "default: the job's, SIM_HAZE; --finalize reads it from the run)")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.names) - set(JOBS))
     if unknown:
@@ -309,7 +313,7 @@ def main(argv=None) -> int:
     if args.finalize:
         for name in args.names:
             base = name.replace("mhtcun-lite", "dfcan") if name.startswith("mhtcun") else None
-            finalize(name, args.data, args.out, args.dest, base, args.sim_haze)
+            finalize(name, args.data, args.out, args.dest, base)
         return 0
     for name in args.names:
         run_job(name, args.minutes, args.data, args.out, args.resume, args.max_steps, args.config,

@@ -382,7 +382,7 @@ def simulate(
         # without it the blurred layers are a near-flat offset that normalisation removes
         sigma_hr = float(haze_sigma) * scale
         field = ndimage.gaussian_filter(rng.standard_normal((h, w)), 4.0 * sigma_hr, mode="reflect")
-        envelope = 1.0 / (1.0 + np.exp(-2.0 * (field - field.mean()) / max(field.std(), 1e-12)))
+        envelope = special.expit(2.0 * (field - field.mean()) / max(field.std(), 1e-12))
         out_of_focus = ndimage.gaussian_filter(layers * envelope, sigma_hr, mode="reflect")
         # the shares are of the mean signal, so the in-focus image keeps its own contrast
         wf_mean, oof_mean = max(wf.mean(), 1e-12), max(out_of_focus.mean(), 1e-12)

@@ -270,9 +270,10 @@ class GeometryPriorSR(SRModel):
       orientations). It is part of the
       model, so the one prior path holds as before. It makes the map exactly
       equivariant to those turns on sizes the U-Net needs no padding for.
-      Measured on the shipped third-stage prior: cytoplasm IoU +0.05 on the
-      12 sample cells at ×4 (0.595 → 0.646), +0.01 on the 31 others, nucleus
-      +0.006; ×8 within ±0.005. The prior reads the LR image, so the 8 passes
+      Measured on the fourth-stage prior: cytoplasm IoU +0.035 on the 12
+      sample cells at ×4 (0.634 → 0.669), +0.01 on the 31 others, nucleus
+      +0.008; ×8 +0.006 cytoplasm (docs/benchmarks.md, "Prior, fourth
+      stage"). The prior reads the LR image, so the 8 passes
       add about 0.1 s per 128² LR px at ×4 to an SR pass of several
       seconds. Default False: the paper's single pass.
     * ``prior_input="lr"`` (ours; the bundles since issue 14's seventh session):
