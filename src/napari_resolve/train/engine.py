@@ -32,7 +32,7 @@ Its parts: :mod:`~napari_resolve.train.events` (the events and the result),
 :mod:`~napari_resolve.train.devices` (devices, torchrun, batches),
 :mod:`~napari_resolve.train.objectives` (loss terms, discriminators,
 optimisers, validation quality), :mod:`~napari_resolve.train.checkpoint`
-(resume files), :mod:`~napari_resolve.train.interrupt` (stop requests).
+(resume files), :mod:`~napari_resolve.train.run_data` (the run's datasets), :mod:`~napari_resolve.train.interrupt` (stop requests).
 Fine-tuning a bundle (:func:`finetune_iter`) lives in
 :mod:`~napari_resolve.train.finetuning` and is re-exported here.
 
@@ -71,8 +71,9 @@ from napari_resolve.train.finetuning import (  # noqa: F401  (re-exported)
 )
 from napari_resolve.train.interrupt import _should_stop, _Stop  # noqa: F401
 from napari_resolve.train.objectives import (  # noqa: F401  (re-exported)
-    _auto_features, _disc_logits, _make_discriminator, _optimizer, _quality, _Terms
+    _auto_features, _disc_logits, _make_discriminator, _optimizer, _quality, _Terms, _validate
 )
+from napari_resolve.train.run_data import run_datasets
 
 __all__ = ["TrainEvent", "TrainResult", "train_iter", "train", "finetune_iter", "finetune"]
 
@@ -228,45 +229,11 @@ def train_iter(
     phase_plan = R.plan(rec, epochs, minutes)
 
     # ---- data
-    if data is None:
-        raise InputError("no training data given")
-    full = D.make_dataset(
-        data,
-        scale=net.scale,
-        in_channels=net.in_channels,
-        normalization=normalization,
-        degradation=degradation,
-        patch_size=ps,
-        seed=seed,
+    train_ds, val_ds = run_datasets(
+        data, val_data, scale=net.scale, in_channels=net.in_channels, normalization=normalization,
+        degradation=degradation, patch_size=ps, seed=seed, batch_size=bs, world=world,
+        patches_per_image=patches_per_image, val_patch=val_patch, val_fraction=val_fraction,
     )
-    if full.scale != net.scale or full.in_channels != net.in_channels:
-        raise InputError(
-            f"the dataset is x{full.scale} with {full.in_channels} channel(s) but the "
-            f"model is x{net.scale} with {net.in_channels}"
-        )
-    n_images = len(full.items)
-    if patches_per_image is None:
-        patches_per_image = (
-            1 if full.patch_size is None else max(1, math.ceil(8 * bs * world / n_images))
-        )
-    full.patches_per_image = int(patches_per_image)
-    if val_data is not None:
-        val_ds = D.make_dataset(
-            val_data,
-            scale=net.scale,
-            in_channels=net.in_channels,
-            normalization=full.normalization,
-            degradation=full.degradation,
-            seed=seed,
-        ).as_validation(val_patch)
-        train_ds = full
-    else:
-        train_ds, val_ds = full.split(val_fraction, seed=seed, val_patch=val_patch)
-    for i, item in enumerate(train_ds.items):  # a constant image teaches nothing (issue 15)
-        hr = np.asarray(train_ds._load(i)["hr"])
-        if hr.size and float(hr.max()) == float(hr.min()):
-            raise InputError(f"training image {item.name} is constant (every pixel the same); "
-                             "it has nothing to learn from: remove it")
     rgb_input = bool(train_ds._load(0)["rgb"])
     has_labels = train_ds.has_labels
 
@@ -436,26 +403,11 @@ def train_iter(
 
     def validate() -> dict:
         t0 = time.monotonic()
-        base = _unwrap(net)
-        was = base.training
-        base.eval()
-        ps_, ss_ = [], []
-        val_fit = rec.options.get("val_metric") == "fit"  # fluorescence: chosen on fit-PSNR
-        with torch.no_grad():
-            for i in range(len(val_ds)):
-                smp = val_ds[i]
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                    out = base(smp["lr"][None].to(dev))
-                p, s_ = _quality(out["sr"][0].float(), smp["hr"], base.scale, fit=val_fit)
-                ps_.append(p)
-                ss_.append(s_)
-        if was:
-            base.train()
+        val = _validate(_unwrap(net), val_ds, dev, amp_dtype, use_amp,
+                        fit=rec.options.get("val_metric") == "fit")  # fluorescence: fit-PSNR
         val_time[0] = time.monotonic() - t0
         last_val_step[0] = step
-        finite = [p for p in ps_ if math.isfinite(p)]
-        psnr = float(np.mean(finite)) if finite else (math.inf if ps_ else math.nan)
-        return {"psnr": psnr, "ssim": float(np.mean(ss_)) if ss_ else math.nan}
+        return val
 
     def after_validation(val: dict) -> bool:
         nonlocal best, best_state

@@ -7,7 +7,7 @@ parsing or segmentation output, no task model) are left out with a reason.
 :func:`_make_discriminator` builds PathSRGAN's patch discriminator (paper 002)
 or SRGAN's (paper 004); :func:`_auto_features` fits the feature network of
 perceptual terms on the training images (no download); :func:`_quality` is
-the validation PSNR / SSIM (:mod:`napari_resolve.metrics.quality`, on the
+the validation PSNR / SSIM (:func:`_validate` over a validation set) (:mod:`napari_resolve.metrics.quality`, on the
 Y / grey channel, border of ``scale`` px cropped).
 """
 
@@ -83,6 +83,33 @@ def _quality(sr: torch.Tensor, hr: torch.Tensor, scale: int, fit: bool = False) 
     crop = scale if min(a.shape[:2]) - 2 * scale >= 11 else 0
     kw = dict(data_range=1.0, crop=crop)
     return float(quality.psnr(a, b, **kw)), float(quality.ssim(a, b, **kw))
+
+
+def _validate(model, val_ds, dev, amp_dtype=torch.float16, use_amp: bool = False,
+              fit: bool = False) -> dict:
+    """Mean :func:`_quality` of ``model`` over ``val_ds``: ``{"psnr", "ssim"}``.
+
+    Non-finite PSNRs (a perfect match) are left out of the mean; all of them
+    non-finite gives inf. ``use_amp``: autocast to ``amp_dtype`` (CUDA). The
+    model's train / eval mode is restored.
+    """
+    was = model.training
+    model.eval()
+    ps_, ss_ = [], []
+    with torch.no_grad():
+        for i in range(len(val_ds)):
+            smp = val_ds[i]
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                out = model(smp["lr"][None].to(dev))
+            p, s_ = _quality(out["sr"][0].float(), smp["hr"], model.scale, fit=fit)
+            ps_.append(p)
+            ss_.append(s_)
+    if was:
+        model.train()
+    finite = [p for p in ps_ if math.isfinite(p)]
+    psnr = float(np.mean(finite)) if finite else (math.inf if ps_ else math.nan)
+    return {"psnr": psnr, "ssim": float(np.mean(ss_)) if ss_ else math.nan}
+
 
 class _Terms:
     """Computes a phase's weighted loss terms on one batch."""
