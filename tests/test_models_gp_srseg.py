@@ -16,9 +16,10 @@ from skimage import io
 from skimage.color import rgb2ycbcr
 
 from napari_resolve import models
-from napari_resolve.data.degrade import imresize
+from napari_resolve.data.degrade import imresize, imresize_torch
 from napari_resolve.errors import InputError, ResolveError
 from napari_resolve.models.blocks import ResidualBlock, UNet
+from napari_resolve.models.geometry_prior import guided_filter
 from napari_resolve.models.srseg import SRGANDiscriminator
 
 WBC = Path(__file__).resolve().parents[1] / "sample_data" / "wbc-zheng2018" / "dataset1"
@@ -317,8 +318,13 @@ def test_gp_lr_prior_reads_the_lr_image(gp_rgb_case):
     assert torch.allclose(logits_big, own_big, atol=1e-6)
 
 
-def test_gp_lr_prior_one_prior_path_and_receptive_field(gp_rgb_case):
+@pytest.mark.parametrize("guide_radius", [0, 4])
+def test_gp_lr_prior_one_prior_path_and_receptive_field(gp_rgb_case, guide_radius):
     net, x, labels = gp_rgb_case
+    if guide_radius:  # the same weights, the map refined by the guided filter
+        guided = build("gp", scale=4, **LR_RGB, prior_guide_radius=guide_radius).eval()
+        guided.load_state_dict(net.state_dict())
+        net = guided
     with torch.no_grad():
         own = net(x)
         back = net(x, prior=own["parsing"].argmax(1))
@@ -373,6 +379,52 @@ def test_gp_prior_tta_averages_the_eight_orientations(gp_rgb_case):
         # the one prior path is unchanged: the own map given back gives the same SR
         own = tta(x)
         assert torch.equal(tta(x, prior=own["parsing"].argmax(1))["sr"], own["sr"])
+
+
+def test_guided_filter_is_he_et_al_and_moves_the_map_to_the_image_edge():
+    import kornia  # a test dependency (pyproject [test]): the reference implementation
+
+    torch.manual_seed(0)
+    g, p = torch.rand(2, 1, 40, 37), torch.softmax(3 * torch.randn(2, 3, 40, 37), 1)
+    for r, eps in ((2, 1e-3), (6, 3e-4)):
+        got = guided_filter(g, p, r, eps)
+        want = kornia.filters.guided_blur(g, p, 2 * r + 1, eps, border_type="replicate")
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.allclose(got.sum(1), torch.ones(2, 40, 37), atol=1e-5)  # still sums to one
+    # a soft map upsampled from the LR (boundary at column 20) and a sharp image edge two
+    # HR px to either side: the refined map follows the image, as a map read at the HR size would
+    cols = torch.arange(64, dtype=torch.float32)
+    fg = torch.sigmoid((cols - 19.5) / 2).expand(1, 1, 48, 64)
+    probs = torch.cat([1 - fg, fg], 1)
+    edge = lambda q: int(q[0].argmax(0)[24].nonzero()[0])  # noqa: E731 - first class-1 column
+    assert edge(probs) == 20
+    for image_edge in (18, 22):
+        guide = (cols >= image_edge).float().expand(1, 1, 48, 64) * 0.6 + 0.2
+        assert edge(guided_filter(guide, probs, 4, 1e-3)) == image_edge
+
+
+def test_gp_guided_prior_is_the_filtered_map(gp_rgb_case):
+    net, x, _ = gp_rgb_case
+    from napari_resolve import bundle
+
+    shipped, _ = bundle.load("gp-x4")  # a trained prior: a map with classes and boundaries
+    cfg = {k: v for k, v in shipped.config.items() if k not in ("prior_guide_radius", "prior_guide_eps")}
+    plain = models.build("gp", **cfg).eval()
+    guided = models.build("gp", **cfg, prior_guide_radius=4, prior_guide_eps=3e-4).eval()
+    plain.load_state_dict(shipped.state_dict())
+    guided.load_state_dict(shipped.state_dict())
+    with torch.no_grad():
+        up = imresize_torch(x, 4)
+        soft = torch.softmax(plain.parsing_logits(x), 1)
+        want = guided_filter(up.mean(1, keepdim=True), soft, 4, 3e-4)
+        got = guided.parsing_logits(x)
+        assert torch.allclose(torch.exp(got), want.clamp_min(1e-12), atol=1e-6)
+        labels = got.argmax(1)
+        assert len(labels.unique()) == 3 and not torch.equal(labels, soft.argmax(1))
+        # pre-training reads the U-Net alone
+        assert torch.equal(guided.parsing_logits_one_pass(x), plain.parsing_logits_one_pass(x))
+    with pytest.raises(InputError, match="prior_guide_radius"):
+        build("gp", scale=4, **LR_RGB, prior_guide_radius=-1)
 
 
 def test_gp_luma_sr_needs_rgb():

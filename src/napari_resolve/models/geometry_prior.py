@@ -29,7 +29,7 @@ from napari_resolve.models import register
 from napari_resolve.models.base import SRModel
 from napari_resolve.models.blocks import ResidualBlock, UNet, conv, conv_act
 
-__all__ = ["GeometryPriorSR", "NonePriorSR", "prior_to_mask", "hard_mask"]
+__all__ = ["GeometryPriorSR", "NonePriorSR", "prior_to_mask", "hard_mask", "guided_filter"]
 
 NUM_CLASSES = 3  # background, cytoplasm, nucleus (paper 000 §2.1; docs/architecture.md)
 #: what the prior U-Net reads: the bicubic-upsampled image (paper 000 §2.1) or the LR image
@@ -76,6 +76,30 @@ def _reflect_to_min(x: torch.Tensor, side: int):
         x = F.pad(x, pads, mode="reflect")
         top, left = top + pads[2], left + pads[0]
     return x, top, left
+
+
+def _box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over the (2r+1)² window, edges replicated; separable (2·(2r+1) reads per px)."""
+    k = 2 * radius + 1
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    return F.avg_pool2d(F.avg_pool2d(x, (1, k), stride=1), (k, 1), stride=1)
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """He, Sun & Tang's guided filter (ECCV 2010, Alg. 1) of ``src`` (N, C, H, W) with a
+    one-channel ``guide`` (N, 1, H, W): per window the best affine map of the guide onto
+    ``src`` (``eps`` regularises the slope), averaged over the windows of a pixel.
+
+    Written here, not taken from kornia (``kornia.filters.guided_blur``, which the
+    tests use as the reference), because the model packages' architecture file
+    may need only torch and numpy (:mod:`napari_resolve.interop._vendor`). It
+    maps channels that sum to one onto channels that sum to one.
+    """
+    mean_g, mean_s = _box_mean(guide, radius), _box_mean(src, radius)
+    var_g = _box_mean(guide * guide, radius) - mean_g * mean_g
+    slope = (_box_mean(guide * src, radius) - mean_g * mean_s) / (var_g + eps)
+    offset = mean_s - slope * mean_g
+    return _box_mean(slope, radius) * guide + _box_mean(offset, radius)
 
 
 def prior_to_mask(prior, batch: int, hw: tuple[int, int], num_classes: int = NUM_CLASSES,
@@ -276,6 +300,17 @@ class GeometryPriorSR(SRModel):
       stage"). The prior reads the LR image, so the 8 passes
       add about 0.1 s per 128² LR px at ×4 to an SR pass of several
       seconds. Default False: the paper's single pass.
+    * ``prior_guide_radius`` > 0 (ours; the bundles since issue 14's tenth
+      session): the upsampled map is refined by :func:`guided_filter` with the
+      bicubic-upsampled image (mean of its channels) as the guide, window
+      radius ``prior_guide_radius`` HR px, ``prior_guide_eps`` on the guide's
+      [0, 1] scale: the map read at the LR size and upsampled bilinearly has
+      soft, shifted boundaries; the filter moves them onto the image's edges
+      (joint upsampling, as a map read at the HR size would have them). It is
+      part of ``parsing_logits`` (log of the filtered probabilities), so the
+      one prior path holds; the pre-training reads the U-Net alone. Radius and
+      eps of each bundle were chosen on training cells
+      (``benchmarks/leukocyte.py --guide-study``). Default 0: off.
     * ``prior_input="lr"`` (ours; the bundles since issue 14's seventh session):
       the prior U-Net reads the LR image itself, centred (``x - 0.5``), and
       its logits are upsampled ×s bilinearly (``align_corners=False``) to
@@ -318,6 +353,8 @@ class GeometryPriorSR(SRModel):
         prior_input: str = "upsampled",
         luma_sr: bool = False,
         prior_tta: bool = False,
+        prior_guide_radius: int = 0,
+        prior_guide_eps: float = 1e-3,
     ):
         super().__init__(_check_scale(scale), in_channels)
         if prior_input not in PRIOR_INPUTS:
@@ -329,6 +366,11 @@ class GeometryPriorSR(SRModel):
         self.prior_input = prior_input
         self.luma_sr = bool(luma_sr)
         self.prior_tta = bool(prior_tta)
+        if int(prior_guide_radius) < 0 or not float(prior_guide_eps) > 0:
+            raise InputError("prior_guide_radius must be >= 0 and prior_guide_eps > 0, got "
+                             f"{prior_guide_radius} and {prior_guide_eps}")
+        self.prior_guide_radius = int(prior_guide_radius)
+        self.prior_guide_eps = float(prior_guide_eps)
         self.prior_net = UNet(
             in_channels, NUM_CLASSES, prior_base_channels, prior_depth,
             act=prior_act, padding_mode="zeros",
@@ -347,7 +389,7 @@ class GeometryPriorSR(SRModel):
         image = _lr_radius(s.image_radius + s.decoder_radius, self.scale)
         if prior_input == "lr":  # U-Net in LR px, +1 for the bilinear upsampling of its logits
             prior = self.prior_net.receptive_field + 1 + math.ceil(
-                (s.mask_radius + s.decoder_radius) / self.scale) + 1
+                (s.mask_radius + s.decoder_radius + 2 * self.prior_guide_radius) / self.scale) + 1
         else:  # HR radius: the decoder reads the mask path (U-Net + encoder)
             prior = _lr_radius(self.prior_net.receptive_field + s.mask_radius + s.decoder_radius,
                                self.scale)
@@ -367,12 +409,21 @@ class GeometryPriorSR(SRModel):
 
         ``scale`` defaults to the model's (the prior pre-training draws ×4 and
         ×8 for one net); ``up``: ``x`` bicubic-upsampled, when already computed.
+        With ``prior_guide_radius`` the log of the guided-filtered probabilities.
         """
-        return self._parsing(x, scale, up, self.prior_tta)
+        logits = self._parsing(x, scale, up, self.prior_tta)
+        if not self.prior_guide_radius:
+            return logits
+        if up is None or up.shape[-2:] != logits.shape[-2:]:
+            up = imresize_torch(x, logits.shape[-1] // x.shape[-1])
+        probs = guided_filter(up.mean(dim=1, keepdim=True), torch.softmax(logits, dim=1),
+                              self.prior_guide_radius, self.prior_guide_eps)
+        return torch.log(probs.clamp_min(1e-12))
 
     def parsing_logits_one_pass(self, x: torch.Tensor, scale: int | None = None,
                                 up=None) -> torch.Tensor:
-        """The prior net's logits from one pass, whatever ``prior_tta`` says (pre-training)."""
+        """The prior net's logits from one pass, whatever ``prior_tta`` says, and without the
+        guided filter (pre-training)."""
         return self._parsing(x, scale, up, False)
 
     def _prior_net(self, padded: torch.Tensor, tta: bool) -> torch.Tensor:
