@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from napari_resolve.train.leukocyte import GP_CONFIGS, GP_PRIOR
+from napari_resolve.train.leukocyte import GP_CONFIGS, GP_PRIOR, GP_PRIOR_GUIDE
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "src" / "napari_resolve" / "pretrained"
@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     for name in names:
         arch, scale, share = JOBS[name]
         config = {**({} if args.paper_width else CPU_CONFIG[arch]),
+                  **(GP_PRIOR_GUIDE[scale] if arch == "gp" and not args.paper_width else {}),
                   **(args.config or {}).get(arch, {})}
         model = models.build(arch, scale=scale, **config)
         kwargs = dict(recipe=None, batch_size=8 if arch != "srseg" else 16,

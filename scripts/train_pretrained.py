@@ -46,6 +46,7 @@ import numpy as np
 
 from napari_resolve.train.leukocyte import GP_CONFIGS
 from napari_resolve.train.leukocyte import GP_PRIOR as PRIOR
+from napari_resolve.train.leukocyte import GP_PRIOR_GUIDE
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "src" / "napari_resolve" / "pretrained"
@@ -195,7 +196,7 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
         model = arch
         warm = None
         if not (resume and state.exists()):
-            model = models.build(arch, scale=scale, **CPU_CONFIG[arch])
+            model = models.build(arch, scale=scale, **_config(arch, scale))
             if init_from_bundle:  # continue the shipped bundle (GP: with the new prior below)
                 from napari_resolve import bundle
 
@@ -214,7 +215,7 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
         info = {"sr_steps": steps, "lr": SR_LR, "prior_warm_start": warm, "recipe": recipe,
                 "sr_init": _sr_init(init_from_bundle, resuming),
                 **_continuation(name, steps, init_from_bundle and not resuming)}
-        kwargs = dict(config=None if not isinstance(model, str) else CPU_CONFIG[arch],
+        kwargs = dict(config=None if not isinstance(model, str) else _config(arch, scale),
                       batch_size=8, patch_size=96, val_patch=128, val_fraction=0.05,
                       learning_rate=SR_LR, max_steps=steps, recipe=recipe,
                       meta={"prior_pretraining": warm, "issue": 14})
@@ -258,6 +259,38 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
     return res.best
 
 
+def _config(arch: str, scale: int) -> dict:
+    """The CPU config of ``arch`` at ``scale`` (GP: with the scale's map refinement)."""
+    return {**CPU_CONFIG[arch], **(GP_PRIOR_GUIDE.get(scale, {}) if arch == "gp" else {})}
+
+
+def update_gp_bundles(names, data_root: Path, swap_prior: bool) -> None:
+    """Rewrite the shipped gp bundles with their scale's ``GP_PRIOR_GUIDE`` (and, with
+    ``swap_prior``, the prior of ``PRIOR_CKPT``), the SR branch untouched; the card
+    is measured again (``finish_bundle``) and ``steps_info`` says what changed."""
+    from napari_resolve import bundle, models
+    from napari_resolve.train import parsing as P
+    from napari_resolve.train.leukocyte import finish_bundle as finish_card
+
+    for name in names:
+        model, meta = bundle.load(OUT / f"{name}.safetensors")
+        scale = int(meta["scale"])
+        new = models.build("gp", **{**model.config, **GP_PRIOR_GUIDE.get(scale, {})})
+        new.load_state_dict(model.state_dict())
+        info = dict(meta.get("steps_info") or {})
+        if swap_prior:
+            new.prior_net.load_state_dict(P.load_prior(PRIOR_CKPT).state_dict())
+            info["prior_swapped"] = (f"prior of {PRIOR_CKPT.relative_to(REPO)} put in without SR "
+                                     "steps on its maps (scripts/train_pretrained.py --update-gp-bundles)")
+        info["prior_guide"] = (f"{GP_PRIOR_GUIDE.get(scale)} (train.leukocyte.GP_PRIOR_GUIDE, "
+                               "chosen on training cells by benchmarks/prior_guide.py)")
+        RUNS.mkdir(parents=True, exist_ok=True)
+        tmp = RUNS / f"{name}-updated.safetensors"
+        bundle.save(tmp, new, {k: v for k, v in meta.items() if k != "config"})
+        finish_card(tmp, OUT / f"{name}.safetensors", data_root, scale, info,
+                    log=lambda m, name=name: print(f"[{name}] {m}", flush=True))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(JOBS)} (default: all)")
@@ -294,12 +327,21 @@ def main(argv=None) -> int:
     ap.add_argument("--end-to-end", action="store_true",
                     help="GP: train the prior net too (recipe gp: Charbonnier + parsing cross "
                          "entropy, paper 000 §2.5) instead of freezing it")
+    ap.add_argument("--update-gp-bundles", action="store_true",
+                    help="train nothing: rewrite the shipped gp bundles named (default gp-x4, gp-x8) "
+                         "with GP_PRIOR_GUIDE, re-measuring their cards")
+    ap.add_argument("--swap-prior", action="store_true",
+                    help="with --update-gp-bundles: also put in the prior of the pre-training "
+                         "checkpoint (no SR steps)")
     ap.add_argument("--finish", action="store_true",
                     help="leukocyte models: write the bundles of finished runs, train nothing")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.names) - set(JOBS))
     if unknown:
         ap.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(JOBS)}")
+    if args.update_gp_bundles:
+        update_gp_bundles(args.names or ["gp-x4", "gp-x8"], args.data, args.swap_prior)
+        return 0
     if not args.prior_steps:
         args.names = args.names or list(JOBS)
     import torch

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GP_CONFIGS", "GP_PRIOR", "leukocyte_domain", "evaluate_bundle", "smear_figures",
+__all__ = ["GP_CONFIGS", "GP_PRIOR", "GP_PRIOR_GUIDE", "leukocyte_domain", "evaluate_bundle", "smear_figures",
            "finish_bundle"]
 
 #: GP's CPU configs by prior (scripts/train_pretrained.py, scripts/train_gpu_leukocyte.py):
@@ -28,6 +28,12 @@ GP_CONFIGS = {
                  "prior_base_channels": 32, "prior_depth": 3, "prior_tta": True},
 }
 GP_PRIOR = "lr-rgb32"  # the bundled one
+#: the guided-filter refinement of the map per scale (models.geometry_prior, prior_guide_*),
+#: chosen on 60 training cells by benchmarks/prior_guide.py (issue 14, session 10)
+GP_PRIOR_GUIDE = {
+    4: {"prior_guide_radius": 6, "prior_guide_eps": 3e-4},
+    8: {"prior_guide_radius": 8, "prior_guide_eps": 3e-4},
+}
 
 
 def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None, channels: int = 1,

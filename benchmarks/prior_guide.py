@@ -1,0 +1,165 @@
+"""Choose GP's guided-filter refinement of the parsing map on training cells; report held-out IoU.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/prior_guide.py [gp-x4 gp-x8] [--write docs/benchmarks.md]
+
+For each GP bundle: the prior's map (8 orientations, as shipped) is computed
+once per cell; the guided filter (``models.geometry_prior.guided_filter``,
+guide = the bicubic-upsampled image) is applied with every window radius of
+``scale/2, scale, 3·scale/2`` HR px and every ``eps`` of 1e-4 … 3e-3, and the
+pair with the highest mean of cytoplasm and nucleus IoU on 60 *training*
+cells (drawn with seed 0 from ``leukocyte_split``'s training cells) is
+chosen. Only then are the 12 sample cells and the 31 other held-out cells
+parsed, through the model itself (``model_parser`` with the chosen values
+set), without and with the filter. Issue 14's tenth session; the bundles
+carry the chosen values (``prior_guide_radius``, ``prior_guide_eps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+EPS = (1e-4, 3e-4, 1e-3, 3e-3)
+TRAIN_CELLS = 60
+TAG = "prior-guide"
+
+
+def _radii(scale: int) -> tuple[int, ...]:
+    return (scale // 2, scale, 3 * scale // 2)
+
+
+def training_choice(model, cells, scale: int) -> tuple[dict, dict]:
+    """Mean IoU per (radius, eps) on ``cells`` (radius 0 = no filter), and the chosen pair."""
+    from napari_resolve.data.degrade import imresize, imresize_torch
+    from napari_resolve.metrics.parsing import class_iou
+    from napari_resolve.models.geometry_prior import guided_filter
+    from napari_resolve.train import parsing as P
+
+    scores: dict = {}
+    radius, eps = model.prior_guide_radius, model.prior_guide_eps
+    model.prior_guide_radius = 0  # the unfiltered map, filtered below per candidate
+    try:
+        for hr, lab in zip(cells["hr"], cells["labels"]):
+            h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+            lr = imresize(np.asarray(hr)[:h, :w], 1.0 / scale, channel_axis=-1)
+            x = P.model_input(lr, model.in_channels)
+            with torch.no_grad():
+                soft = torch.softmax(model.parsing_logits(x, scale), 1)
+                guide = imresize_torch(x, scale).mean(1, keepdim=True)
+                cands = {(0, 0.0): soft}
+                for r in _radii(scale):
+                    for e in EPS:
+                        cands[(r, e)] = guided_filter(guide, soft, r, e)
+            for key, q in cands.items():
+                iou = class_iou(q[0].argmax(0).numpy().astype(np.uint8), np.asarray(lab)[:h, :w])
+                scores.setdefault(key, []).append((iou["cytoplasm"], iou["nucleus"]))
+    finally:
+        model.prior_guide_radius, model.prior_guide_eps = radius, eps
+    means = {k: tuple(float(x) for x in np.mean(v, axis=0)) for k, v in scores.items()}
+    best = max((k for k in means if k[0]), key=lambda k: sum(means[k]))
+    return means, {"radius": best[0], "eps": best[1]}
+
+
+def heldout(model, cells, scale: int, radius: int, eps: float) -> dict:
+    """Mean IoU of the model's own parser on ``cells`` with the filter set as given."""
+    from napari_resolve.metrics.parsing import parse_cells
+    from napari_resolve.train import parsing as P
+
+    old = model.prior_guide_radius, model.prior_guide_eps
+    model.prior_guide_radius, model.prior_guide_eps = radius, eps
+    try:
+        return parse_cells(P.model_parser(model), cells, scale)
+    finally:
+        model.prior_guide_radius, model.prior_guide_eps = old
+
+
+def study(name: str, data: Path) -> dict:
+    from napari_resolve import bundle
+    from napari_resolve.train import parsing as P
+
+    model, meta = bundle.load(name)
+    model.eval()
+    scale = int(meta["scale"])
+    train, sample, held = P.leukocyte_split(data)
+    idx = np.random.default_rng(0).choice(len(train["hr"]), TRAIN_CELLS, replace=False)
+    cells = {k: [train[k][i] for i in idx] for k in ("hr", "labels")}
+    t0 = time.monotonic()
+    means, chosen = training_choice(model, cells, scale)
+    out = {"bundle": name, "scale": scale, "shipped": {"radius": model.prior_guide_radius,
+                                                       "eps": model.prior_guide_eps},
+           "chosen": chosen, "training": {f"r{k[0]} eps{k[1]:g}": v for k, v in means.items()}}
+    for label, cells_ in (("12 sample cells", sample), (f"{len(held['hr'])} other cells", held)):
+        out[label] = {"no filter": heldout(model, cells_, scale, 0, 1e-3),
+                      "chosen": heldout(model, cells_, scale, chosen["radius"], chosen["eps"])}
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+def table(results: list[dict]) -> str:
+    import subprocess
+
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
+        f"(cpu), load: `{load}`; `PYTHONPATH=src python benchmarks/prior_guide.py --write` "
+        "reproduces it.",
+        "",
+        f"Chosen on {TRAIN_CELLS} training cells (mean of cytoplasm and nucleus IoU), then measured "
+        "once on the held-out cells. IoU cytoplasm / nucleus.",
+        "",
+        "| bundle | chosen radius (HR px), eps | training cells: no filter | chosen "
+        "| 12 sample cells: no filter | chosen | other held-out cells: no filter | chosen |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r["chosen"]
+        tr = r["training"]
+        other = next(k for k in r if k.endswith("other cells"))
+        f = lambda d: f"{d['cytoplasm']:.3f} / {d['nucleus']:.3f}"  # noqa: E731
+        g = lambda t: f"{t[0]:.3f} / {t[1]:.3f}"  # noqa: E731
+        key = "r{} eps{:g}".format(c["radius"], c["eps"])
+        lines.append(
+            f"| {r['bundle']} | {c['radius']}, {c['eps']:g} | {g(tr['r0 eps0'])} | {g(tr[key])} "
+            f"| {f(r['12 sample cells']['no filter'])} | {f(r['12 sample cells']['chosen'])} "
+            f"| {f(r[other]['no filter'])} | {f(r[other]['chosen'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundles", nargs="*", default=["gp-x4", "gp-x8"])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "wbc-zheng2018")
+    ap.add_argument("--json", type=Path, default=REPO / "bench_output" / "prior_guide.json")
+    ap.add_argument("--write", type=Path, nargs="?", const=REPO / "docs" / "benchmarks.md", default=None,
+                    help="put the table between the prior-guide markers of this markdown file")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    results = []
+    for name in args.bundles:
+        res = study(name, args.data)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    text = table(results)
+    print(text)
+    if args.write:
+        doc = args.write.read_text()
+        start, end = f"<!-- {TAG}:start -->", f"<!-- {TAG}:end -->"
+        if start not in doc:
+            raise SystemExit(f"error: {args.write} has no {start} marker")
+        head, rest = doc.split(start, 1)
+        args.write.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
