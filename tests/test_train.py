@@ -344,6 +344,35 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
     )
 
 
+def test_a_resumed_run_that_never_improves_keeps_the_best_bundle(tmp_path):
+    """The best bundle of before a resume survives a resumed run no step of which beats it
+    (it was overwritten with the last weights: session 10 found it on a 1000-step run)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    imgs, _ = _wbc(4, 48, rgb=False)
+    out = tmp_path / "m.safetensors"
+    common = dict(batch_size=2, patch_size=32, patches_per_image=2, learning_rate=1e-3, seed=1)
+    first = T.train(_tiny_srcnn(), imgs, epochs=1, output=out, **common)
+    before = out.read_bytes()
+    # a best that no later step can reach, as after a lucky epoch
+    with safe_open(str(first.state), "pt") as f:
+        meta = json.loads(f.metadata()[ckpt.STATE_KEY])
+    meta["best"]["psnr"] = 1e9
+    save_file(load_file(str(first.state)), str(first.state),
+              metadata={ckpt.STATE_KEY: json.dumps(meta)})
+    res = T.train(None, imgs, resume=first.state, epochs=3, **common)
+    assert len(res.history) == 3 and not any(h["best"] for h in res.history[1:])
+    assert out.read_bytes() == before
+    kept, _ = bundle.load(out)
+    for key, value in kept.state_dict().items():
+        assert torch.equal(res.model.state_dict()[key], value)
+    _, last = ckpt.load_state(res.state)  # and the last weights were not those
+    assert not all(torch.equal(last["model"][k], v) for k, v in kept.state_dict().items())
+
+
 def test_closing_the_generator_keeps_a_resumable_state(tmp_path):
     """napari's Stop (worker.quit) closes the generator: the state is saved, resume goes on."""
     imgs, _ = _wbc(4, 48, rgb=False)

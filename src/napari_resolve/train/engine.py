@@ -249,6 +249,7 @@ def train_iter(
     pending_discs: dict = {}
     pending_opts = None
     opt_phase = -1
+    kept_best = False  # resumed with a best bundle already written (by the interrupted run)
     if state_meta is not None:
         try:
             net.load_state_dict(parts["model"])
@@ -259,6 +260,7 @@ def train_iter(
         best = dict(state_meta.get("best") or best)
         if best.get("psnr") is None:
             best["psnr"] = -math.inf
+        kept_best = output is not None and best["psnr"] > -math.inf
         step = int(state_meta["step"])
         phase_idx = int(state_meta["phase_index"])
         epoch = int(state_meta["epoch"])
@@ -731,13 +733,18 @@ def train_iter(
 
             dist.destroy_process_group()
 
+    from napari_resolve import bundle
+
     final = _unwrap(net)
+    # resumed, and no step beat the best of before the resume: that bundle stays as it
+    # is, and it is the result (not the last weights)
+    keep = best_state is None and kept_best and output.exists()
     if best_state is not None:
         final.load_state_dict(best_state)
+    elif keep:
+        final.load_state_dict(bundle.load(output)[0].state_dict())
     final = final.to("cpu").eval()
-    if output is not None and rank == 0 and best_state is None and stopped != "nan":
-        from napari_resolve import bundle
-
+    if output is not None and rank == 0 and best_state is None and not keep and stopped != "nan":
         bundle.save(output, final, bundle_meta({}))
     bundle_path = output if output is not None and output.exists() else None
     if not message:
