@@ -197,6 +197,18 @@ def test_pretrained_catalogue_and_names(tmp_path, monkeypatch):
         bundle.load("gp-x4")
 
 
+def test_metadata_of_a_bundle_older_than_an_option_saves_again(tmp_path):
+    """A bundle's config written before an option existed reads as that option's default
+    (gp's prior_guide_* came in session 10; re-saving a loaded gp-x4 failed)."""
+    model = models.build("gp", scale=4, features=8, prior_base_channels=4)
+    old = {k: v for k, v in model.config.items() if not k.startswith("prior_guide")}
+    out = bundle.save(tmp_path / "m.safetensors", model, {"config": old})
+    assert bundle.load(out)[0].config == model.config
+    guided = models.build("gp", scale=4, features=8, prior_base_channels=4, prior_guide_radius=4)
+    with pytest.raises(BundleError, match="'config' = .* disagrees"):
+        bundle.save(tmp_path / "g.safetensors", guided, {"config": old})
+
+
 def test_save_refuses_bad_requests(tmp_path):
     model = models.build("srcnn", scale=2, filters=(8, 4))
     with pytest.raises(BundleError, match=".safetensors"):

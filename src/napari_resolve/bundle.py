@@ -141,6 +141,10 @@ def _merge_meta(model, meta: dict | None) -> dict:
     for key, value in (meta or {}).items():
         if key in _MODEL_KEYS and value is not None:
             theirs = _jsonable(value, repr(key))
+            if key == "config" and isinstance(theirs, dict):  # options added since: defaults
+                from napari_resolve.models import full_config
+
+                theirs = _jsonable(full_config(full["architecture"], **theirs), repr(key))
             if theirs != full[key]:
                 raise BundleError(
                     f"metadata {key!r} = {theirs!r} disagrees with the model ({full[key]!r})"

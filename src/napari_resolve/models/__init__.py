@@ -22,7 +22,7 @@ from typing import Callable
 from napari_resolve.errors import ResolveError
 from napari_resolve.models.base import SRModel, count_parameters
 
-__all__ = ["SRModel", "ModelInfo", "available", "build", "register", "count_parameters"]
+__all__ = ["SRModel", "ModelInfo", "available", "build", "full_config", "register", "count_parameters"]
 
 
 @dataclass(frozen=True)
@@ -96,13 +96,20 @@ def build(name: str, **config) -> SRModel:
         raise ResolveError(f"cannot build model {name!r} with {full}: {exc}") from exc
     model.arch = name
     # record every constructor argument, defaults included, so the bundle is self-contained
+    model.config = full_config(name, **config)
+    return model
+
+
+def full_config(name: str, **config) -> dict:
+    """The config :func:`build` records for ``config``: every constructor argument, defaults
+    included (so a bundle written before an option existed reads as that option's default)."""
+    entry = _entry(name)
     bound = {
         k: p.default
-        for k, p in params.items()
+        for k, p in inspect.signature(entry.factory).parameters.items()
         if p.default is not inspect.Parameter.empty and k != "self"
     }
-    model.config = {**bound, **full}
-    return model
+    return {**bound, **entry.defaults, **config}
 
 
 @lru_cache(maxsize=None)
