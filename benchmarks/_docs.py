@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import platform
+import subprocess
 from pathlib import Path
 
 from napari_resolve._atomic import atomic_path
@@ -20,3 +23,10 @@ def write_section(start: str, end: str, table: str, heading: str = "") -> Path:
     with atomic_path(BENCHMARKS_MD) as tmp:
         Path(tmp).write_text(f"{head}{start}\n{table}\n{end}{tail}", encoding="utf-8")
     return BENCHMARKS_MD
+
+
+def measured_line(command: str) -> str:
+    """"Measured <UTC time> on <machine>, load: `uptime`; `command` reproduces it."."""
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return (f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
+            f"({platform.processor() or 'cpu'}), load: `{load}`; `{command}` reproduces it.")

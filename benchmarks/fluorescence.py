@@ -26,10 +26,7 @@ docs/benchmarks.md between its markers.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -231,7 +228,7 @@ def measure(models_dir: Path, root: Path, finetuned: Path | None, scales=(2, 4))
         if not mh.is_file():
             mh = PRETRAINED / mh.name
         candidates = [("bicubic", models.build("bicubic", scale=scale)),
-                      (f"DFCAN (same budget)", models_dir / f"dfcan-x{scale}.safetensors"),
+                      ("DFCAN (same budget)", models_dir / f"dfcan-x{scale}.safetensors"),
                       (f"mhtcun-lite-x{scale}", mh)]
         if scale == 2 and finetuned is not None:
             candidates.append(("mhtcun-lite-x2 fine-tuned (DL-SIM 3/4)", finetuned))
@@ -248,11 +245,10 @@ def measure(models_dir: Path, root: Path, finetuned: Path | None, scales=(2, 4))
 
 
 def table(rows: list[dict], extra: str) -> str:
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    from _docs import measured_line  # benchmarks/ is on the path when a script runs
+
     head = [
-        f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
-        f"({platform.processor() or 'cpu'}), load: `{load}`; "
-        "`PYTHONPATH=src python benchmarks/fluorescence.py --write` reproduces it.",
+        measured_line("PYTHONPATH=src python benchmarks/fluorescence.py --write"),
         "",
         "Held-out regions only (DL-SIM: bottom-right quadrant, 128² HR px; SFSRM ER: LR rows "
         "480–639, 640×2560 HR px). fit = CARE: reference normalised to its 0.1–99.9 % "

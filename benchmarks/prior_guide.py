@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -104,13 +103,10 @@ def study(name: str, data: Path) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    import subprocess
+    from _docs import measured_line  # benchmarks/ is on the path when a script runs
 
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
-        f"(cpu), load: `{load}`; `PYTHONPATH=src python benchmarks/prior_guide.py --write` "
-        "reproduces it.",
+        measured_line("PYTHONPATH=src python benchmarks/prior_guide.py --write"),
         "",
         f"Chosen on {TRAIN_CELLS} training cells (mean of cytoplasm and nucleus IoU), then measured "
         "once on the held-out cells. IoU cytoplasm / nucleus.",
@@ -138,8 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("bundles", nargs="*", default=["gp-x4", "gp-x8"])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "wbc-zheng2018")
     ap.add_argument("--json", type=Path, default=REPO / "bench_output" / "prior_guide.json")
-    ap.add_argument("--write", type=Path, nargs="?", const=REPO / "docs" / "benchmarks.md", default=None,
-                    help="put the table between the prior-guide markers of this markdown file")
+    ap.add_argument("--write", action="store_true",
+                    help="put the table between the prior-guide markers of docs/benchmarks.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     results = []
@@ -152,12 +148,9 @@ def main(argv=None) -> int:
     text = table(results)
     print(text)
     if args.write:
-        doc = args.write.read_text()
-        start, end = f"<!-- {TAG}:start -->", f"<!-- {TAG}:end -->"
-        if start not in doc:
-            raise SystemExit(f"error: {args.write} has no {start} marker")
-        head, rest = doc.split(start, 1)
-        args.write.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+        from _docs import write_section
+
+        print(f"wrote {write_section(f'<!-- {TAG}:start -->', f'<!-- {TAG}:end -->', text)}")
     return 0
 
 
