@@ -80,6 +80,31 @@ def heldout(model, cells, scale: int, radius: int, eps: float) -> dict:
         model.prior_guide_radius, model.prior_guide_eps = old
 
 
+def cost(model, side: int = 256, repeats: int = 3) -> dict:
+    """Seconds (best of ``repeats``, this process's torch threads) of the map without and with
+    the bundle's filter, and of the whole forward pass, for a random ``side``² LR image."""
+    from napari_resolve.data.degrade import imresize_torch
+
+    x = torch.rand(1, model.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+    radius = model.prior_guide_radius
+    out = {}
+    with torch.no_grad():
+        up = imresize_torch(x, model.scale)
+        for label, r in (("map", 0), ("map, filtered", radius)):
+            model.prior_guide_radius = r
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model.parsing_logits(x, up=up)
+                times.append(time.perf_counter() - t0)
+            out[label] = min(times)
+        model.prior_guide_radius = radius
+        t0 = time.perf_counter()
+        model(x)
+        out["forward"] = time.perf_counter() - t0
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 def study(name: str, data: Path) -> dict:
     from napari_resolve import bundle
     from napari_resolve.train import parsing as P
@@ -99,6 +124,8 @@ def study(name: str, data: Path) -> dict:
         out[label] = {"no filter": heldout(model, cells_, scale, 0, 1e-3),
                       "chosen": heldout(model, cells_, scale, chosen["radius"], chosen["eps"])}
     out["seconds"] = round(time.monotonic() - t0, 1)
+    model.prior_guide_radius, model.prior_guide_eps = chosen["radius"], chosen["eps"]
+    out["cost_s"] = cost(model)
     return out
 
 
@@ -126,6 +153,9 @@ def table(results: list[dict]) -> str:
             f"| {r['bundle']} | {c['radius']}, {c['eps']:g} | {g(tr['r0 eps0'])} | {g(tr[key])} "
             f"| {f(r['12 sample cells']['no filter'])} | {f(r['12 sample cells']['chosen'])} "
             f"| {f(r[other]['no filter'])} | {f(r[other]['chosen'])} |")
+    lines += ["", "Cost, one torch thread, a 256² LR image (seconds): " + "; ".join(
+        f"{r['bundle']}: map {r['cost_s']['map']}, filtered {r['cost_s']['map, filtered']}, "
+        f"whole forward pass {r['cost_s']['forward']}" for r in results) + "."]
     return "\n".join(lines)
 
 
