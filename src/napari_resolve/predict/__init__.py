@@ -345,7 +345,8 @@ def _prepare_prior(prior, lay: _Layout, model) -> np.ndarray | None:
 
 
 def _prepare(model, meta, image: np.ndarray, lay: _Layout, norm):
-    """Normalise; return (planes (Z, C, H, W) float32, pad (ph, pw), chroma or None)."""
+    """Normalise; return (planes (Z, C, H, W) float32, pad (top, bottom, left, right), chroma
+    or None)."""
     from napari_resolve.data.normalize import Normalizer
 
     if norm is None:
@@ -362,9 +363,13 @@ def _prepare(model, meta, image: np.ndarray, lay: _Layout, norm):
     planes = np.ascontiguousarray(np.moveaxis(x, -1, 1), dtype=np.float32)
     h, w = planes.shape[-2:]
     ph, pw = max(PAD_TO - h, 0), max(PAD_TO - w, 0)
-    if ph or pw:  # tiny image: mirror-pad bottom/right so every network's size rules work
-        planes = np.pad(planes, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="symmetric")
-    return planes, (ph, pw), chroma, norm
+    pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)  # top, bottom, left, right
+    if ph or pw:
+        # tiny image: mirror-padded on all sides, centred, so that every network's size
+        # rules work and each edge sees the same context (MATLAB imresize's own boundary
+        # rule; one-sided padding gave GP's prior an off-centre reflection of ×8 cells)
+        planes = np.pad(planes, ((0, 0), (0, 0), pad[:2], pad[2:]), mode="symmetric")
+    return planes, pad, chroma, norm
 
 
 def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, want_extras):
@@ -373,9 +378,10 @@ def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, 
 
     s = int(model.scale)
     h, w = lay.hw
+    top, left = pad[0], pad[2]
 
     def crop(arr, f):
-        return arr[..., : f * h, : f * w]
+        return arr[..., f * top : f * (top + h), f * left : f * (left + w)]
 
     sr = crop(outputs["sr"], s)  # (Z, C, sH, sW) normalised
     sr = norm.adjust(np.moveaxis(sr, 1, -1))  # (Z, sH, sW, C); "match-lr" level, network space
@@ -397,7 +403,7 @@ def _finish(model, outputs: dict, lay: _Layout, pad, chroma, norm, image_dtype, 
         for key, arr in outputs.items():
             if key in ("sr", "parsing"):
                 continue
-            f = arr.shape[-1] // (w + pad[1])
+            f = arr.shape[-1] // (w + pad[2] + pad[3])
             a = np.moveaxis(crop(arr, f), 1, -1)
             if a.shape[-1] == lay.channels and not lay.via_y and a.shape[-1] == net_channels:
                 a = norm.restore(norm.adjust(a), image_dtype)
@@ -478,9 +484,9 @@ def predict_iter(
     prior_arr = _prepare_prior(prior, lay, model)
     opts = _resolve_opts(model, tile, overlap, batch, device, amp, backend, threads)
     planes, pad, chroma, norm = _prepare(model, meta, arr, lay, _norm)
-    if prior_arr is not None and (pad[0] or pad[1]):
+    if prior_arr is not None and any(pad):
         s = int(model.scale)
-        widths = [(0, 0)] * (prior_arr.ndim - 2) + [(0, s * pad[0]), (0, s * pad[1])]
+        widths = [(0, 0)] * (prior_arr.ndim - 2) + [(s * pad[0], s * pad[1]), (s * pad[2], s * pad[3])]
         prior_arr = np.pad(prior_arr, widths, mode="edge")
 
     was_training = model.training
@@ -500,7 +506,9 @@ def predict_iter(
     if norm.matches_lr:  # "match-lr": one gain / offset so that the SR shrunk back ~ the input
         h, w = lay.hw
         s = int(model.scale)
-        norm = norm.fit_output(outputs["sr"][..., : s * h, : s * w], planes[..., :h, :w], s)
+        top, left = pad[0], pad[2]
+        norm = norm.fit_output(outputs["sr"][..., s * top : s * (top + h), s * left : s * (left + w)],
+                               planes[..., top : top + h, left : left + w], s)
     image_out, labels, extra_out = _finish(
         model, outputs, lay, pad, chroma, norm, arr.dtype, extras
     )
