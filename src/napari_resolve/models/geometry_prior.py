@@ -369,6 +369,11 @@ class GeometryPriorSR(SRModel):
         if int(prior_guide_radius) < 0 or not float(prior_guide_eps) > 0:
             raise InputError("prior_guide_radius must be >= 0 and prior_guide_eps > 0, got "
                              f"{prior_guide_radius} and {prior_guide_eps}")
+        if prior_input == "lr":
+            # predict pads only sides under 7 LR px: the prior reflects small images to
+            # PRIOR_MIN_LR itself, centred, as it was trained (predict's padding of a 15-px
+            # x8 cell to 16 px changed 2-10 % of its map against the model's own)
+            self.pad_to = 7
         self.prior_guide_radius = int(prior_guide_radius)
         self.prior_guide_eps = float(prior_guide_eps)
         self.prior_net = UNet(

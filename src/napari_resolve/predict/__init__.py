@@ -362,7 +362,8 @@ def _prepare(model, meta, image: np.ndarray, lay: _Layout, norm):
         x = ycc[..., :1]
     planes = np.ascontiguousarray(np.moveaxis(x, -1, 1), dtype=np.float32)
     h, w = planes.shape[-2:]
-    ph, pw = max(PAD_TO - h, 0), max(PAD_TO - w, 0)
+    pad_to = int(getattr(model, "pad_to", PAD_TO))  # a model that pads small inputs itself says so
+    ph, pw = max(pad_to - h, 0), max(pad_to - w, 0)
     pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)  # top, bottom, left, right
     if ph or pw:
         # tiny image: mirror-padded on all sides, centred, so that every network's size
