@@ -73,7 +73,9 @@ Data
   the lazy paths fit it once on a centre crop).
 * Tiny images: sides below 4 px are refused (nothing to super-resolve; a
   1-px axis is usually a wrong axis order); sides from 4 to 15 px are padded
-  (mirror, bottom/right) to 16 px and the output cropped back.
+  (mirror, on both sides, centred) to 16 px and the output cropped back; a
+  model with a ``pad_to`` attribute (GP with the LR prior: 7) is padded only
+  below that, as it pads small inputs itself.
 * ``prior``: a parsing map at SR size, labels (0 background, 1 cytoplasm,
   2 nucleus) (sH, sW) or (Z, sH, sW), or one-hot (3, sH, sW) / (Z, 3, sH, sW),
   cut into tiles with the image (only for models that predict a parsing map).
