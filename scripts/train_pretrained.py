@@ -44,9 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_resolve.train.leukocyte import GP_CONFIGS
+from napari_resolve.train.leukocyte import GP_CONFIGS, GP_PRIOR_GUIDE
 from napari_resolve.train.leukocyte import GP_PRIOR as PRIOR
-from napari_resolve.train.leukocyte import GP_PRIOR_GUIDE
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "src" / "napari_resolve" / "pretrained"

@@ -310,7 +310,7 @@ class GeometryPriorSR(SRModel):
       part of ``parsing_logits`` (log of the filtered probabilities), so the
       one prior path holds; the pre-training reads the U-Net alone. Radius and
       eps of each bundle were chosen on training cells
-      (``benchmarks/leukocyte.py --guide-study``). Default 0: off.
+      (``benchmarks/prior_guide.py``; ``train.leukocyte.GP_PRIOR_GUIDE``). Default 0: off.
     * ``prior_input="lr"`` (ours; the bundles since issue 14's seventh session):
       the prior U-Net reads the LR image itself, centred (``x - 0.5``), and
       its logits are upsampled ×s bilinearly (``align_corners=False``) to

@@ -7,7 +7,8 @@ parsing or segmentation output, no task model) are left out with a reason.
 :func:`_make_discriminator` builds PathSRGAN's patch discriminator (paper 002)
 or SRGAN's (paper 004); :func:`_auto_features` fits the feature network of
 perceptual terms on the training images (no download); :func:`_quality` is
-the validation PSNR / SSIM (:func:`_validate` over a validation set) (:mod:`napari_resolve.metrics.quality`, on the
+the validation PSNR / SSIM of one pair and :func:`_validate` its mean over a
+validation set (:mod:`napari_resolve.metrics.quality`, on the
 Y / grey channel, border of ``scale`` px cropped).
 """
 
