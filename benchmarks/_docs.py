@@ -26,7 +26,8 @@ def write_section(start: str, end: str, table: str, heading: str = "") -> Path:
 
 
 def measured_line(command: str) -> str:
-    """"Measured <UTC time> on <machine>, load: `uptime`; `command` reproduces it."."""
+    """The line a benchmark table starts with: time (UTC), machine, load (``uptime``) and
+    the ``command`` that reproduces it."""
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     return (f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
             f"({platform.processor() or 'cpu'}), load: `{load}`; `{command}` reproduces it.")

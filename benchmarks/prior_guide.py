@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,17 @@ def _radii(scale: int) -> tuple[int, ...]:
     return (scale // 2, scale, 3 * scale // 2)
 
 
+@contextmanager
+def guide_set(model, radius: int, eps: float):
+    """``model``'s map refinement set to ``radius`` / ``eps`` inside the block, restored after."""
+    old = model.prior_guide_radius, model.prior_guide_eps
+    model.prior_guide_radius, model.prior_guide_eps = radius, eps
+    try:
+        yield model
+    finally:
+        model.prior_guide_radius, model.prior_guide_eps = old
+
+
 def training_choice(model, cells, scale: int) -> tuple[dict, dict]:
     """Mean IoU per (radius, eps) on ``cells`` (radius 0 = no filter), and the chosen pair."""
     from napari_resolve.data.degrade import imresize, imresize_torch
@@ -43,9 +55,7 @@ def training_choice(model, cells, scale: int) -> tuple[dict, dict]:
     from napari_resolve.train import parsing as P
 
     scores: dict = {}
-    radius, eps = model.prior_guide_radius, model.prior_guide_eps
-    model.prior_guide_radius = 0  # the unfiltered map, filtered below per candidate
-    try:
+    with guide_set(model, 0, model.prior_guide_eps):  # the plain map, filtered per candidate
         for hr, lab in zip(cells["hr"], cells["labels"]):
             h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
             lr = imresize(np.asarray(hr)[:h, :w], 1.0 / scale, channel_axis=-1)
@@ -60,8 +70,6 @@ def training_choice(model, cells, scale: int) -> tuple[dict, dict]:
             for key, q in cands.items():
                 iou = class_iou(q[0].argmax(0).numpy().astype(np.uint8), np.asarray(lab)[:h, :w])
                 scores.setdefault(key, []).append((iou["cytoplasm"], iou["nucleus"]))
-    finally:
-        model.prior_guide_radius, model.prior_guide_eps = radius, eps
     means = {k: tuple(float(x) for x in np.mean(v, axis=0)) for k, v in scores.items()}
     best = max((k for k in means if k[0]), key=lambda k: sum(means[k]))
     return means, {"radius": best[0], "eps": best[1]}
@@ -72,12 +80,8 @@ def heldout(model, cells, scale: int, radius: int, eps: float) -> dict:
     from napari_resolve.metrics.parsing import parse_cells
     from napari_resolve.train import parsing as P
 
-    old = model.prior_guide_radius, model.prior_guide_eps
-    model.prior_guide_radius, model.prior_guide_eps = radius, eps
-    try:
+    with guide_set(model, radius, eps):
         return parse_cells(P.model_parser(model), cells, scale)
-    finally:
-        model.prior_guide_radius, model.prior_guide_eps = old
 
 
 def cost(model, side: int = 256, repeats: int = 3) -> dict:
@@ -86,19 +90,17 @@ def cost(model, side: int = 256, repeats: int = 3) -> dict:
     from napari_resolve.data.degrade import imresize_torch
 
     x = torch.rand(1, model.in_channels, side, side, generator=torch.Generator().manual_seed(0))
-    radius = model.prior_guide_radius
     out = {}
     with torch.no_grad():
         up = imresize_torch(x, model.scale)
-        for label, r in (("map", 0), ("map, filtered", radius)):
-            model.prior_guide_radius = r
+        for label, r in (("map", 0), ("map, filtered", model.prior_guide_radius)):
             times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model.parsing_logits(x, up=up)
-                times.append(time.perf_counter() - t0)
+            with guide_set(model, r, model.prior_guide_eps):
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    model.parsing_logits(x, up=up)
+                    times.append(time.perf_counter() - t0)
             out[label] = min(times)
-        model.prior_guide_radius = radius
         t0 = time.perf_counter()
         model(x)
         out["forward"] = time.perf_counter() - t0
@@ -124,8 +126,8 @@ def study(name: str, data: Path) -> dict:
         out[label] = {"no filter": heldout(model, cells_, scale, 0, 1e-3),
                       "chosen": heldout(model, cells_, scale, chosen["radius"], chosen["eps"])}
     out["seconds"] = round(time.monotonic() - t0, 1)
-    model.prior_guide_radius, model.prior_guide_eps = chosen["radius"], chosen["eps"]
-    out["cost_s"] = cost(model)
+    with guide_set(model, chosen["radius"], chosen["eps"]):
+        out["cost_s"] = cost(model)
     return out
 
 

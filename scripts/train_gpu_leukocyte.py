@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from napari_resolve.train.leukocyte import GP_CONFIGS, GP_PRIOR, GP_PRIOR_GUIDE
+from napari_resolve.train.leukocyte import GP_CONFIGS, GP_PRIOR, gp_config
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "src" / "napari_resolve" / "pretrained"
@@ -117,11 +117,11 @@ def main(argv=None) -> int:
         cpu_prior = REPO / "bench_output" / "prior" / "prior-lr-rgb32.pt"
         smears = P.load_smears(bccd_root, P.bccd_split(bccd_root)[0])
         sampler = P.ParsingSampler(train, smears, patch=128, scales=(4, 8))
-        gp_config = {**({} if args.paper_width else CPU_CONFIG["gp"]),
-                     **(args.config or {}).get("gp", {})}
-        base = int(gp_config.get("prior_base_channels", 32))
-        prior_model = models.build("gp", scale=4, **gp_config)  # its prior trains as GP runs it
-        init = cpu_prior if cpu_prior.exists() and gp_config == CPU_CONFIG["gp"] else None
+        prior_config = {**({} if args.paper_width else CPU_CONFIG["gp"]),
+                        **(args.config or {}).get("gp", {})}
+        base = int(prior_config.get("prior_base_channels", 32))
+        prior_model = models.build("gp", scale=4, **prior_config)  # its prior trains as GP runs it
+        init = cpu_prior if cpu_prior.exists() and prior_config == CPU_CONFIG["gp"] else None
         P.pretrain_prior(sampler, prior_ckpt, steps=args.prior_steps, batch_size=args.prior_batch,
                          lr=3e-4 if init else 1e-3, base_channels=base, device=device,
                          minutes=budget * PRIOR_SHARE / 60.0, init=init, model=prior_model,
@@ -130,9 +130,8 @@ def main(argv=None) -> int:
     gp_steps = {}
     for name in names:
         arch, scale, share = JOBS[name]
-        config = {**({} if args.paper_width else CPU_CONFIG[arch]),
-                  **(GP_PRIOR_GUIDE[scale] if arch == "gp" and not args.paper_width else {}),
-                  **(args.config or {}).get(arch, {})}
+        cpu = gp_config(scale) if arch == "gp" else CPU_CONFIG[arch]
+        config = {**({} if args.paper_width else cpu), **(args.config or {}).get(arch, {})}
         model = models.build(arch, scale=scale, **config)
         kwargs = dict(recipe=None, batch_size=8 if arch != "srseg" else 16,
                       patch_size=96, val_patch=128, val_fraction=0.05)

@@ -44,15 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_resolve.train.leukocyte import GP_CONFIGS, GP_PRIOR_GUIDE
+from napari_resolve.train.leukocyte import GP_CONFIGS, GP_PRIOR_GUIDE, gp_config
 from napari_resolve.train.leukocyte import GP_PRIOR as PRIOR
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "src" / "napari_resolve" / "pretrained"
 
 PRIOR_CKPTS = {"y16": "prior-unet16.pt", "lr-rgb32": "prior-lr-rgb32.pt"}
-CPU_CONFIG = {  # see the module docstring
-    "gp": GP_CONFIGS[PRIOR],
+CPU_CONFIG = {  # see the module docstring; GP's, per scale: train.leukocyte.gp_config
     "np": {"features": 32},
 }
 
@@ -259,8 +258,9 @@ def run_job(name: str, minutes: float, data_root: Path, device: str, resume: boo
 
 
 def _config(arch: str, scale: int) -> dict:
-    """The CPU config of ``arch`` at ``scale`` (GP: with the scale's map refinement)."""
-    return {**CPU_CONFIG[arch], **(GP_PRIOR_GUIDE.get(scale, {}) if arch == "gp" else {})}
+    """The CPU config of ``arch`` at ``scale`` (GP: ``gp_config``, with the scale's map
+    refinement)."""
+    return gp_config(scale) if arch == "gp" else CPU_CONFIG[arch]
 
 
 def update_gp_bundles(names, data_root: Path, swap_prior: bool) -> None:

@@ -16,6 +16,7 @@ import torch
 from napari_resolve import models
 from napari_resolve.metrics.parsing import class_iou, red_cell_share
 from napari_resolve.train import parsing as P
+from napari_resolve.train.leukocyte import gp_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -315,7 +316,7 @@ def test_train_pretrained_freezes_the_prior_unless_end_to_end(sample_dir, tmp_pa
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     prior = tmp_path / "prior.pt"
-    net = models.build("gp", scale=4, **mod.CPU_CONFIG["gp"]).prior_net  # the bundled config
+    net = models.build("gp", scale=4, **gp_config(4)).prior_net  # the bundled config
     torch.save({"model": net.state_dict(), "base_channels": net.base_channels,
                 "depth": net.depth, "in_channels": net.in_channels}, prior)
     monkeypatch.setattr(mod, "PRIOR_CKPT", prior)

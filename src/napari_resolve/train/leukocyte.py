@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GP_CONFIGS", "GP_PRIOR", "GP_PRIOR_GUIDE", "leukocyte_domain", "evaluate_bundle", "smear_figures",
+__all__ = ["GP_CONFIGS", "GP_PRIOR", "GP_PRIOR_GUIDE", "gp_config", "leukocyte_domain", "evaluate_bundle", "smear_figures",
            "finish_bundle"]
 
 #: GP's CPU configs by prior (scripts/train_pretrained.py, scripts/train_gpu_leukocyte.py):
@@ -34,6 +34,12 @@ GP_PRIOR_GUIDE = {
     4: {"prior_guide_radius": 6, "prior_guide_eps": 1e-3},
     8: {"prior_guide_radius": 8, "prior_guide_eps": 3e-4},
 }
+
+
+def gp_config(scale: int) -> dict:
+    """The bundled GP's CPU config at ``scale``: the ``GP_PRIOR`` config with the scale's map
+    refinement (``GP_PRIOR_GUIDE``; none for a scale without one)."""
+    return {**GP_CONFIGS[GP_PRIOR], **GP_PRIOR_GUIDE.get(scale, {})}
 
 
 def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None, channels: int = 1,
