@@ -218,8 +218,21 @@ def finetune_x2(base: Path, root: Path, minutes: float, out: Path, rate: float |
                       else None), "file": str(out)}
 
 
+def haze_removal(sigma: float, weight: float):
+    """A bundle's out-of-focus background removal (:class:`~napari_resolve.models.blocks.
+    HazeRemoval`) as a function on one SR image; after bicubic it shows what the stage
+    alone gives. (The stage is linear and the fit metric affine-invariant, so this equals
+    the stage inside the network on a float input, which prediction does not clip.)"""
+    import torch
+
+    from napari_resolve.models.blocks import HazeRemoval
+
+    stage = HazeRemoval(sigma, weight)
+    return lambda sr: stage(torch.from_numpy(np.ascontiguousarray(sr, dtype=np.float32))[None, None])[0, 0].numpy()
+
+
 def measure(models_dir: Path, root: Path, finetuned: Path | None, scales=(2, 4)) -> list[dict]:
-    from napari_resolve import models
+    from napari_resolve import bundle, models
     from napari_resolve.data import fluorescence_pairs as FP
 
     rows = []
@@ -227,9 +240,15 @@ def measure(models_dir: Path, root: Path, finetuned: Path | None, scales=(2, 4))
         mh = models_dir / f"mhtcun-lite-x{scale}.safetensors"
         if not mh.is_file():
             mh = PRETRAINED / mh.name
-        candidates = [("bicubic", models.build("bicubic", scale=scale)),
-                      ("DFCAN (same budget)", models_dir / f"dfcan-x{scale}.safetensors"),
-                      (f"mhtcun-lite-x{scale}", mh)]
+        candidates = [("bicubic", models.build("bicubic", scale=scale))]
+        cfg = bundle.read_meta(str(mh))["config"] if mh.is_file() else {}
+        if cfg.get("haze_weight"):
+            sigma, weight = cfg["haze_sigma"], cfg["haze_weight"]
+            candidates.append((f"bicubic + haze removal (mhtcun-lite-x{scale}'s: sigma {sigma:g} HR px, "
+                               f"weight {weight:g})", (models.build("bicubic", scale=scale),
+                                                       haze_removal(sigma, weight))))
+        candidates += [("DFCAN (same budget)", models_dir / f"dfcan-x{scale}.safetensors"),
+                       (f"mhtcun-lite-x{scale}", mh)]
         if scale == 2 and finetuned is not None:
             candidates.append(("mhtcun-lite-x2 fine-tuned (DL-SIM 3/4)", finetuned))
         for pair in FP.real_pairs(root, scale):
@@ -237,8 +256,9 @@ def measure(models_dir: Path, root: Path, finetuned: Path | None, scales=(2, 4))
                 if isinstance(spec, Path) and not spec.is_file():
                     print(f"skip {label}: {spec} missing", file=sys.stderr)
                     continue
-                m = spec if not isinstance(spec, Path) else str(spec)
-                r = FP.evaluate_region(m, pair, "heldout")
+                m, post = spec if isinstance(spec, tuple) else (spec, None)
+                m = m if not isinstance(m, Path) else str(m)
+                r = FP.evaluate_region(m, pair, "heldout", post=post)
                 rows.append({"data": pair.name, "scale": scale, "model": label, **r})
                 print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -384,3 +384,54 @@ def test_patch_discriminator_gives_8x8_patch_logits(rgb_hr):
     with pytest.raises(InputError, match=">= 32"):
         d1(real[..., :16, :16])
     assert not any(m.name.lower().startswith("patch") for m in models.available())
+
+
+def test_haze_removal_is_a_gaussian_background_subtraction(grey_hr):
+    """y - w * G_sigma(y), the Gaussian as scipy's (replicate border, 3 sigma)."""
+    from scipy.ndimage import gaussian_filter
+
+    from napari_resolve.models.blocks import HazeRemoval
+
+    y = torch.from_numpy(grey_hr[:90, :70].copy())[None, None]
+    stage = HazeRemoval(sigma=6.0, weight=0.8)
+    want = grey_hr[:90, :70] - 0.8 * gaussian_filter(grey_hr[:90, :70], 6.0, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(stage(y)[0, 0].numpy(), want, atol=2e-5)
+    # a constant (pure haze) keeps 1 - w of its level; a thin line over it keeps its height
+    flat = torch.full((1, 1, 40, 40), 0.5)
+    assert torch.allclose(stage(flat), torch.full_like(flat, 0.1), atol=1e-6)
+    line = flat.clone()
+    line[..., 20, :] += 1.0
+    out = stage(line)
+    assert float(out[0, 0, 20, 5] - out[0, 0, 5, 5]) > 0.9
+    with pytest.raises(ValueError, match="weight"):
+        HazeRemoval(8.0, 1.5)
+
+
+@pytest.mark.parametrize("name", ["mhtcun-lite", "dfcan"])
+def test_haze_stage_acts_in_eval_only_and_survives_a_bundle(tmp_path, grey_hr, name):
+    from napari_resolve import bundle
+
+    cfg = {**SMALL[name], "scale": 2, "haze_sigma": 8.0, "haze_weight": 0.7}
+    torch.manual_seed(0)
+    model = models.build(name, **cfg)
+    x = torch.from_numpy(imresize(grey_hr[:64, :64], 0.5))[None, None]
+    plain = models.build(name, **{**cfg, "haze_weight": 0.0})
+    plain.load_state_dict(model.state_dict())  # the stage has no weights
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        want = model.haze(plain(x)["sr"])
+        got = model(x)["sr"]
+        model.train()
+        trained_path = model(x)["sr"]  # the losses see the network's own output
+        model.eval()
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(trained_path, plain(x)["sr"], atol=1e-6)
+    assert not torch.allclose(got, trained_path, atol=1e-3)
+    path = bundle.save(tmp_path / "m.safetensors", model)
+    back, meta = bundle.load(path)
+    assert (meta["config"]["haze_sigma"], meta["config"]["haze_weight"]) == (8.0, 0.7)
+    with torch.no_grad():
+        assert torch.allclose(back(x)["sr"], got, atol=1e-6)
+    # bundles from before the option read it as off
+    assert models.full_config(name)["haze_weight"] == 0.0
+    assert models.build(name, **SMALL[name]).haze is None

@@ -146,12 +146,14 @@ def real_pairs(root, scale: int) -> list[RealPair]:
     raise InputError(f"no real fluorescence pairs at x{scale}; use 2 or 4")
 
 
-def evaluate_region(model, pair: RealPair, which: str = "heldout", device: str = "cpu") -> dict:
+def evaluate_region(model, pair: RealPair, which: str = "heldout", device: str = "cpu",
+                    post=None) -> dict:
     """Fit-PSNR / SSIM / NRMSE (CARE, :func:`napari_resolve.metrics.quality.fit_metrics`,
     border of ``scale`` px left out) and decorrelation resolution (HR px) of
     ``model`` on region ``which`` of ``pair``; several boxes are pooled by
     pixel count. ``model``: bundle path / name, loaded ``(model, meta)`` or an
-    SRModel (e.g. ``models.build("bicubic", scale=s)``).
+    SRModel (e.g. ``models.build("bicubic", scale=s)``). ``post``: a function applied to
+    each SR image (float64, HR grid) before it is measured.
     """
     from napari_resolve.metrics.quality import fit_metrics
     from napari_resolve.metrics.resolution import decorrelation
@@ -160,6 +162,8 @@ def evaluate_region(model, pair: RealPair, which: str = "heldout", device: str =
     rows, weights, res = [], [], []
     for lr, hr in region(pair, which):
         sr = np.asarray(predict(model, lr, device=device).image, dtype=np.float64)
+        if post is not None:
+            sr = np.asarray(post(sr), dtype=np.float64)
         rows.append(fit_metrics(sr, hr, crop=pair.scale))
         weights.append(hr.size)
         r = decorrelation(sr)

@@ -15,7 +15,7 @@ from napari_resolve.data.degrade import imresize_torch
 from napari_resolve.errors import InputError
 from napari_resolve.models import register
 from napari_resolve.models.base import SRModel
-from napari_resolve.models.blocks import FCAB, conv
+from napari_resolve.models.blocks import FCAB, HazeRemoval, conv
 
 
 @register(
@@ -109,7 +109,8 @@ class DFCAN(SRModel):
     normalised "ortho" and computed in float32 (see
     :class:`~napari_resolve.models.blocks.FourierChannelAttention`). Scales 2-4.
     The FFT attention is global: ``receptive_field = 0``, ``global_ops = True``,
-    and tiled inference differs slightly from untiled.
+    and tiled inference differs slightly from untiled. ``haze_sigma`` /
+    ``haze_weight``: MHTCUN's optional output stage (ours, issue 13).
     """
 
     paper = "Qiao et al. 2021 (DFCAN)"
@@ -125,6 +126,8 @@ class DFCAN(SRModel):
         blocks: int = 4,
         reduction: int = 16,
         gamma: float = 0.8,
+        haze_sigma: float = 0.0,
+        haze_weight: float = 0.0,
     ):
         if int(scale) != scale or not 2 <= int(scale) <= 4:
             raise InputError(f"DFCAN supports scale 2, 3 or 4, got {scale}")
@@ -147,6 +150,8 @@ class DFCAN(SRModel):
             nn.PixelShuffle(self.scale),
             conv(channels, in_channels, 3),
         )
+        # the same calibrated output stage as MHTCUN's (models.mhtcun), for a fair baseline
+        self.haze = HazeRemoval(haze_sigma, haze_weight) if haze_weight else None
 
     def forward(self, x: torch.Tensor, prior=None) -> dict:
         self.check_input(x)
@@ -155,4 +160,5 @@ class DFCAN(SRModel):
         y = self.head(x)
         for group in self.groups:
             y = y + group(y)
-        return {"sr": self.tail(y)}
+        sr = self.tail(y)
+        return {"sr": sr if self.haze is None or self.training else self.haze(sr)}

@@ -75,7 +75,7 @@ from napari_resolve.data.degrade import imresize_torch
 from napari_resolve.errors import InputError
 from napari_resolve.models import register
 from napari_resolve.models.base import SRModel
-from napari_resolve.models.blocks import FCAB, DepthwiseSeparableConv, conv
+from napari_resolve.models.blocks import FCAB, DepthwiseSeparableConv, HazeRemoval, conv
 
 __all__ = ["MHTCUN", "FCABUNet", "SpatialContextBranch", "PixelBranch"]
 
@@ -228,6 +228,10 @@ class MHTCUN(SRModel):
     feature_scale : the factor the input is upsampled by before the network
         (default: ``scale``); a smaller divisor of ``scale`` makes each stage
         end in a PixelShuffle of ``scale // feature_scale``
+    haze_sigma, haze_weight : out-of-focus background removal on ``"sr"``
+        (:class:`~napari_resolve.models.blocks.HazeRemoval`, ours; 0 = off),
+        applied in eval mode only: the training losses see the cascade's own
+        stages, the stage is calibrated afterwards (issue 13)
     """
 
     paper = "Gong et al. 2021 (paper 003)"
@@ -246,6 +250,8 @@ class MHTCUN(SRModel):
         gamma: float = 0.8,
         global_residual: bool = True,
         feature_scale: int | None = None,
+        haze_sigma: float = 0.0,
+        haze_weight: float = 0.0,
     ):
         if scale not in (2, 4):
             raise InputError(f"MHTCUN supports scale 2 or 4, got {scale}")
@@ -276,6 +282,7 @@ class MHTCUN(SRModel):
             PixelBranch(c0, in_channels * shuffle**2) for _ in range(self.n_stages)
         )
         self.to_sr = nn.PixelShuffle(shuffle) if shuffle > 1 else nn.Identity()
+        self.haze = HazeRemoval(haze_sigma, haze_weight) if haze_weight else None
 
     def forward(self, x: torch.Tensor, prior=None) -> dict:
         self.check_input(x)
@@ -298,4 +305,5 @@ class MHTCUN(SRModel):
             if self.global_residual:
                 image = image + up
             stages.append(image)
-        return {"sr": stages[-1], "stages": stages}
+        sr = stages[-1] if self.haze is None or self.training else self.haze(stages[-1])
+        return {"sr": sr, "stages": stages}

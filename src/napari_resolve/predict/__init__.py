@@ -132,8 +132,10 @@ from napari_resolve.predict.engine import (  # noqa: F401  (re-exported)
     _resolve_opts,
     _run_model,
     _tiles_iter,
+    apply_whole_image_stage,
     choose_device,
     resolve_model,
+    whole_image_stage,
 )
 from napari_resolve.predict.tiling import (  # noqa: F401  (re-exported)
     CPU_SR_SIDE,
@@ -496,13 +498,15 @@ def predict_iter(
     model.eval()
     model.to(opts.device)
     try:
-        runner, backend_used = yield from _make_runner(
-            model, planes, prior_arr is not None, extras, opts
-        )
-        rate_hint = _rate_hint(model, backend_used, opts)
-        outputs, tile_used = yield from _engine(
-            model, planes, prior_arr, opts, extras, runner, rate_hint
-        )
+        with whole_image_stage(model) as stage:
+            runner, backend_used = yield from _make_runner(
+                model, planes, prior_arr is not None, extras, opts
+            )
+            rate_hint = _rate_hint(model, backend_used, opts)
+            outputs, tile_used = yield from _engine(
+                model, planes, prior_arr, opts, extras, runner, rate_hint
+            )
+        outputs = apply_whole_image_stage(stage, outputs)
     finally:
         if _restore_mode and was_training:
             model.train()

@@ -9,6 +9,7 @@ import threading
 import time
 import warnings
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -410,6 +411,36 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
             wsums[f] = ws
         arr /= wsums[f]
     return acc
+
+
+@contextmanager
+def whole_image_stage(model):
+    """Take the model's whole-image output stage (``model.haze``, the out-of-focus background
+    removal of the x4 fluorescence bundles, issue 13) out for the block and yield it (or None).
+
+    Its Gaussian reaches 3 sigma (up to 192 LR px), far past any tile overlap, so tiles run
+    without it and :func:`apply_whole_image_stage` applies it to the stitched output: tiled
+    prediction then equals untiled whatever the tile (and the lazy paths apply it per chunk,
+    with the chunk's halo)."""
+    stage = getattr(model, "haze", None)
+    if stage is None:
+        yield None
+        return
+    model.haze = None
+    try:
+        yield stage
+    finally:
+        model.haze = stage
+
+
+def apply_whole_image_stage(stage, outputs: dict) -> dict:
+    """``outputs`` with ``stage`` applied to each plane of ``"sr"`` (on the CPU, float32)."""
+    if stage is None:
+        return outputs
+    sr = torch.from_numpy(np.ascontiguousarray(outputs["sr"], dtype=np.float32))
+    with torch.no_grad():
+        done = torch.cat([stage(sr[i : i + 1]) for i in range(sr.shape[0])])
+    return {**outputs, "sr": done.numpy()}
 
 
 def _engine(model, planes, prior, opts: _Opts, want_extras: bool, runner=None, rate_hint=None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import uuid
@@ -12,7 +13,14 @@ import numpy as np
 from napari_resolve._generators import run_to_end
 from napari_resolve.errors import BundleError, InputError
 from napari_resolve.predict import _check_finite, _finish, _layout, _prepare
-from napari_resolve.predict.engine import Progress, _engine, _resolve_opts, resolve_model
+from napari_resolve.predict.engine import (
+    Progress,
+    _engine,
+    _resolve_opts,
+    apply_whole_image_stage,
+    resolve_model,
+    whole_image_stage,
+)
 from napari_resolve.predict.tiling import MIN_SIZE
 
 
@@ -125,9 +133,13 @@ def _sr_block(block, *, ref, norm, spatial, depth, scale, lay_kw, opts_kw, block
             model.to(opts.device)
     from napari_resolve import runtime
 
-    runner = runtime.make_runner(model, backend, opts.device, amp_dtype=opts.amp_dtype,
-                                 threads=opts.threads)
-    outputs, _ = run_to_end(_engine(model, planes, None, opts, False, runner))
+    # the workers share the model: one at a time takes its whole-image stage out
+    apart = _WORKER_LOCK if getattr(model, "haze", None) is not None else contextlib.nullcontext()
+    with apart, whole_image_stage(model) as stage:
+        runner = runtime.make_runner(model, backend, opts.device, amp_dtype=opts.amp_dtype,
+                                     threads=opts.threads)
+        outputs, _ = run_to_end(_engine(model, planes, None, opts, False, runner))
+    outputs = apply_whole_image_stage(stage, outputs)
     image, _, _ = _finish(model, outputs, lay, pad, chroma, norm, block.dtype, False)
     index = [slice(None)] * image.ndim
     for ax in spatial:
