@@ -138,3 +138,29 @@ def test_models_lists_architectures_and_pretrained(capsys):
     names = {a["name"]: a for a in listing["architectures"]}
     assert names["bicubic"]["parameters"] == 0 and "MATLAB" in names["bicubic"]["paper"]
     assert {m.name for m in models.available()} == set(names)
+
+
+def test_no_background_removal_leaves_the_x4_stage_out(tmp_path, capsys):
+    """The x4 fluorescence bundle's out-of-focus stage (issue 13) can be left out for thin
+    samples; the output then equals the network's own, and the bundle is untouched."""
+    from napari_resolve.data import fluorescence_pairs as FP
+    from napari_resolve.predict import predict
+
+    pair = FP.sfsrm_er_sample(samples.sample_root())
+    src = tmp_path / "er.tif"
+    write_image(src, np.ascontiguousarray(pair.lr[:64, :96]))
+    outs = {}
+    for flag in ([], ["--no-background-removal"]):
+        dst = tmp_path / f"sr{len(flag)}.tif"
+        assert main(["predict", str(src), "-o", str(dst), "--model", "mhtcun-lite-x4",
+                     "--tile", "0", *flag]) == 0
+        outs[len(flag)] = read_image(dst)[0]
+    model, meta = bundle.load("mhtcun-lite-x4")
+    assert model.haze is not None  # a fresh load still has it
+    model.haze = None
+    plain = predict((model, meta), pair.lr[:64, :96], tile=0).image
+    np.testing.assert_allclose(outs[1], plain, rtol=1e-5, atol=1e-4)
+    assert np.abs(outs[0] - outs[1]).max() > 0.05 * np.ptp(outs[1])
+    assert main(["predict", str(src), "-o", str(tmp_path / "np.tif"), "--model", "np-x4",
+                 "--no-background-removal"]) == 0
+    assert "has no background-removal stage" in capsys.readouterr().err

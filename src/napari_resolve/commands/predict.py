@@ -96,6 +96,12 @@ def add_arguments(parser) -> None:
         metavar="FILE",
         help="parsing-map labels (0/1/2) at the SR size, for geometry-prior models",
     )
+    parser.add_argument(
+        "--no-background-removal",
+        action="store_true",
+        help="leave out the model's out-of-focus background-removal stage (the x4 fluorescence "
+        "bundles have one; a thin or TIRF-like sample has no out-of-focus light)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
@@ -265,6 +271,11 @@ def _run_locked(args, src, dst) -> int:
     from napari_resolve.predict import predict, predict_to_zarr
 
     model, meta = _load_model(args)
+    if args.no_background_removal:
+        if getattr(model, "haze", None) is None:
+            print(f"note: {args.model} has no background-removal stage; nothing left out",
+                  file=sys.stderr)
+        model.haze = None  # this process's copy only; the bundle file is not touched
     labels_path = labels_path_for(dst)
     if getattr(model, "predicts_parsing", False) and not _is_zarr(dst):
         from napari_resolve.commands._paths import check_outputs
