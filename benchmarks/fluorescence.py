@@ -1,7 +1,8 @@
 """Fluorescence on real data (issue 13): the table in docs/benchmarks.md.
 
     PYTHONPATH=src .venv/bin/python benchmarks/fluorescence.py [--data ../shared/data]
-        [--models DIR] [--finetune-minutes 10] [--calibrate] [--calibrate-haze] [--write]
+        [--models DIR] [--finetune-minutes 10] [--calibrate] [--calibrate-haze]
+        [--second-field] [--write]
 
 Per data set and signal level (DL-SIM microtubules at normal and low light,
 x2; SFSRM ER, x4), on the **held-out** region of each field
@@ -19,7 +20,8 @@ resolution of the output (HR px; neither data set records its pixel size).
 ``--finetune-minutes M``: fine-tune the x2 bundle for M minutes of CPU first
 (``--finetuned FILE`` reuses one). ``--calibrate``: also print the camera /
 PSF calibration of docs/fluorescence.md; ``--calibrate-haze`` prints only the
-out-of-focus fit (:func:`calibrate_haze`). ``--write``: put the table into
+out-of-focus fit (:func:`calibrate_haze`); ``--second-field`` prints only the x4
+models on the SFSRM microtubule pair (:func:`second_field`). ``--write``: put the table into
 docs/benchmarks.md between its markers.
 """
 
@@ -189,6 +191,59 @@ def register_microtubules(root: Path) -> str:
     return "\n".join(lines)
 
 
+def second_field(root: Path, models_dir: Path) -> str:
+    """Markdown: the x4 models on the SFSRM *microtubule* pair, a field no model was trained,
+    chosen or calibrated on (issue 13, session 11). Registered as :func:`register_microtubules`
+    (x5, T = 0.3); the wide field shifted by the registered offset (cubic) and cut to the
+    overlap (256² px) is the input; the STORM image resampled from x5 to x4 of it (MATLAB
+    bicubic, 1024²) the reference. Fit-PSNR / SSIM with 8 HR px of border left out, each
+    model with and without its background-removal stage."""
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from napari_resolve import bundle, models
+    from napari_resolve.data.degrade import imresize
+    from napari_resolve.data.registration import register
+    from napari_resolve.metrics.quality import fit_metrics
+    from napari_resolve.predict import predict
+
+    base = root / "sfsrm-wf-storm" / "test_data" / "microtubule"
+    wf = tifffile.imread(base / "widefield" / "microtubule_widefield.tif").astype(np.float32)
+    st = tifffile.imread(base / "reference" / "microtubule_STORM.tif").astype(np.float32)
+    res = register(wf, None, st, magnifications=(1, 5), patch_size=48, background="dark",
+                   coarse_window=64, threshold=0.3)
+    oy, ox = (-v for v in res.report["summary"]["hr"]["offset_mean"])
+    n = st.shape[0] // 5
+    lr = ndi.shift(wf.astype(np.float64), (-oy, -ox), order=3)[:n, :n].astype(np.float32)
+    hr = imresize(st[: 5 * n, : 5 * n], 4 / 5).astype(np.float32)
+
+    def score(model, post=None):
+        sr = np.asarray(predict(model, lr, device="cpu").image, dtype=np.float64)
+        f = fit_metrics(post(sr) if post else sr, hr, crop=8)
+        return f"{f['psnr']:.2f} / {f['ssim']:.3f}"
+
+    bicubic = models.build("bicubic", scale=4)
+    lines = [f"Registered offset ({oy:.1f}, {ox:.1f}) wide-field px; input {n}² px, reference "
+             f"{4 * n}² px. Fit-PSNR (dB) / SSIM.", "",
+             "| model | without the stage | with its stage |", "|---|---|---|"]
+    shipped = PRETRAINED / "mhtcun-lite-x4.safetensors"
+    cfg = bundle.read_meta(str(shipped))["config"]
+    lines.append(f"| bicubic | {score(bicubic)} | "
+                 f"{score(bicubic, haze_removal(cfg['haze_sigma'], cfg['haze_weight']))} "
+                 "(`mhtcun-lite-x4`'s stage) |")
+    candidates = [("`mhtcun-lite-x4`", shipped), ("`dfcan-x4` (shipped)", PRETRAINED / "dfcan-x4.safetensors"),
+                  ("DFCAN in --models (same budget)", models_dir / "dfcan-x4.safetensors")]
+    for label, path in candidates:
+        if not path.is_file():
+            continue
+        model, meta = bundle.load(path)
+        stage = getattr(model, "haze", None)
+        with_stage = score((model, meta)) if stage is not None else "(none)"
+        model.haze = None
+        lines.append(f"| {label} | {score((model, meta))} | {with_stage} |")
+    return "\n".join(lines)
+
+
 def finetune_x2(base: Path, root: Path, minutes: float, out: Path, rate: float | None = None) -> dict:
     """Fine-tune ``base`` on the DL-SIM pairs outside the held-out quadrant (both light levels)."""
     from napari_resolve.data import fluorescence_pairs as FP
@@ -309,6 +364,9 @@ def main(argv=None) -> int:
                     help="print the out-of-focus share of each real wide field (HAZE_RANGES)")
     ap.add_argument("--register", action="store_true",
                     help="also register the SFSRM microtubule pair and print how well it worked")
+    ap.add_argument("--second-field", action="store_true",
+                    help="print only the x4 models on the SFSRM microtubule pair (never used to "
+                         "train, choose or calibrate anything)")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--scales", type=int, nargs="+", default=[2, 4], choices=[2, 4],
                     help="measure only these scales (the table written needs both)")
@@ -320,6 +378,9 @@ def main(argv=None) -> int:
         print(calibrate(args.data))
     if args.calibrate_haze:
         print(calibrate_haze(args.data))
+        return 0
+    if args.second_field:
+        print(second_field(args.data, args.models))
         return 0
     if args.register:
         print(register_microtubules(args.data))

@@ -108,3 +108,17 @@ def test_the_bicubic_baseline_card_says_it_is_the_yardstick():
     meta = bundle.default_meta(models.build("bicubic", scale=4, in_channels=1))
     text = cards.card_text(meta)
     assert "no learning" in text and "yardstick" in text and "not recorded" not in text
+
+
+def test_plain_words_replace_whole_words_only_and_a_hazy_cell_is_not_bright_field():
+    from napari_resolve.data import fluorescence_pairs as FP
+
+    assert cards._clean("val psnr of a background-removal stage") == \
+        "validation psnr of a background-removal stage"
+    meta = {**bundle.read_meta("mhtcun-lite-x4"), "name": "mhtcun-lite-x4"}
+    er = FP.sfsrm_er_sample(samples.sample_root()).lr  # inside a thick, hazy cell: mean 0.7
+    warning = cards.domain_warning(meta, er) or ""
+    assert "bright-field" not in warning
+    wbc = samples.wbc(1)[0][0][..., 0]  # a bright-field smear in grey: median ~ 1
+    assert "bright, like bright-field" in cards.domain_warning(meta, wbc)
+    assert "background-removal stage" in cards._clean(meta["domain"]["summary"])

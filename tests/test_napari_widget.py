@@ -279,3 +279,28 @@ def test_writer_and_reader_round_trip_in_the_viewer(viewer_widget, tmp_path):
     assert lback.__class__.__name__ == "Labels"
     np.testing.assert_array_equal(lback.data, labels)
     assert lback.scale == pytest.approx((0.25, 0.25))
+
+
+def test_background_switch_shows_for_the_x4_fluorescence_bundle_only(viewer_widget, qtbot, errors):
+    """The out-of-focus stage of mhtcun-lite-x4 (issue 13) can be switched off in the panel;
+    the run then gives the network's own output (predict(background_removal=False))."""
+    from napari_resolve.data import fluorescence_pairs as FP
+    from napari_resolve.data import samples
+    from napari_resolve.predict import predict
+
+    viewer, widget = viewer_widget
+    lr = np.ascontiguousarray(FP.sfsrm_er_sample(samples.sample_root()).lr[:48, :64])
+    viewer.add_image(lr, name="er")
+    widget.load_model("np-x4")
+    assert not widget.background_check.isVisibleTo(widget)
+    widget.load_model("mhtcun-lite-x4")
+    assert widget.background_check.isVisibleTo(widget) and widget.background_check.isChecked()
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("er"))
+    widget.background_check.setChecked(False)
+    click_and_wait(qtbot, widget, widget.run_button)
+    assert errors() == []
+    got = viewer.layers[-1].data
+    plain = predict("mhtcun-lite-x4", lr, background_removal=False).image
+    with_stage = predict("mhtcun-lite-x4", lr).image
+    np.testing.assert_allclose(got, plain, rtol=1e-4, atol=1e-3 * np.ptp(plain))
+    assert np.abs(got - with_stage).max() > 0.05 * np.ptp(plain)

@@ -57,8 +57,8 @@ def _clean(text) -> str:
     text = str(text or "").strip()
     if not text or _DEV_WORDS.search(text):
         return ""
-    for dev, plain in PLAIN_WORDS.items():
-        text = text.replace(dev, plain)
+    for dev, plain in PLAIN_WORDS.items():  # whole words only ("removal stage" stays)
+        text = re.sub(rf"\b{re.escape(dev)}", plain, text)
     return text
 
 
@@ -180,7 +180,7 @@ def card_html(meta: dict, rows=None, table: bool = True) -> str:
 
 
 def image_stats(image, normalization: dict | None = None, channels: int | None = None) -> dict:
-    """Per-channel mean / std of ``image`` after the bundle ``normalization``.
+    """Per-channel mean / std / median of ``image`` after the bundle ``normalization``.
 
     ``channels=1`` gives the statistics of the luminance (Y of an RGB image);
     3 those of R, G, B; None: the image's own channels. The image is
@@ -200,7 +200,8 @@ def image_stats(image, normalization: dict | None = None, channels: int | None =
         x = x @ np.array([0.299, 0.587, 0.114])  # luminance (ITU-R BT.601)
     planes = [x[..., c] for c in range(3)] if (rgb and channels != 1) else [x]
     return {"channels": len(planes), "mean": [round(float(p.mean()), 4) for p in planes],
-            "std": [round(float(p.std()), 4) for p in planes]}
+            "std": [round(float(p.std()), 4) for p in planes],
+            "median": [round(float(np.median(p)), 4) for p in planes]}
 
 
 def domain_warning(meta: dict, image, *, rgb: bool | None = None,
@@ -233,7 +234,9 @@ def domain_warning(meta: dict, image, *, rgb: bool | None = None,
     if modality == "brightfield" and not problems and max(stats["mean"]) < 0.3:
         problems.append("it was trained on bright-field images (bright background) and this "
                         "one is dark, like fluorescence")
-    elif modality == "fluorescence" and not problems and min(stats["mean"]) > 0.6:
+    elif modality == "fluorescence" and not problems and min(stats["median"]) > 0.85:
+        # the bulk of the pixels at the top: a bright background. (A crop inside a hazy
+        # cell, e.g. the SFSRM ER sample, has a mean of 0.7 but a median of 0.77.)
         problems.append("it was trained on fluorescence (dark background) and this one is "
                         "bright, like bright-field")
     ref = dom.get("input_stats") if isinstance(dom.get("input_stats"), dict) else None
@@ -263,4 +266,5 @@ def domain_warning(meta: dict, image, *, rgb: bool | None = None,
     text = f"This image may not suit {name}: " + "; ".join(problems) + "."
     if summary:
         text += f" The model is for: {summary[0].lower() + summary[1:]}"
+        text += "" if text.endswith((".", "!", "?")) else "."
     return text + " Results may be worse than bicubic."

@@ -275,7 +275,11 @@ def _run_locked(args, src, dst) -> int:
         if getattr(model, "haze", None) is None:
             print(f"note: {args.model} has no background-removal stage; nothing left out",
                   file=sys.stderr)
-        model.haze = None  # this process's copy only; the bundle file is not touched
+        else:  # a copy without it, for the TIFF and the zarr paths alike
+            import copy
+
+            model = copy.deepcopy(model)
+            model.haze = None
     labels_path = labels_path_for(dst)
     if getattr(model, "predicts_parsing", False) and not _is_zarr(dst):
         from napari_resolve.commands._paths import check_outputs

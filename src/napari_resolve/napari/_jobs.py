@@ -130,6 +130,7 @@ class SRJob:
     overlap: int | None
     device: str
     prior: np.ndarray | None = None  # (sH, sW) for one plane, lead + (sH, sW) for all
+    background_removal: bool = True  # the model's out-of-focus stage, if it has one
 
 
 @dataclass
@@ -223,6 +224,7 @@ def run_sr(job: SRJob) -> Iterator[Step]:
                 prior=prior,
                 channel_axis=-1 if job.rgb else None,
                 extras=bool(mr_factor),
+                background_removal=job.background_removal,
             )
             while True:
                 try:

@@ -32,6 +32,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QGroupBox,
@@ -238,6 +239,15 @@ class ResolveWidget(QWidget):
         fill_devices(self.device_combo)
         self.device_combo.currentIndexChanged.connect(self._update_card)
         form.addRow("device", self.device_combo)
+        # only for models with an out-of-focus stage (the x4 fluorescence bundles)
+        self.background_check = QCheckBox("remove out-of-focus background")
+        self.background_check.setChecked(True)
+        self.background_check.setToolTip(
+            "The model's calibrated stage that subtracts the blur of planes out of focus "
+            "(thick cells). Untick it for thin or TIRF-like samples."
+        )
+        self.background_check.setVisible(False)
+        form.addRow(self.background_check)
         outer.addLayout(form)
 
         buttons = QHBoxLayout()
@@ -356,6 +366,7 @@ class ResolveWidget(QWidget):
             self.model_combo.addItem(label, choice)
             index = self.model_combo.count() - 1
         self.model_combo.setCurrentIndex(index)
+        self.background_check.setVisible(getattr(model, "haze", None) is not None)
         self._update_card()
         self._bound_tile()
         self._update_domain_warning()
@@ -582,6 +593,7 @@ class ResolveWidget(QWidget):
             tile=self.tile(),
             overlap=None if self.overlap_spin.value() < 0 else self.overlap_spin.value(),
             device=self.device(), prior=prior,
+            background_removal=self.background_check.isChecked(),
         )
         info = {
             "layer": layer,

@@ -440,6 +440,7 @@ def predict_iter(
     extras=False,
     backend="auto",
     threads=None,
+    background_removal=True,
     _norm=None,
     _restore_mode=True,
 ):
@@ -470,6 +471,10 @@ def predict_iter(
         or ``"compile"`` (:mod:`napari_resolve.runtime`).
     threads : int, optional
         CPU threads (default: the cores free now, :mod:`napari_resolve.threads`).
+    background_removal : bool
+        Apply the model's out-of-focus background-removal stage, if it has one (the x4
+        fluorescence bundles, :class:`~napari_resolve.models.blocks.HazeRemoval`); it
+        runs once on the whole stitched image. False leaves it out (thin samples).
 
     Inputs are checked (one :class:`~napari_resolve.errors.InputError` naming
     the problem) at the first ``next()``, before any tile runs. Stop
@@ -478,6 +483,8 @@ def predict_iter(
     again from 0 with the new total.
     """
     model, meta = resolve_model(model_or_bundle)
+    if not isinstance(background_removal, (bool, np.bool_)):
+        raise InputError(f"background_removal must be True or False, got {background_removal!r}")
     if hasattr(image, "compute") and not isinstance(image, np.ndarray):
         raise InputError("image is a lazy (dask) array: use predict_dask or predict_to_zarr")
     try:
@@ -506,6 +513,8 @@ def predict_iter(
             outputs, tile_used = yield from _engine(
                 model, planes, prior_arr, opts, extras, runner, rate_hint
             )
+        if not background_removal:
+            stage = None
         outputs = apply_whole_image_stage(stage, outputs)
     finally:
         if _restore_mode and was_training:
@@ -529,6 +538,8 @@ def predict_iter(
         "via_y": lay.via_y,
         "backend": backend_used,
         "threads": opts.threads,
+        "background_removal": None if stage is None else {"sigma_hr_px": stage.sigma,
+                                                          "weight": stage.weight},
         "intensity": None if norm.out_gain is None else {
             "gain": norm.out_gain, "offset": norm.out_offset},
     }
