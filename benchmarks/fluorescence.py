@@ -231,7 +231,8 @@ def second_field(root: Path, models_dir: Path) -> str:
     lines.append(f"| bicubic | {score(bicubic)} | "
                  f"{score(bicubic, haze_removal(cfg['haze_sigma'], cfg['haze_weight']))} "
                  "(`mhtcun-lite-x4`'s stage) |")
-    candidates = [("`mhtcun-lite-x4`", shipped), ("`dfcan-x4` (shipped)", PRETRAINED / "dfcan-x4.safetensors"),
+    candidates = [("`mhtcun-lite-x4`", shipped),
+                  ("`dfcan-x4` (shipped)", PRETRAINED / "dfcan-x4.safetensors"),
                   ("DFCAN in --models (same budget)", models_dir / "dfcan-x4.safetensors")]
     for label, path in candidates:
         if not path.is_file():
@@ -283,7 +284,11 @@ def haze_removal(sigma: float, weight: float):
     from napari_resolve.models.blocks import HazeRemoval
 
     stage = HazeRemoval(sigma, weight)
-    return lambda sr: stage(torch.from_numpy(np.ascontiguousarray(sr, dtype=np.float32))[None, None])[0, 0].numpy()
+    def apply(sr):
+        x = torch.from_numpy(np.ascontiguousarray(sr, dtype=np.float32))[None, None]
+        return stage(x)[0, 0].numpy()
+
+    return apply
 
 
 def measure(models_dir: Path, root: Path, finetuned: Path | None, scales=(2, 4)) -> list[dict]:
@@ -299,9 +304,10 @@ def measure(models_dir: Path, root: Path, finetuned: Path | None, scales=(2, 4))
         cfg = bundle.read_meta(str(mh))["config"] if mh.is_file() else {}
         if cfg.get("haze_weight"):
             sigma, weight = cfg["haze_sigma"], cfg["haze_weight"]
-            candidates.append((f"bicubic + haze removal (mhtcun-lite-x{scale}'s: sigma {sigma:g} HR px, "
-                               f"weight {weight:g})", (models.build("bicubic", scale=scale),
-                                                       haze_removal(sigma, weight))))
+            label = (f"bicubic + haze removal (mhtcun-lite-x{scale}'s: sigma {sigma:g} HR px, "
+                     f"weight {weight:g})")
+            candidates.append((label, (models.build("bicubic", scale=scale),
+                                       haze_removal(sigma, weight))))
         candidates += [("DFCAN (same budget)", models_dir / f"dfcan-x{scale}.safetensors"),
                        (f"mhtcun-lite-x{scale}", mh)]
         if scale == 2 and finetuned is not None:

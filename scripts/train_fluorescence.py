@@ -221,8 +221,11 @@ def run_job(name: str, minutes: float, root: Path, out_dir: Path, resume: bool, 
                                            "steps": (init_meta.get("training") or {}).get("steps")}}
     res = T.train(
         None if resuming else init, data, scale=scale, in_channels=1,
-        config=None if start_from is not None else ({**CONFIG.get(name, {}), **(config or {})} or None),
-        recipe=recipe, learning_rate=learning_rate, keep_initial=start_from is not None and not resuming, minutes=minutes, max_steps=max_steps, patch_size=patch, batch_size=batch,
+        config=(None if start_from is not None
+                else ({**CONFIG.get(name, {}), **(config or {})} or None)),
+        recipe=recipe, learning_rate=learning_rate,
+        keep_initial=start_from is not None and not resuming,
+        minutes=minutes, max_steps=max_steps, patch_size=patch, batch_size=batch,
         patches_per_image=ppi, val_data=select, val_patch=None, output=out,
         resume=state if (resume and state.exists()) else None, device="cpu", seed=0,
         normalization=NORMALIZATION, callback=report,
@@ -272,9 +275,11 @@ def calibrate_haze(model, meta: dict, pairs, scale: int, log=print):
     scores = {}
     for sigma in (0.0, *grid["sigma"]):
         for weight in ((0.0,) if sigma == 0 else grid["weight"]):
-            scores[(sigma, weight)] = float(np.mean(
-                [FP.evaluate_region(built(sigma, weight), pair, "select")["psnr"] for pair in pairs]))
-            log(f"haze sigma {sigma:g} weight {weight:g}: select fit-PSNR {scores[(sigma, weight)]:.3f}")
+            model_meta = built(sigma, weight)
+            score = float(np.mean([FP.evaluate_region(model_meta, pair, "select")["psnr"]
+                                   for pair in pairs]))
+            scores[(sigma, weight)] = score
+            log(f"haze sigma {sigma:g} weight {weight:g}: select fit-PSNR {score:.3f}")
     sigma, weight = max(scores, key=scores.get)
     calibrated, meta = built(sigma, weight)
     note = {"region": "select", "metric": "fit-PSNR (dB), mean over the real pairs",
@@ -364,7 +369,8 @@ def main(argv=None) -> int:
                     help="start a new run from this bundle's weights (same job), kept unless a "
                          "step beats them on the select region")
     ap.add_argument("--learning-rate", type=float, default=None,
-                    help="Adam rate instead of the recipe's (e.g. 6e-5, a tenth of mhtcun-fluo's 6e-4)")
+                    help="Adam rate instead of the recipe's (e.g. 6e-5, a tenth of "
+                         "mhtcun-fluo's 6e-4)")
     args = ap.parse_args(argv)
     if args.start_from is not None and len(args.names) != 1:
         ap.error("--from takes one job")

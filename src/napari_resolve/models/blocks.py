@@ -423,7 +423,8 @@ class HazeRemoval(nn.Module):
     def __init__(self, sigma: float, weight: float):
         super().__init__()
         if not sigma > 0 or not 0 < weight < 1:
-            raise ValueError(f"haze removal needs sigma > 0 and 0 < weight < 1, got {sigma}, {weight}")
+            raise ValueError(
+                f"haze removal needs sigma > 0 and 0 < weight < 1, got {sigma}, {weight}")
         self.sigma = float(sigma)
         self.weight = float(weight)
 
