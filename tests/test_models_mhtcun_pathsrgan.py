@@ -397,6 +397,11 @@ def test_haze_removal_is_a_gaussian_background_subtraction(grey_hr):
     crop = grey_hr[:90, :70]
     want = crop - 0.8 * gaussian_filter(crop, 6.0, mode="nearest", truncate=3.0)
     np.testing.assert_allclose(stage(y)[0, 0].numpy(), want, atol=2e-5)
+    # a kernel far wider than the image (the x4 bundles' sigma on a small crop)
+    small, wide = grey_hr[:20, :30], HazeRemoval(sigma=64.0, weight=0.5)
+    np.testing.assert_allclose(
+        wide(torch.from_numpy(small.copy())[None, None])[0, 0].numpy(),
+        small - 0.5 * gaussian_filter(small, 64.0, mode="nearest", truncate=3.0), atol=2e-5)
     # a constant (pure haze) keeps 1 - w of its level; a thin line over it keeps its height
     flat = torch.full((1, 1, 40, 40), 0.5)
     assert torch.allclose(stage(flat), torch.full_like(flat, 0.1), atol=1e-6)
