@@ -31,3 +31,10 @@ def measured_line(command: str) -> str:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     return (f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
             f"({platform.processor() or 'cpu'}), load: `{load}`; `{command}` reproduces it.")
+
+
+def publish(text: str, tag: str, write: bool) -> None:
+    """Print a benchmark's table; with ``write``, also put it between its ``tag`` markers."""
+    print(text)
+    if write:
+        print(f"wrote {write_section(f'<!-- {tag}:start -->', f'<!-- {tag}:end -->', text)}")

@@ -92,11 +92,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     text = table(measure(args.side, args.repeats), args.side, args.threads)
-    print(text)
-    if args.write:
-        from _docs import write_section
+    from _docs import publish  # benchmarks/ is on the path when a script runs
 
-        print(f"wrote {write_section(f'<!-- {TAG}:start -->', f'<!-- {TAG}:end -->', text)}")
+    publish(text, TAG, args.write)
     return 0
 
 

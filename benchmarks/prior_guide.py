@@ -178,11 +178,9 @@ def main(argv=None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     text = table(results)
-    print(text)
-    if args.write:
-        from _docs import write_section
+    from _docs import publish  # benchmarks/ is on the path when a script runs
 
-        print(f"wrote {write_section(f'<!-- {TAG}:start -->', f'<!-- {TAG}:end -->', text)}")
+    publish(text, TAG, args.write)
     return 0
 
 
