@@ -366,7 +366,9 @@ class ResolveWidget(QWidget):
             self.model_combo.addItem(label, choice)
             index = self.model_combo.count() - 1
         self.model_combo.setCurrentIndex(index)
-        self.background_check.setVisible(getattr(model, "haze", None) is not None)
+        # from the config: a run in flight takes the stage out of the model for its tiles
+        self.background_check.setVisible(bool((getattr(model, "config", None) or {})
+                                               .get("haze_weight")))
         self._update_card()
         self._bound_tile()
         self._update_domain_warning()
