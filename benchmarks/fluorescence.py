@@ -128,6 +128,24 @@ def calibrate_haze(root: Path) -> str:
     return "\n".join(lines)
 
 
+# the SFSRM microtubule pair's registration (x5 "high scan", see register_microtubules)
+MT_REGISTRATION = {"magnifications": (1, 5), "patch_size": 48, "background": "dark",
+                   "coarse_window": 64}
+
+
+def microtubule_pair(root: Path, threshold: float = 0.3):
+    """The SFSRM microtubule wide field, its STORM image (float32) and their registration
+    (:func:`napari_resolve.data.registration.register`, :data:`MT_REGISTRATION`)."""
+    import tifffile
+
+    from napari_resolve.data.registration import register
+
+    base = root / "sfsrm-wf-storm" / "test_data" / "microtubule"
+    wf = tifffile.imread(base / "widefield" / "microtubule_widefield.tif").astype(np.float32)
+    st = tifffile.imread(base / "reference" / "microtubule_STORM.tif").astype(np.float32)
+    return wf, st, register(wf, None, st, threshold=threshold, **MT_REGISTRATION)
+
+
 def register_microtubules(root: Path) -> str:
     """Markdown: the SFSRM microtubule pair registered with ``data/registration.py`` (issue 13).
 
@@ -140,15 +158,12 @@ def register_microtubules(root: Path) -> str:
     the wide-field grid and blurred (Gaussian σ 1.5 px), first as the naive
     full-field ×4 pair at offset 0, then ×5 at the registered offset.
     """
-    import tifffile
     from scipy import ndimage as ndi
 
     from napari_resolve.data.registration import register
     from napari_resolve.errors import InputError
 
-    base = root / "sfsrm-wf-storm" / "test_data" / "microtubule"
-    wf = tifffile.imread(base / "widefield" / "microtubule_widefield.tif")
-    st = tifffile.imread(base / "reference" / "microtubule_STORM.tif")
+    wf, st, res = microtubule_pair(root)
 
     def r(a, b):
         return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
@@ -159,13 +174,10 @@ def register_microtubules(root: Path) -> str:
                                    .reshape(n, k, n, k).mean(axis=(1, 3)), 1.5)
 
     try:
-        register(wf, None, st, magnifications=(1, 5), patch_size=48, background="dark",
-                 coarse_window=64)
+        register(wf, None, st, **MT_REGISTRATION)
         default = "passes"
     except InputError as exc:
         default = f"fails (`{str(exc).split(':')[0]}`)"
-    res = register(wf, None, st, magnifications=(1, 5), patch_size=48, background="dark",
-                   coarse_window=64, threshold=0.3)
     rep_ = res.report
     summ = rep_["summary"]["hr"]
     oy, ox = (-v for v in summ["offset_mean"])
@@ -198,20 +210,14 @@ def second_field(root: Path, models_dir: Path) -> str:
     overlap (256² px) is the input; the STORM image resampled from x5 to x4 of it (MATLAB
     bicubic, 1024²) the reference. Fit-PSNR / SSIM with 8 HR px of border left out, each
     model with and without its background-removal stage."""
-    import tifffile
     from scipy import ndimage as ndi
 
     from napari_resolve import bundle, models
     from napari_resolve.data.degrade import imresize
-    from napari_resolve.data.registration import register
     from napari_resolve.metrics.quality import fit_metrics
     from napari_resolve.predict import predict
 
-    base = root / "sfsrm-wf-storm" / "test_data" / "microtubule"
-    wf = tifffile.imread(base / "widefield" / "microtubule_widefield.tif").astype(np.float32)
-    st = tifffile.imread(base / "reference" / "microtubule_STORM.tif").astype(np.float32)
-    res = register(wf, None, st, magnifications=(1, 5), patch_size=48, background="dark",
-                   coarse_window=64, threshold=0.3)
+    wf, st, res = microtubule_pair(root)
     oy, ox = (-v for v in res.report["summary"]["hr"]["offset_mean"])
     n = st.shape[0] // 5
     lr = ndi.shift(wf.astype(np.float64), (-oy, -ox), order=3)[:n, :n].astype(np.float32)
