@@ -122,3 +122,30 @@ def test_plain_words_replace_whole_words_only_and_a_hazy_cell_is_not_bright_fiel
     wbc = samples.wbc(1)[0][0][..., 0]  # a bright-field smear in grey: median ~ 1
     assert "bright, like bright-field" in cards.domain_warning(meta, wbc)
     assert "background-removal stage" in cards._clean(meta["domain"]["summary"])
+
+
+@pytest.mark.parametrize("name", ["mhtcun-lite-x4", "dfcan-x4"])
+def test_x4_fluorescence_bundles_do_not_warn_on_their_own_heldout_crop(name):
+    """Their cards keep per-tile statistics (each tile normalised alone, as trained): the
+    held-out crop inside the hazy cell (normalised mean 0.71) is close to real training
+    tiles, though far from the pooled mean (0.31) the cards used to compare with."""
+    from napari_resolve.data import fluorescence_pairs as FP
+
+    meta = {**bundle.read_meta(name), "name": name}
+    stats = meta["domain"]["input_stats"]
+    assert len(stats["images"]) > 100 and abs(stats["mean"][0] - 0.71) > cards.MEAN_SHIFT
+    er = FP.sfsrm_er_sample(samples.sample_root()).lr
+    assert cards.domain_warning(meta, er) is None
+    # the per-image reference still flags an image unlike every training input
+    assert cards._far_from_training({"mean": [0.95], "std": [0.02]}, stats) == \
+        ["brightness", "contrast"]  # a flat, bright field is still far from every training input
+
+
+def test_per_image_statistics_warn_only_when_no_training_image_is_close():
+    ref = {"channels": 1, "mean": [0.3], "std": [0.2],
+           "images": [{"mean": [0.1], "std": [0.2]}, {"mean": [0.7], "std": [0.2]}]}
+    near_second = {"channels": 1, "mean": [0.8], "std": [0.25]}
+    assert cards._far_from_training(near_second, ref) == []
+    assert cards._far_from_training(near_second, {k: v for k, v in ref.items() if k != "images"}) \
+        == ["brightness"]
+    assert cards._far_from_training({"channels": 1, "mean": [0.6], "std": [0.9]}, ref) == ["contrast"]

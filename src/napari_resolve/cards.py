@@ -16,7 +16,9 @@ training inputs (``domain["input_stats"]``, after the bundle's
 normalisation). The thresholds are ours (the papers give none): a mean
 more than 0.2 (of the normalised range) from the training mean, or a
 spread (std) more than 2× off, in any channel; a pixel size more than 2×
-off. A warning is advice, never a refusal.
+off. Where the card keeps per-image statistics (``input_stats["images"]``),
+the image is compared with each training image and warned about only when
+none is close. A warning is advice, never a refusal.
 """
 
 from __future__ import annotations
@@ -204,6 +206,29 @@ def image_stats(image, normalization: dict | None = None, channels: int | None =
             "median": [round(float(np.median(p)), 4) for p in planes]}
 
 
+def _far_from_training(stats: dict, ref: dict) -> list[str]:
+    """"brightness" / "contrast" when ``stats`` is far from every training image of ``ref``.
+
+    ``ref["images"]`` (per-image statistics, the fluorescence bundles since
+    issue 13's twelfth session) or else the one ``mean`` / ``std`` of the card.
+    """
+    images = [r for r in (ref.get("images") or []) if isinstance(r, dict) and r.get("mean")]
+    refs = images or [{"mean": ref["mean"], "std": ref.get("std") or []}]
+    def close_mean(r):
+        return all(abs(m - rm) <= MEAN_SHIFT for m, rm in zip(stats["mean"], r["mean"]))
+
+    def close_std(r):
+        return all(not (rs and s_) or 1 / STD_RATIO <= s_ / rs <= STD_RATIO
+                   for s_, rs in zip(stats["std"], r.get("std") or []))
+
+    far = []
+    if not any(close_mean(r) for r in refs):
+        far.append("brightness")
+    if not any(close_std(r) for r in refs):
+        far.append("contrast")
+    return far
+
+
 def domain_warning(meta: dict, image, *, rgb: bool | None = None,
                    pixel_size_nm: float | None = None) -> str | None:
     """A one-line warning when ``image`` does not look like the model's training images.
@@ -241,12 +266,7 @@ def domain_warning(meta: dict, image, *, rgb: bool | None = None,
                         "bright, like bright-field")
     ref = dom.get("input_stats") if isinstance(dom.get("input_stats"), dict) else None
     if not problems and ref and ref.get("mean") and int(ref.get("channels", 0)) == stats["channels"]:
-        far = []
-        for m, s_, rm, rs in zip(stats["mean"], stats["std"], ref["mean"], ref.get("std") or []):
-            if abs(m - rm) > MEAN_SHIFT:
-                far.append("brightness")
-            if rs and s_ and not (1 / STD_RATIO <= s_ / rs <= STD_RATIO):
-                far.append("contrast")
+        far = _far_from_training(stats, ref)
         if far:
             kinds = sorted(set(far))
             verb = "differ" if len(kinds) > 1 else "differs"
