@@ -107,19 +107,22 @@ def cost(model, side: int = 256, repeats: int = 3) -> dict:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def study(name: str, data: Path) -> dict:
+def study(name: str, data: Path, zoom: int | None = None) -> dict:
+    """``zoom``: the prior's ``prior_zoom`` to study instead of the bundle's own."""
     from napari_resolve import bundle
     from napari_resolve.train import parsing as P
 
     model, meta = bundle.load(name)
     model.eval()
     scale = int(meta["scale"])
+    if zoom is not None:
+        model.prior_zoom = int(zoom)
     train, sample, held = P.leukocyte_split(data)
     idx = np.random.default_rng(0).choice(len(train["hr"]), TRAIN_CELLS, replace=False)
     cells = {k: [train[k][i] for i in idx] for k in ("hr", "labels")}
     t0 = time.monotonic()
     means, chosen = training_choice(model, cells, scale)
-    out = {"bundle": name, "scale": scale, "shipped": {"radius": model.prior_guide_radius,
+    out = {"bundle": name, "scale": scale, "prior_zoom": model.prior_zoom, "shipped": {"radius": model.prior_guide_radius,
                                                        "eps": model.prior_guide_eps},
            "chosen": chosen, "training": {f"r{k[0]} eps{k[1]:g}": v for k, v in means.items()}}
     for label, cells_ in (("12 sample cells", sample), (f"{len(held['hr'])} other cells", held)):
@@ -151,8 +154,9 @@ def table(results: list[dict]) -> str:
         f = lambda d: f"{d['cytoplasm']:.3f} / {d['nucleus']:.3f}"  # noqa: E731
         g = lambda t: f"{t[0]:.3f} / {t[1]:.3f}"  # noqa: E731
         key = "r{} eps{:g}".format(c["radius"], c["eps"])
+        zoom = f" (prior zoom {r['prior_zoom']})" if r.get("prior_zoom", 1) > 1 else ""
         lines.append(
-            f"| {r['bundle']} | {c['radius']}, {c['eps']:g} | {g(tr['r0 eps0'])} | {g(tr[key])} "
+            f"| {r['bundle']}{zoom} | {c['radius']}, {c['eps']:g} | {g(tr['r0 eps0'])} | {g(tr[key])} "
             f"| {f(r['12 sample cells']['no filter'])} | {f(r['12 sample cells']['chosen'])} "
             f"| {f(r[other]['no filter'])} | {f(r[other]['chosen'])} |")
     lines += ["", "Cost, one torch thread, a 256² LR image (seconds): " + "; ".join(
@@ -166,13 +170,16 @@ def main(argv=None) -> int:
     ap.add_argument("bundles", nargs="*", default=["gp-x4", "gp-x8"])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "wbc-zheng2018")
     ap.add_argument("--json", type=Path, default=REPO / "bench_output" / "prior_guide.json")
+    ap.add_argument("--zoom", type=int, default=None,
+                    help="study the prior reading the LR image enlarged this many times "
+                         "(prior_zoom) instead of the bundle's own setting")
     ap.add_argument("--write", action="store_true",
                     help="put the table between the prior-guide markers of docs/benchmarks.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     results = []
     for name in args.bundles:
-        res = study(name, args.data)
+        res = study(name, args.data, args.zoom)
         print(json.dumps(res), flush=True)
         results.append(res)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_resolve.train.leukocyte import GP_CONFIGS, GP_PRIOR_GUIDE, gp_config
+from napari_resolve.train.leukocyte import GP_CONFIGS, gp_config, gp_map_options
 from napari_resolve.train.leukocyte import GP_PRIOR as PRIOR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,8 @@ PRIOR_CKPT = REPO / "bench_output" / "prior" / PRIOR_CKPTS[PRIOR]
 def run_prior(steps: int, minutes, data_root: Path, resume: bool,
               cytoplasm_weight: float | None = None, lr_patch: int = 48, batch: int = 8,
               rate: float = 1e-3, small_boost=(1.6, 1.6), from_bundle: bool = False,
-              wbc_centred: float = 0.0, seed: int | None = None) -> None:
+              wbc_centred: float = 0.0, seed: int | None = None, bundle_name: str = "gp-x4",
+              scales=(4, 8)) -> None:
     """Pre-train GP's prior U-Net on parsing maps (napari_resolve.train.parsing).
 
     ``lr-rgb32`` (``PRIOR``): the prior of a GP model of that config, trained as
@@ -88,9 +89,11 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
     1 / ``cytoplasm_weight`` (default 1.5) / 1; data-set-1 crops magnified by
     ``small_boost``, and a share ``wbc_centred`` of the BCCD patches centred on
     white-cell boxes (:class:`~napari_resolve.train.parsing.ParsingSampler`).
-    ``from_bundle``: start from the prior inside the shipped ``gp-x4`` (a second
+    ``from_bundle``: start from the prior inside the shipped ``bundle_name`` (a second
     stage; the seed differs from the first stage's so it draws other batches; each
-    later stage needs a ``seed`` of its own: 23 second and third, 29 fourth).
+    later stage needs a ``seed`` of its own: 23 second and third, 29 fourth), trained
+    through that bundle's model (so with its ``prior_zoom``) on batches of ``scales``
+    (``gp-x8`` and ``(8,)``: a prior for the zoomed ×8 input only, issue 14 session 12).
     ``y16``: the bare U-Net on upsampled Y, batches of 8 HR patches 128 px square.
     """
     import torch
@@ -105,7 +108,7 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
     check_smears = P.load_smears(data_root / "bccd", bccd_held[:12])
     print(f"[prior] {len(train['hr'])} training cells, {len(smears)} BCCD smears; "
           f"held out {len(sample_cells['hr'])} + {len(heldout['hr'])} cells", flush=True)
-    sampler = P.ParsingSampler(train, smears, patch=128, scales=(4, 8), small_boost=small_boost,
+    sampler = P.ParsingSampler(train, smears, patch=128, scales=tuple(scales), small_boost=small_boost,
                                wbc_centred=wbc_centred)
 
     def evaluate(net):
@@ -127,7 +130,7 @@ def run_prior(steps: int, minutes, data_root: Path, resume: bool,
     if from_bundle:
         from napari_resolve import bundle
 
-        model, _ = bundle.load(OUT / "gp-x4.safetensors")
+        model, _ = bundle.load(OUT / f"{bundle_name}.safetensors")
     else:
         model = models.build("gp", scale=4, **GP_CONFIGS[PRIOR])
     P.pretrain_prior(sampler, PRIOR_CKPT, steps=steps, minutes=minutes, resume=resume,
@@ -264,7 +267,8 @@ def _config(arch: str, scale: int) -> dict:
 
 
 def update_gp_bundles(names, data_root: Path, swap_prior: bool) -> None:
-    """Rewrite the shipped gp bundles with their scale's ``GP_PRIOR_GUIDE`` (and, with
+    """Rewrite the shipped gp bundles with their scale's map options (``gp_map_options``:
+    guided filter, prior zoom; and, with
     ``swap_prior``, the prior of ``PRIOR_CKPT``), the SR branch untouched; the card
     is measured again (``finish_bundle``) and ``steps_info`` says what changed."""
     from napari_resolve import bundle, models
@@ -274,14 +278,14 @@ def update_gp_bundles(names, data_root: Path, swap_prior: bool) -> None:
     for name in names:
         model, meta = bundle.load(OUT / f"{name}.safetensors")
         scale = int(meta["scale"])
-        new = models.build("gp", **{**model.config, **GP_PRIOR_GUIDE.get(scale, {})})
+        new = models.build("gp", **{**model.config, **gp_map_options(scale)})
         new.load_state_dict(model.state_dict())
         info = dict(meta.get("steps_info") or {})
         if swap_prior:
             new.prior_net.load_state_dict(P.load_prior(PRIOR_CKPT).state_dict())
             info["prior_swapped"] = (f"prior of {PRIOR_CKPT.relative_to(REPO)} put in without SR "
                                      "steps on its maps (scripts/train_pretrained.py --update-gp-bundles)")
-        info["prior_guide"] = (f"{GP_PRIOR_GUIDE.get(scale)} (train.leukocyte.GP_PRIOR_GUIDE, "
+        info["prior_guide"] = (f"{gp_map_options(scale)} (train.leukocyte.gp_map_options, "
                                "chosen on training cells by benchmarks/prior_guide.py)")
         RUNS.mkdir(parents=True, exist_ok=True)
         tmp = RUNS / f"{name}-updated.safetensors"
@@ -291,6 +295,7 @@ def update_gp_bundles(names, data_root: Path, swap_prior: bool) -> None:
 
 
 def main(argv=None) -> int:
+    global PRIOR_CKPT  # --prior-ckpt
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(JOBS)} (default: all)")
     ap.add_argument("--minutes", type=float, default=None, help="budget per model (default: per job)")
@@ -313,6 +318,14 @@ def main(argv=None) -> int:
                     help="share of the BCCD patches centred on white-cell boxes")
     ap.add_argument("--prior-from-bundle", action="store_true",
                     help="start the prior from the one inside the shipped gp-x4 (second stage)")
+    ap.add_argument("--prior-bundle", default="gp-x4",
+                    help="with --prior-from-bundle: the shipped GP bundle whose prior (and model, "
+                         "e.g. its prior_zoom) the stage starts from")
+    ap.add_argument("--prior-scales", type=int, nargs="+", default=[4, 8],
+                    help="SR scales of the prior's training batches")
+    ap.add_argument("--prior-ckpt", type=Path, default=None,
+                    help=f"the prior checkpoint written by --prior-steps and read by --swap-prior "
+                         f"(default {PRIOR_CKPT.relative_to(REPO)})")
     ap.add_argument("--prior-seed", type=int, default=None,
                     help="seed of the prior's batches (default 23 with --prior-from-bundle, else 11)")
     ap.add_argument("--resume", action="store_true", help="continue interrupted runs")
@@ -328,7 +341,7 @@ def main(argv=None) -> int:
                          "entropy, paper 000 §2.5) instead of freezing it")
     ap.add_argument("--update-gp-bundles", action="store_true",
                     help="train nothing: rewrite the shipped gp bundles named (default gp-x4, gp-x8) "
-                         "with GP_PRIOR_GUIDE, re-measuring their cards")
+                         "with their map options (gp_map_options), re-measuring their cards")
     ap.add_argument("--swap-prior", action="store_true",
                     help="with --update-gp-bundles: also put in the prior of the pre-training "
                          "checkpoint (no SR steps)")
@@ -338,6 +351,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.names) - set(JOBS))
     if unknown:
         ap.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(JOBS)}")
+    if args.prior_ckpt is not None:
+        PRIOR_CKPT = args.prior_ckpt.resolve()
     if args.update_gp_bundles:
         update_gp_bundles(args.names or ["gp-x4", "gp-x8"], args.data, args.swap_prior)
         return 0
@@ -363,7 +378,7 @@ def main(argv=None) -> int:
         run_prior(args.prior_steps, args.minutes, args.data, args.resume,
                   args.prior_cytoplasm_weight, args.prior_patch, args.prior_batch,
                   args.prior_lr, tuple(args.prior_small_boost), args.prior_from_bundle,
-                  args.prior_wbc_centred, args.prior_seed)
+                  args.prior_wbc_centred, args.prior_seed, args.prior_bundle, args.prior_scales)
         if not args.names:
             return 0
     for name in args.names:

@@ -318,11 +318,12 @@ def test_gp_lr_prior_reads_the_lr_image(gp_rgb_case):
     assert torch.allclose(logits_big, own_big, atol=1e-6)
 
 
-@pytest.mark.parametrize("guide_radius", [0, 4])
-def test_gp_lr_prior_one_prior_path_and_receptive_field(gp_rgb_case, guide_radius):
+@pytest.mark.parametrize("guide_radius, zoom", [(0, 1), (4, 1), (4, 2)])
+def test_gp_lr_prior_one_prior_path_and_receptive_field(gp_rgb_case, guide_radius, zoom):
     net, x, labels = gp_rgb_case
-    if guide_radius:  # the same weights, the map refined by the guided filter
-        guided = build("gp", scale=4, **LR_RGB, prior_guide_radius=guide_radius).eval()
+    if guide_radius or zoom > 1:  # the same weights, the map refined by the guided filter
+        guided = build("gp", scale=4, **LR_RGB, prior_guide_radius=guide_radius,
+                       prior_zoom=zoom).eval()
         guided.load_state_dict(net.state_dict())
         net = guided
     with torch.no_grad():
@@ -425,6 +426,30 @@ def test_gp_guided_prior_is_the_filtered_map(gp_rgb_case):
         assert torch.equal(guided.parsing_logits_one_pass(x), plain.parsing_logits_one_pass(x))
     with pytest.raises(InputError, match="prior_guide_radius"):
         build("gp", scale=4, **LR_RGB, prior_guide_radius=-1)
+
+
+def test_gp_prior_zoom_reads_the_lr_image_enlarged_and_keeps_one_prior_path(gp_rgb_case):
+    """prior_zoom 2 at x8 (gp-x8 since issue 14's twelfth session): the prior reads the LR
+    image MATLAB-bicubic enlarged 2x, as a x4 prior reads a 2x larger LR image."""
+    net, x, _ = gp_rgb_case
+    zoomed = build("gp", scale=8, **LR_RGB, prior_zoom=2).eval()
+    zoomed.load_state_dict(net.state_dict())
+    x8 = x[..., :15, :15]  # a 120-px data-set-1 cell at x8
+    with torch.no_grad():
+        got = zoomed.parsing_logits(x8)
+        want = net.parsing_logits(imresize_torch(x8, 2).clamp(0, 1), 4)
+        assert got.shape == (1, 3, 120, 120)
+        assert torch.allclose(got, want, atol=1e-6)
+        plain = build("gp", scale=8, **LR_RGB).eval()
+        plain.load_state_dict(net.state_dict())
+        assert not torch.allclose(plain.parsing_logits(x8), got, atol=1e-3)
+        own = zoomed(x8)
+        assert torch.equal(zoomed(x8, prior=own["parsing"].argmax(1))["sr"], own["sr"])
+    for bad in (3, 0, 1.5):
+        with pytest.raises(InputError, match="prior_zoom"):
+            build("gp", scale=8, **LR_RGB, prior_zoom=bad)
+    with pytest.raises(InputError, match="prior_zoom"):
+        build("gp", scale=8, features=8, prior_base_channels=4, prior_zoom=2)  # upsampled input
 
 
 def test_gp_luma_sr_needs_rgb():

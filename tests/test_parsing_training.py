@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from napari_resolve import models
-from napari_resolve.metrics.parsing import class_iou, red_cell_share
+from napari_resolve.metrics.parsing import annotated_cell_only, class_iou, red_cell_share
 from napari_resolve.train import parsing as P
 from napari_resolve.train.leukocyte import gp_config
 
@@ -224,6 +224,28 @@ def test_iou_and_red_cell_share_on_known_maps():
     # rows 2..4 x cols 2..7 are cell (18 px), row 4 x cols 4..5 nucleus (2 px)
     assert share["nucleus_or_cytoplasm"] == pytest.approx(18 / 30)
     assert share["nucleus"] == pytest.approx(2 / 30)
+
+
+def test_annotated_cell_only_takes_out_other_white_cells_and_nothing_else():
+    """The WBC masks annotate one cell per image; a second leukocyte in the frame is not
+    the parser's error, a red cell called cytoplasm and a speck called nucleus are."""
+    truth = np.zeros((40, 60), np.uint8)
+    truth[5:25, 5:25] = 1
+    truth[10:20, 10:20] = 2  # the annotated cell, 100 px of nucleus
+    pred = truth.copy()
+    pred[5:30, 40:60] = 1
+    pred[10:22, 45:57] = 2  # another white cell at the edge: 144 px of nucleus
+    pred[5:25, 25:33] = 1  # ... whose cytoplasm runs into the annotated cell's
+    pred[30:38, 5:15] = 1  # a red cell called cytoplasm
+    pred[32:35, 20:23] = 2  # a 9-px speck called nucleus
+    out = annotated_cell_only(pred, truth)
+    assert (out[:, 40:] == 0).all()  # the other cell is gone
+    assert (out[5:25, 25:29] == 1).all()  # its cytoplasm nearer the annotated cell stays
+    assert (out[30:38, 5:15] == 1).all() and (out[32:35, 20:23] == 2).all()
+    assert np.array_equal(out[:25, :25], pred[:25, :25])
+    assert class_iou(out, truth)["nucleus"] == pytest.approx(100 / 109)
+    assert class_iou(pred, truth)["nucleus"] == pytest.approx(100 / 253)
+    assert np.array_equal(annotated_cell_only(truth, truth), truth)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GP_CONFIGS", "GP_PRIOR", "GP_PRIOR_GUIDE", "gp_config", "leukocyte_domain", "evaluate_bundle", "smear_figures",
+__all__ = ["GP_CONFIGS", "GP_PRIOR", "GP_PRIOR_GUIDE", "GP_PRIOR_ZOOM", "gp_map_options", "gp_config", "leukocyte_domain", "evaluate_bundle", "smear_figures",
            "finish_bundle"]
 
 #: GP's CPU configs by prior (scripts/train_pretrained.py, scripts/train_gpu_leukocyte.py):
@@ -33,14 +33,24 @@ GP_PRIOR = "lr-rgb32"  # the bundled one
 #: 1e-4 since session 11, with the seventh prior stage)
 GP_PRIOR_GUIDE = {
     4: {"prior_guide_radius": 6, "prior_guide_eps": 1e-3},
-    8: {"prior_guide_radius": 8, "prior_guide_eps": 1e-4},
+    8: {"prior_guide_radius": 8, "prior_guide_eps": 1e-3},
 }
+#: how much the prior enlarges the LR image it reads, per scale (models.geometry_prior,
+#: prior_zoom): 2 at x8, chosen on the same 60 training cells among 1, 2, 4 (issue 14,
+#: session 12; docs/benchmarks.md "Prior zoom"); the x8 guide above was chosen with it
+GP_PRIOR_ZOOM = {8: 2}
+
+
+def gp_map_options(scale: int) -> dict:
+    """The map options of the bundled GP at ``scale``: guided filter and prior zoom."""
+    zoom = {"prior_zoom": GP_PRIOR_ZOOM[scale]} if scale in GP_PRIOR_ZOOM else {}
+    return {**GP_PRIOR_GUIDE.get(scale, {}), **zoom}
 
 
 def gp_config(scale: int) -> dict:
     """The bundled GP's CPU config at ``scale``: the ``GP_PRIOR`` config with the scale's map
-    refinement (``GP_PRIOR_GUIDE``; none for a scale without one)."""
-    return {**GP_CONFIGS[GP_PRIOR], **GP_PRIOR_GUIDE.get(scale, {})}
+    options (:func:`gp_map_options`; none for a scale without them)."""
+    return {**GP_CONFIGS[GP_PRIOR], **gp_map_options(scale)}
 
 
 def leukocyte_domain(scale: int, train_cells: int, heldout: dict | None, channels: int = 1,
