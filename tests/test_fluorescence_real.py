@@ -141,5 +141,27 @@ def test_x4_background_removal_helps_and_runs_on_the_whole_image():
     assert fit_metrics(whole, hr, crop=4)["psnr"] > fit_metrics(without, hr, crop=4)["psnr"] + 0.2
     gen = predict_iter((model, meta), lr, tile=96)
     next(gen), next(gen)
-    gen.close()  # cancelled inside the tiles: the stage is back in the model
+    # inside the tiles the shared model keeps its stage (an export or a second run at the
+    # same time sees the whole model); the tiles run on a twin without it
     assert model.haze is stage
+    gen.close()
+    assert model.haze is stage
+
+
+def test_x4_background_removal_in_the_lazy_path_leaves_the_shared_model_whole():
+    """The lazy path (dask chunks, worker threads sharing one model) runs the tiles on a twin
+    without the stage and applies the stage per chunk: with one chunk it equals predict, and
+    the shared model keeps its stage throughout (session 12; it used to be taken out)."""
+    from napari_resolve import bundle
+    from napari_resolve.data import fluorescence_pairs as FP
+    from napari_resolve.data import samples
+    from napari_resolve.predict import predict
+    from napari_resolve.predict.lazy import predict_dask
+
+    lr = FP.sfsrm_er_sample(samples.sample_root()).lr[:64, :96]
+    model, meta = bundle.load("mhtcun-lite-x4")
+    stage = model.haze
+    eager = predict((model, meta), lr, tile=0).image
+    lazy = predict_dask(lr, (model, meta), tile=0, chunks=128).compute()
+    assert model.haze is stage
+    np.testing.assert_allclose(lazy, eager, atol=1e-4 * float(np.ptp(eager)))

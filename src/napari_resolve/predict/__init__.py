@@ -505,14 +505,14 @@ def predict_iter(
     model.eval()
     model.to(opts.device)
     try:
-        with whole_image_stage(model) as stage:
-            runner, backend_used = yield from _make_runner(
-                model, planes, prior_arr is not None, extras, opts
-            )
-            rate_hint = _rate_hint(model, backend_used, opts)
-            outputs, tile_used = yield from _engine(
-                model, planes, prior_arr, opts, extras, runner, rate_hint
-            )
+        tiles_model, stage = whole_image_stage(model)
+        runner, backend_used = yield from _make_runner(
+            tiles_model, planes, prior_arr is not None, extras, opts
+        )
+        rate_hint = _rate_hint(tiles_model, backend_used, opts)
+        outputs, tile_used = yield from _engine(
+            tiles_model, planes, prior_arr, opts, extras, runner, rate_hint
+        )
         if not background_removal:
             stage = None
         outputs = apply_whole_image_stage(stage, outputs)

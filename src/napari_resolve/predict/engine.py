@@ -5,11 +5,11 @@ See :mod:`napari_resolve.predict` for the procedure and its choices.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import warnings
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -413,24 +413,27 @@ def _tiles_iter(model, planes: np.ndarray, prior, opts: _Opts, want_extras: bool
     return acc
 
 
-@contextmanager
 def whole_image_stage(model):
-    """Take the model's whole-image output stage (``model.haze``, the out-of-focus background
-    removal of the x4 fluorescence bundles, issue 13) out for the block and yield it (or None).
+    """``(runnable, stage)``: the model to run tile by tile without its whole-image output
+    stage (``model.haze``, the out-of-focus background removal of the x4 fluorescence
+    bundles, issue 13), and that stage (or None; then ``runnable`` is ``model``).
 
     Its Gaussian reaches 3 sigma (up to 192 LR px), far past any tile overlap, so tiles run
     without it and :func:`apply_whole_image_stage` applies it to the stitched output: tiled
     prediction then equals untiled whatever the tile (and the lazy paths apply it per chunk,
-    with the chunk's halo)."""
+    with the chunk's halo). ``runnable`` is a twin sharing the model's parameters with a
+    module table of its own: the shared model is never changed, so another run or an
+    export at the same time still sees the stage (before session 12 the stage was taken
+    out of the model itself for the run), and the runtime caches key the twin apart
+    (``runtime.cache.model_hash`` reads the module tree).
+    """
     stage = getattr(model, "haze", None)
     if stage is None:
-        yield None
-        return
-    model.haze = None
-    try:
-        yield stage
-    finally:
-        model.haze = stage
+        return model, None
+    twin = copy.copy(model)
+    twin._modules = dict(model._modules)  # noqa: SLF001 - its own table: the model keeps its stage
+    twin.haze = None
+    return twin, stage
 
 
 def apply_whole_image_stage(stage, outputs: dict) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import uuid
@@ -133,12 +132,10 @@ def _sr_block(block, *, ref, norm, spatial, depth, scale, lay_kw, opts_kw, block
             model.to(opts.device)
     from napari_resolve import runtime
 
-    # the workers share the model: one at a time takes its whole-image stage out
-    apart = _WORKER_LOCK if getattr(model, "haze", None) is not None else contextlib.nullcontext()
-    with apart, whole_image_stage(model) as stage:
-        runner = runtime.make_runner(model, backend, opts.device, amp_dtype=opts.amp_dtype,
-                                     threads=opts.threads)
-        outputs, _ = run_to_end(_engine(model, planes, None, opts, False, runner))
+    tiles_model, stage = whole_image_stage(model)  # a twin: the shared model keeps its stage
+    runner = runtime.make_runner(tiles_model, backend, opts.device, amp_dtype=opts.amp_dtype,
+                                 threads=opts.threads)
+    outputs, _ = run_to_end(_engine(tiles_model, planes, None, opts, False, runner))
     outputs = apply_whole_image_stage(stage, outputs)
     image, _, _ = _finish(model, outputs, lay, pad, chroma, norm, block.dtype, False)
     index = [slice(None)] * image.ndim

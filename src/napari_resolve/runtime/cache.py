@@ -57,6 +57,7 @@ def model_hash(model, *, weights: bool = True) -> str:
     h.update(type(model).__qualname__.encode())
     h.update(str(getattr(model, "arch", "")).encode())
     h.update(json.dumps(getattr(model, "config", {}) or {}, sort_keys=True, default=str).encode())
+    h.update(repr(model).encode())  # the module tree: a twin without an output stage differs
     h.update(_code_hash().encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().to("cpu").contiguous()
