@@ -1,6 +1,6 @@
 """Choose GP's guided-filter refinement of the parsing map on training cells; report held-out IoU.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/prior_guide.py [gp-x4 gp-x8] [--write docs/benchmarks.md]
+    PYTHONPATH=src .venv/bin/python benchmarks/prior_guide.py [gp-x4 gp-x8] [--zooms 1 2 4] [--write]
 
 For each GP bundle: the prior's map (8 orientations, as shipped) is computed
 once per cell; the guided filter (``models.geometry_prior.guided_filter``,
@@ -12,6 +12,11 @@ chosen. Only then are the 12 sample cells and the 31 other held-out cells
 parsed, through the model itself (``model_parser`` with the chosen values
 set), without and with the filter. Issue 14's tenth session; the bundles
 carry the chosen values (``prior_guide_radius``, ``prior_guide_eps``).
+
+``--zooms 1 2 4`` first chooses how much the prior enlarges the LR image it
+reads (``prior_zoom``, divisors of the scale only) on the same training
+cells, with the bundle's own filter, then the filter for that zoom
+(session 12: ``gp-x8`` reads its LR image at 2×). ``--zoom Z`` fixes it.
 """
 
 from __future__ import annotations
@@ -107,8 +112,28 @@ def cost(model, side: int = 256, repeats: int = 3) -> dict:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def study(name: str, data: Path, zoom: int | None = None) -> dict:
-    """``zoom``: the prior's ``prior_zoom`` to study instead of the bundle's own."""
+def zoom_choice(model, cells, scale: int, zooms) -> tuple[dict, int]:
+    """Mean IoU (cytoplasm, nucleus) on ``cells`` per ``prior_zoom`` of ``zooms`` (each
+    dividing the scale), with the model's own filter, and the zoom of the highest sum."""
+    from napari_resolve.metrics.parsing import parse_cells
+    from napari_resolve.train import parsing as P
+
+    old, scores = model.prior_zoom, {}
+    try:
+        for z in zooms:
+            if scale % z:
+                continue
+            model.prior_zoom = int(z)
+            iou = parse_cells(P.model_parser(model), cells, scale)
+            scores[int(z)] = (iou["cytoplasm"], iou["nucleus"])
+    finally:
+        model.prior_zoom = old
+    return scores, max(scores, key=lambda z: sum(scores[z]))
+
+
+def study(name: str, data: Path, zoom: int | None = None, zooms=None) -> dict:
+    """``zoom``: the prior's ``prior_zoom`` to study instead of the bundle's own; ``zooms``:
+    choose it among these on the training cells first (with the bundle's filter)."""
     from napari_resolve import bundle
     from napari_resolve.train import parsing as P
 
@@ -121,10 +146,15 @@ def study(name: str, data: Path, zoom: int | None = None) -> dict:
     idx = np.random.default_rng(0).choice(len(train["hr"]), TRAIN_CELLS, replace=False)
     cells = {k: [train[k][i] for i in idx] for k in ("hr", "labels")}
     t0 = time.monotonic()
+    zoom_scores = None
+    if zooms:
+        zoom_scores, zoom = zoom_choice(model, cells, scale, zooms)
+        model.prior_zoom = zoom
     means, chosen = training_choice(model, cells, scale)
     out = {"bundle": name, "scale": scale, "prior_zoom": model.prior_zoom, "shipped": {"radius": model.prior_guide_radius,
                                                        "eps": model.prior_guide_eps},
-           "chosen": chosen, "training": {f"r{k[0]} eps{k[1]:g}": v for k, v in means.items()}}
+           "chosen": chosen, "training": {f"r{k[0]} eps{k[1]:g}": v for k, v in means.items()},
+           "zoom_training": zoom_scores}
     for label, cells_ in (("12 sample cells", sample), (f"{len(held['hr'])} other cells", held)):
         out[label] = {"no filter": heldout(model, cells_, scale, 0, 1e-3),
                       "chosen": heldout(model, cells_, scale, chosen["radius"], chosen["eps"])}
@@ -159,6 +189,12 @@ def table(results: list[dict]) -> str:
             f"| {r['bundle']}{zoom} | {c['radius']}, {c['eps']:g} | {g(tr['r0 eps0'])} | {g(tr[key])} "
             f"| {f(r['12 sample cells']['no filter'])} | {f(r['12 sample cells']['chosen'])} "
             f"| {f(r[other]['no filter'])} | {f(r[other]['chosen'])} |")
+    for r in results:
+        if r.get("zoom_training"):
+            lines += ["", f"Prior zoom of {r['bundle']}, chosen first on the training cells with "
+                      "its own filter (cytoplasm / nucleus): " + ", ".join(
+                          f"{z}: {c:.3f} / {n:.3f}" for z, (c, n) in r["zoom_training"].items())
+                      + f"; chosen {r['prior_zoom']}."]
     lines += ["", "Cost, one torch thread, a 256² LR image (seconds): " + "; ".join(
         f"{r['bundle']}: map {r['cost_s']['map']}, filtered {r['cost_s']['map, filtered']}, "
         f"whole forward pass {r['cost_s']['forward']}" for r in results) + "."]
@@ -173,13 +209,15 @@ def main(argv=None) -> int:
     ap.add_argument("--zoom", type=int, default=None,
                     help="study the prior reading the LR image enlarged this many times "
                          "(prior_zoom) instead of the bundle's own setting")
+    ap.add_argument("--zooms", type=int, nargs="+", default=None,
+                    help="choose prior_zoom among these on the training cells first")
     ap.add_argument("--write", action="store_true",
                     help="put the table between the prior-guide markers of docs/benchmarks.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     results = []
     for name in args.bundles:
-        res = study(name, args.data, args.zoom)
+        res = study(name, args.data, args.zoom, args.zooms)
         print(json.dumps(res), flush=True)
         results.append(res)
     args.json.parent.mkdir(parents=True, exist_ok=True)

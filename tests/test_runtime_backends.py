@@ -110,22 +110,25 @@ def test_onnx_file_predicts_like_the_safetensors_bundle(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
-def test_onnx_export_has_dynamic_sizes_and_a_parsing_output(tmp_path):
+@pytest.mark.parametrize("name, sizes", [("gp-x4", ((22, 30), (50, 66))),
+                                         ("gp-x8", ((11, 15), (26, 34)))])
+def test_onnx_export_has_dynamic_sizes_and_a_parsing_output(tmp_path, name, sizes):
     import onnxruntime as ort
 
-    path = export_onnx("gp-x4", tmp_path / "gp.onnx")
+    path = export_onnx(name, tmp_path / "gp.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["sr", "parsing"]
-    model, _ = bundle.load("gp-x4")
-    c = model.in_channels  # RGB since the colour prior
+    model, _ = bundle.load(name)
+    c, s = model.in_channels, model.scale  # RGB since the colour prior
     # not a multiple of the model's size rule; under and over the prior's minimum LR side
-    # (smaller images are reflect-padded to it inside: the graph must do the same)
-    for hw in ((22, 30), (50, 66)):
+    # (smaller images are reflect-padded to it inside: the graph must do the same; gp-x8's
+    # prior reads the image enlarged 2x first, prior_zoom)
+    for hw in sizes:
         x = torch.rand(1, c, *hw)
         sr, parsing = sess.run(None, {"lr": x.numpy()})
         with torch.inference_mode():
             ref = model(x)
-        assert sr.shape == (1, c, 4 * hw[0], 4 * hw[1])
+        assert sr.shape == (1, c, s * hw[0], s * hw[1])
         assert np.abs(sr - ref["sr"].numpy()).max() < 1e-4
         # compared as probabilities: the guided map is the log of filtered probabilities,
         # whose float noise log() magnifies where a class is all but absent
