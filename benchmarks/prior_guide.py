@@ -1,6 +1,6 @@
 """Choose GP's guided-filter refinement of the parsing map on training cells; report held-out IoU.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/prior_guide.py [gp-x4 gp-x8] [--zooms 1 2 4] [--write]
+    PYTHONPATH=src .venv/bin/python benchmarks/prior_guide.py [gp-x4 gp-x8] [--zooms 1 2 1,2] [--write]
 
 For each GP bundle: the prior's map (8 orientations, as shipped) is computed
 once per cell; the guided filter (``models.geometry_prior.guided_filter``,
@@ -13,10 +13,12 @@ parsed, through the model itself (``model_parser`` with the chosen values
 set), without and with the filter. Issue 14's tenth session; the bundles
 carry the chosen values (``prior_guide_radius``, ``prior_guide_eps``).
 
-``--zooms 1 2 4`` first chooses how much the prior enlarges the LR image it
-reads (``prior_zoom``, divisors of the scale only) on the same training
-cells, with the bundle's own filter, then the filter for that zoom
-(session 12: ``gp-x8`` reads its LR image at 2×). ``--zoom Z`` fixes it.
+``--zooms 1 2 1,2`` first chooses how much the prior enlarges the LR image
+it reads (``prior_zoom``, divisors of the scale; ``1,2``: the mean of the
+maps at both) on the same training cells, with the bundle's own filter, by
+the mean over the training magnification and twice it (``ZOOM_MAGS``), then
+the filter for that zoom (session 12: ``gp-x8`` reads its LR image at 1×
+and 2× and averages). ``--zoom Z`` fixes it.
 """
 
 from __future__ import annotations
@@ -112,23 +114,51 @@ def cost(model, side: int = 256, repeats: int = 3) -> dict:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def zoom_choice(model, cells, scale: int, zooms) -> tuple[dict, int]:
-    """Mean IoU (cytoplasm, nucleus) on ``cells`` per ``prior_zoom`` of ``zooms`` (each
-    dividing the scale), with the model's own filter, and the zoom of the highest sum."""
-    from napari_resolve.metrics.parsing import parse_cells
+#: magnifications the zoom is chosen over: as trained, and an image twice as magnified
+#: (a x4 LR image given to the x8 model: a user's image need not be at the training scale)
+ZOOM_MAGS = (1, 2)
+
+
+def _parse_magnified(model, cells, scale: int, mag: int) -> dict:
+    """Mean IoU of the model's parser on ``cells`` shrunk by ``scale / mag`` instead of
+    ``scale`` (``mag`` times the training magnification), the annotation enlarged ``mag``×."""
+    from napari_resolve.data.degrade import imresize
+    from napari_resolve.metrics.parsing import class_iou
     from napari_resolve.train import parsing as P
 
+    parse, f, rows = P.model_parser(model), scale // mag, []
+    for hr, lab in zip(cells["hr"], cells["labels"]):
+        h, w = hr.shape[0] // f * f, hr.shape[1] // f * f
+        lr = imresize(np.asarray(hr)[:h, :w], 1.0 / f, channel_axis=-1)
+        truth = np.kron(np.asarray(lab)[:h, :w], np.ones((mag, mag), np.uint8))
+        rows.append(class_iou(parse(lr, scale), truth))
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def zoom_choice(model, cells, scale: int, candidates) -> tuple[dict, object]:
+    """Mean IoU (cytoplasm, nucleus) on ``cells`` per ``prior_zoom`` candidate (an int, or a
+    tuple of ints: the mean over those zooms) at each of :data:`ZOOM_MAGS`, with the model's
+    own filter; the candidate of the highest sum, averaged over the magnifications."""
     old, scores = model.prior_zoom, {}
     try:
-        for z in zooms:
-            if scale % z:
+        for cand in candidates:
+            zooms = cand if isinstance(cand, tuple) else (cand,)
+            if any(scale % z for z in zooms) or scale // max(ZOOM_MAGS) < 1:
                 continue
-            model.prior_zoom = int(z)
-            iou = parse_cells(P.model_parser(model), cells, scale)
-            scores[int(z)] = (iou["cytoplasm"], iou["nucleus"])
+            model.prior_zoom = cand
+            per = {m: _parse_magnified(model, cells, scale, m) for m in ZOOM_MAGS}
+            scores[cand] = {f"x{m} magnification": (v["cytoplasm"], v["nucleus"])
+                            for m, v in per.items()}
     finally:
         model.prior_zoom = old
-    return scores, max(scores, key=lambda z: sum(scores[z]))
+    best = max(scores, key=lambda c: np.mean([sum(v) for v in scores[c].values()]))
+    return scores, best
+
+
+def _zoom_arg(text: str):
+    """``"2"`` -> 2; ``"1,2"`` -> (1, 2) (the mean over those zooms)."""
+    values = tuple(int(v) for v in text.split(","))
+    return values[0] if len(values) == 1 else values
 
 
 def study(name: str, data: Path, zoom: int | None = None, zooms=None) -> dict:
@@ -141,7 +171,7 @@ def study(name: str, data: Path, zoom: int | None = None, zooms=None) -> dict:
     model.eval()
     scale = int(meta["scale"])
     if zoom is not None:
-        model.prior_zoom = int(zoom)
+        model.prior_zoom = zoom
     train, sample, held = P.leukocyte_split(data)
     idx = np.random.default_rng(0).choice(len(train["hr"]), TRAIN_CELLS, replace=False)
     cells = {k: [train[k][i] for i in idx] for k in ("hr", "labels")}
@@ -154,7 +184,9 @@ def study(name: str, data: Path, zoom: int | None = None, zooms=None) -> dict:
     out = {"bundle": name, "scale": scale, "prior_zoom": model.prior_zoom, "shipped": {"radius": model.prior_guide_radius,
                                                        "eps": model.prior_guide_eps},
            "chosen": chosen, "training": {f"r{k[0]} eps{k[1]:g}": v for k, v in means.items()},
-           "zoom_training": zoom_scores}
+           "zoom_training": None if zoom_scores is None else {
+               ",".join(map(str, k if isinstance(k, tuple) else (k,))): v
+               for k, v in zoom_scores.items()}}
     for label, cells_ in (("12 sample cells", sample), (f"{len(held['hr'])} other cells", held)):
         out[label] = {"no filter": heldout(model, cells_, scale, 0, 1e-3),
                       "chosen": heldout(model, cells_, scale, chosen["radius"], chosen["eps"])}
@@ -184,17 +216,23 @@ def table(results: list[dict]) -> str:
         f = lambda d: f"{d['cytoplasm']:.3f} / {d['nucleus']:.3f}"  # noqa: E731
         g = lambda t: f"{t[0]:.3f} / {t[1]:.3f}"  # noqa: E731
         key = "r{} eps{:g}".format(c["radius"], c["eps"])
-        zoom = f" (prior zoom {r['prior_zoom']})" if r.get("prior_zoom", 1) > 1 else ""
+        z = r.get("prior_zoom", 1)
+        zoom = "" if z == 1 else " (prior zoom {})".format(
+            ", ".join(map(str, z)) if isinstance(z, (list, tuple)) else z)
         lines.append(
             f"| {r['bundle']}{zoom} | {c['radius']}, {c['eps']:g} | {g(tr['r0 eps0'])} | {g(tr[key])} "
             f"| {f(r['12 sample cells']['no filter'])} | {f(r['12 sample cells']['chosen'])} "
             f"| {f(r[other]['no filter'])} | {f(r[other]['chosen'])} |")
     for r in results:
         if r.get("zoom_training"):
+            z = r["prior_zoom"]
+            chosen = ",".join(map(str, z)) if isinstance(z, (list, tuple)) else str(z)
             lines += ["", f"Prior zoom of {r['bundle']}, chosen first on the training cells with "
-                      "its own filter (cytoplasm / nucleus): " + ", ".join(
-                          f"{z}: {c:.3f} / {n:.3f}" for z, (c, n) in r["zoom_training"].items())
-                      + f"; chosen {r['prior_zoom']}."]
+                      "its own filter, by the mean over an image at the training magnification "
+                      "and one twice as magnified (cytoplasm / nucleus at ×1; ×2; a, b = the "
+                      "mean of zooms a and b): " + ", ".join(
+                          f"{c}: " + "; ".join(f"{a:.3f} / {b:.3f}" for a, b in v.values())
+                          for c, v in r["zoom_training"].items()) + f"; chosen {chosen}."]
     lines += ["", "Cost, one torch thread, a 256² LR image (seconds): " + "; ".join(
         f"{r['bundle']}: map {r['cost_s']['map']}, filtered {r['cost_s']['map, filtered']}, "
         f"whole forward pass {r['cost_s']['forward']}" for r in results) + "."]
@@ -206,11 +244,12 @@ def main(argv=None) -> int:
     ap.add_argument("bundles", nargs="*", default=["gp-x4", "gp-x8"])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "wbc-zheng2018")
     ap.add_argument("--json", type=Path, default=REPO / "bench_output" / "prior_guide.json")
-    ap.add_argument("--zoom", type=int, default=None,
+    ap.add_argument("--zoom", type=_zoom_arg, default=None,
                     help="study the prior reading the LR image enlarged this many times "
                          "(prior_zoom) instead of the bundle's own setting")
-    ap.add_argument("--zooms", type=int, nargs="+", default=None,
-                    help="choose prior_zoom among these on the training cells first")
+    ap.add_argument("--zooms", type=_zoom_arg, nargs="+", default=None,
+                    help="choose prior_zoom among these on the training cells first "
+                         "(e.g. 1 2 1,2: a comma-separated list is the mean over those zooms)")
     ap.add_argument("--write", action="store_true",
                     help="put the table between the prior-guide markers of docs/benchmarks.md")
     args = ap.parse_args(argv)

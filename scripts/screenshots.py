@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     # 2. super-resolve: input, SR, parsing map and the HR truth in napari's grid view
     widget.run_button.click()
     wait_run(app, widget)
-    sr = viewer.layers[f"leukocyte (LR) ×4 ({widget.meta['architecture']})"]
+    sr = viewer.layers[f"leukocyte (LR) ×{widget.meta['scale']} ({widget.meta['architecture']})"]
     predicted = viewer.layers["leukocyte (LR) parsing"]
     truth = viewer.layers["leukocyte mask (HR)"]
     hr = viewer.layers["leukocyte (HR)"]

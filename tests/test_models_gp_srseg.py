@@ -318,7 +318,7 @@ def test_gp_lr_prior_reads_the_lr_image(gp_rgb_case):
     assert torch.allclose(logits_big, own_big, atol=1e-6)
 
 
-@pytest.mark.parametrize("guide_radius, zoom", [(0, 1), (4, 1), (4, 2)])
+@pytest.mark.parametrize("guide_radius, zoom", [(0, 1), (4, 1), (4, 2), (4, [1, 2])])
 def test_gp_lr_prior_one_prior_path_and_receptive_field(gp_rgb_case, guide_radius, zoom):
     net, x, labels = gp_rgb_case
     if guide_radius or zoom > 1:  # the same weights, the map refined by the guided filter
@@ -445,7 +445,15 @@ def test_gp_prior_zoom_reads_the_lr_image_enlarged_and_keeps_one_prior_path(gp_r
         assert not torch.allclose(plain.parsing_logits(x8), got, atol=1e-3)
         own = zoomed(x8)
         assert torch.equal(zoomed(x8, prior=own["parsing"].argmax(1))["sr"], own["sr"])
-    for bad in (3, 0, 1.5):
+    # a list of zooms: the mean of their maps' probabilities (gp-x8 since session 12: [1, 2])
+    both = build("gp", scale=8, **LR_RGB, prior_zoom=[1, 2]).eval()
+    both.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        mean = (torch.softmax(plain.parsing_logits(x8), 1) + torch.softmax(got, 1)) / 2
+        assert torch.allclose(torch.exp(both.parsing_logits(x8)), mean, atol=1e-6)
+        own = both(x8)
+        assert torch.equal(both(x8, prior=own["parsing"].argmax(1))["sr"], own["sr"])
+    for bad in (3, 0, 1.5, float("inf"), [2, 2], [], [1, 3], "2"):
         with pytest.raises(InputError, match="prior_zoom"):
             build("gp", scale=8, **LR_RGB, prior_zoom=bad)
     with pytest.raises(InputError, match="prior_zoom"):

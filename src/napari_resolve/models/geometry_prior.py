@@ -36,6 +36,28 @@ NUM_CLASSES = 3  # background, cytoplasm, nucleus (paper 000 §2.1; docs/archite
 PRIOR_INPUTS = ("upsampled", "lr")
 
 
+def _zooms(zoom) -> tuple[int, ...]:
+    return tuple(zoom) if isinstance(zoom, (tuple, list)) else (zoom,)
+
+
+def _check_zoom(zoom, scale: int, prior_input: str):
+    """``prior_zoom`` as an int, or a tuple of distinct ints (a mean over several zooms)."""
+    many = isinstance(zoom, (tuple, list))
+    values = list(zoom) if many else [zoom]
+    ok = bool(values) and len(set(map(str, values))) == len(values)
+    out = []
+    for z in values:
+        good = (isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z)
+                and float(z) == int(z)
+                and int(z) >= 1 and scale % int(z) == 0)
+        ok = ok and good and (int(z) == 1 or prior_input == "lr")
+        out.append(int(z) if good else 0)
+    if not ok:
+        raise InputError(f"prior_zoom must be a divisor of the scale ({scale}) or a list of "
+                         f"distinct divisors, and 1 unless prior_input is 'lr'; got {zoom}")
+    return tuple(out) if many else out[0]
+
+
 def _check_scale(scale) -> int:
     if int(scale) != scale or not 2 <= int(scale) <= 8:
         raise InputError(f"scale must be an integer from 2 to 8, got {scale}")
@@ -323,11 +345,17 @@ class GeometryPriorSR(SRModel):
     * ``prior_zoom`` (ours; ``gp-x8`` since issue 14's twelfth session):
       with ``prior_input="lr"``, the prior reads the LR image MATLAB-bicubic
       enlarged ``prior_zoom`` times (clipped to [0, 1]) and its logits are
-      upsampled ×(s / zoom). At ×8 a 120-px data-set-1 cell is 15 LR px; the
-      net, pre-trained on ×4 and ×8 LR patches, parses it better at twice
-      that size: on 60 training cells zoom 2 raised the ×8 IoU from 0.787 /
-      0.841 to 0.809 / 0.877 (cytoplasm / nucleus), while at ×4 it cost
-      0.016 nucleus (docs/benchmarks.md, "Prior zoom"). Default 1.
+      upsampled ×(s / zoom); a list of zooms gives the mean of their
+      probabilities (multi-scale test-time augmentation). At ×8 a 120-px
+      data-set-1 cell is 15 LR px; the net, pre-trained on ×4 and ×8 LR
+      patches, parses it better at twice that size: on 60 training cells
+      zoom 2 raised the ×8 IoU from 0.787 / 0.840 to 0.815 / 0.875
+      (cytoplasm / nucleus), but on an image twice as magnified (a ×4 LR
+      image given to ×8) it painted red cells as nucleus (0.4 % of the
+      background, 1.7 % on the sample cells); the mean of zooms 1 and 2
+      keeps most of the gain and is the best of the three on the two
+      magnifications together (``gp-x8``: ``[1, 2]``; docs/benchmarks.md,
+      "Prior zoom"). Default 1.
     * ``luma_sr=True`` with ``in_channels=3`` (ours): the model takes and
       returns RGB; the prior net reads the colour (the stains tell a pink red
       cell from lilac cytoplasm, which Y alone does not), the SR branch works
@@ -363,7 +391,7 @@ class GeometryPriorSR(SRModel):
         prior_tta: bool = False,
         prior_guide_radius: int = 0,
         prior_guide_eps: float = 1e-3,
-        prior_zoom: int = 1,
+        prior_zoom: int | tuple[int, ...] = 1,
     ):
         super().__init__(_check_scale(scale), in_channels)
         if prior_input not in PRIOR_INPUTS:
@@ -385,11 +413,7 @@ class GeometryPriorSR(SRModel):
             self.pad_to = 7
         self.prior_guide_radius = int(prior_guide_radius)
         self.prior_guide_eps = float(prior_guide_eps)
-        zoom = int(prior_zoom) if float(prior_zoom) == int(prior_zoom) else 0
-        if zoom < 1 or self.scale % zoom or (zoom > 1 and prior_input != "lr"):
-            raise InputError(f"prior_zoom must be a divisor of the scale ({self.scale}), and 1 "
-                             f"unless prior_input is 'lr'; got {prior_zoom}")
-        self.prior_zoom = zoom
+        self.prior_zoom = _check_zoom(prior_zoom, self.scale, prior_input)
         self.prior_net = UNet(
             in_channels, NUM_CLASSES, prior_base_channels, prior_depth,
             act=prior_act, padding_mode="zeros",
@@ -408,8 +432,8 @@ class GeometryPriorSR(SRModel):
         image = _lr_radius(s.image_radius + s.decoder_radius, self.scale)
         if prior_input == "lr":  # U-Net in LR px (+2 for a zoom's bicubic), +1 for the bilinear
             # upsampling of its logits
-            prior = math.ceil(self.prior_net.receptive_field / self.prior_zoom) + (
-                2 if self.prior_zoom > 1 else 0) + 1 + math.ceil(
+            prior = max(math.ceil(self.prior_net.receptive_field / z) + (2 if z > 1 else 0)
+                        for z in _zooms(self.prior_zoom)) + 1 + math.ceil(
                 (s.mask_radius + s.decoder_radius + 2 * self.prior_guide_radius) / self.scale) + 1
         else:  # HR radius: the decoder reads the mask path (U-Net + encoder)
             prior = _lr_radius(self.prior_net.receptive_field + s.mask_radius + s.decoder_radius,
@@ -470,16 +494,25 @@ class GeometryPriorSR(SRModel):
         h, w = x.shape[-2:]
         hw = (h * s, w * s)
         if self.prior_input == "lr":
-            if self.prior_zoom > 1:  # the prior reads the LR image enlarged (prior_zoom)
-                x = imresize_torch(x, self.prior_zoom).clamp(0.0, 1.0)
-                h, w = x.shape[-2:]
-            big, top, left = _reflect_to_min(x - 0.5, PRIOR_MIN_LR)
-            padded, _ = self.pad_input(big, self.prior_multiple)
-            logits = self._prior_net(padded, tta)[..., top : top + h, left : left + w]
-            return F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
+            zooms = _zooms(self.prior_zoom)
+            if len(zooms) == 1:
+                return self._lr_parsing(x, zooms[0], hw, tta)
+            # several zooms: the mean of their probabilities at the SR size
+            probs = sum(torch.softmax(self._lr_parsing(x, z, hw, tta), dim=1) for z in zooms)
+            return torch.log((probs / len(zooms)).clamp_min(1e-12))
         up = imresize_torch(x, s) if up is None else up
         padded, _ = self.pad_input(up, self.prior_multiple)
         return self._prior_net(padded, tta)[..., : hw[0], : hw[1]]
+
+    def _lr_parsing(self, x: torch.Tensor, zoom: int, hw, tta: bool) -> torch.Tensor:
+        """Logits at the SR size ``hw`` of the prior reading the LR image enlarged ``zoom``×."""
+        if zoom > 1:
+            x = imresize_torch(x, zoom).clamp(0.0, 1.0)
+        h, w = x.shape[-2:]
+        big, top, left = _reflect_to_min(x - 0.5, PRIOR_MIN_LR)
+        padded, _ = self.pad_input(big, self.prior_multiple)
+        logits = self._prior_net(padded, tta)[..., top : top + h, left : left + w]
+        return F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor, prior=None) -> dict:
         self.check_input(x)

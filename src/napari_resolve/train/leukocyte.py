@@ -36,9 +36,10 @@ GP_PRIOR_GUIDE = {
     8: {"prior_guide_radius": 8, "prior_guide_eps": 1e-3},
 }
 #: how much the prior enlarges the LR image it reads, per scale (models.geometry_prior,
-#: prior_zoom): 2 at x8, chosen on the same 60 training cells among 1, 2, 4 (issue 14,
+#: prior_zoom): at x8 the mean of the maps at 1x and 2x, chosen on the same 60 training
+#: cells among 1, 2, 4 and [1, 2], at the training magnification and at twice it (issue 14,
 #: session 12; docs/benchmarks.md "Prior zoom"); the x8 guide above was chosen with it
-GP_PRIOR_ZOOM = {8: 2}
+GP_PRIOR_ZOOM = {8: [1, 2]}
 
 
 def gp_map_options(scale: int) -> dict:
