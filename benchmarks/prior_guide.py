@@ -119,40 +119,32 @@ def cost(model, side: int = 256, repeats: int = 3) -> dict:
 ZOOM_MAGS = (1, 2)
 
 
-def _parse_magnified(model, cells, scale: int, mag: int) -> dict:
-    """Mean IoU of the model's parser on ``cells`` shrunk by ``scale / mag`` instead of
-    ``scale`` (``mag`` times the training magnification), the annotation enlarged ``mag``×."""
-    from napari_resolve.data.degrade import imresize
-    from napari_resolve.metrics.parsing import class_iou
-    from napari_resolve.train import parsing as P
-
-    parse, f, rows = P.model_parser(model), scale // mag, []
-    for hr, lab in zip(cells["hr"], cells["labels"]):
-        h, w = hr.shape[0] // f * f, hr.shape[1] // f * f
-        lr = imresize(np.asarray(hr)[:h, :w], 1.0 / f, channel_axis=-1)
-        truth = np.kron(np.asarray(lab)[:h, :w], np.ones((mag, mag), np.uint8))
-        rows.append(class_iou(parse(lr, scale), truth))
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
 def zoom_choice(model, cells, scale: int, candidates) -> tuple[dict, object]:
     """Mean IoU (cytoplasm, nucleus) on ``cells`` per ``prior_zoom`` candidate (an int, or a
     tuple of ints: the mean over those zooms) at each of :data:`ZOOM_MAGS`, with the model's
     own filter; the candidate of the highest sum, averaged over the magnifications."""
+    from napari_resolve.metrics.parsing import parse_cells
+    from napari_resolve.train import parsing as P
+
     old, scores = model.prior_zoom, {}
     try:
         for cand in candidates:
-            zooms = cand if isinstance(cand, tuple) else (cand,)
-            if any(scale % z for z in zooms) or scale // max(ZOOM_MAGS) < 1:
+            if any(scale % z for z in (cand if isinstance(cand, tuple) else (cand,))):
                 continue
             model.prior_zoom = cand
-            per = {m: _parse_magnified(model, cells, scale, m) for m in ZOOM_MAGS}
+            per = {m: parse_cells(P.model_parser(model), cells, scale, magnification=m)
+                   for m in ZOOM_MAGS}
             scores[cand] = {f"x{m} magnification": (v["cytoplasm"], v["nucleus"])
                             for m, v in per.items()}
     finally:
         model.prior_zoom = old
     best = max(scores, key=lambda c: np.mean([sum(v) for v in scores[c].values()]))
     return scores, best
+
+
+def _zoom_text(zoom) -> str:
+    """2 -> "2"; (1, 2) or [1, 2] -> "1,2" (what ``--zooms`` reads)."""
+    return ",".join(map(str, zoom)) if isinstance(zoom, (list, tuple)) else str(zoom)
 
 
 def _zoom_arg(text: str):
@@ -185,8 +177,7 @@ def study(name: str, data: Path, zoom: int | None = None, zooms=None) -> dict:
                                                        "eps": model.prior_guide_eps},
            "chosen": chosen, "training": {f"r{k[0]} eps{k[1]:g}": v for k, v in means.items()},
            "zoom_training": None if zoom_scores is None else {
-               ",".join(map(str, k if isinstance(k, tuple) else (k,))): v
-               for k, v in zoom_scores.items()}}
+               _zoom_text(k): v for k, v in zoom_scores.items()}}
     for label, cells_ in (("12 sample cells", sample), (f"{len(held['hr'])} other cells", held)):
         out[label] = {"no filter": heldout(model, cells_, scale, 0, 1e-3),
                       "chosen": heldout(model, cells_, scale, chosen["radius"], chosen["eps"])}
@@ -217,22 +208,19 @@ def table(results: list[dict]) -> str:
         g = lambda t: f"{t[0]:.3f} / {t[1]:.3f}"  # noqa: E731
         key = "r{} eps{:g}".format(c["radius"], c["eps"])
         z = r.get("prior_zoom", 1)
-        zoom = "" if z == 1 else " (prior zoom {})".format(
-            ", ".join(map(str, z)) if isinstance(z, (list, tuple)) else z)
+        zoom = "" if z == 1 else f" (prior zoom {_zoom_text(z)})"
         lines.append(
             f"| {r['bundle']}{zoom} | {c['radius']}, {c['eps']:g} | {g(tr['r0 eps0'])} | {g(tr[key])} "
             f"| {f(r['12 sample cells']['no filter'])} | {f(r['12 sample cells']['chosen'])} "
             f"| {f(r[other]['no filter'])} | {f(r[other]['chosen'])} |")
     for r in results:
         if r.get("zoom_training"):
-            z = r["prior_zoom"]
-            chosen = ",".join(map(str, z)) if isinstance(z, (list, tuple)) else str(z)
             lines += ["", f"Prior zoom of {r['bundle']}, chosen first on the training cells with "
                       "its own filter, by the mean over an image at the training magnification "
                       "and one twice as magnified (cytoplasm / nucleus at ×1; ×2; a, b = the "
                       "mean of zooms a and b): " + ", ".join(
                           f"{c}: " + "; ".join(f"{a:.3f} / {b:.3f}" for a, b in v.values())
-                          for c, v in r["zoom_training"].items()) + f"; chosen {chosen}."]
+                          for c, v in r["zoom_training"].items()) + f"; chosen {_zoom_text(r['prior_zoom'])}."]
     lines += ["", "Cost, one torch thread, a 256² LR image (seconds): " + "; ".join(
         f"{r['bundle']}: map {r['cost_s']['map']}, filtered {r['cost_s']['map, filtered']}, "
         f"whole forward pass {r['cost_s']['forward']}" for r in results) + "."]

@@ -299,7 +299,8 @@ def restat(name: str, root: Path, dest: Path) -> dict:
 
     path = dest / f"{name}.safetensors"
     model, meta = bundle.load(path)
-    stats = input_stats(name, root, _run_haze(meta))
+    data, _, desc = job_data(name, root, _run_haze(meta))
+    stats = input_stats(data, desc)
     meta = {k: v for k, v in meta.items() if k != "config"}
     meta["domain"] = {**meta["domain"], "input_stats": stats}
     bundle.save(path, model, meta)
@@ -308,13 +309,13 @@ def restat(name: str, root: Path, dest: Path) -> dict:
     return stats
 
 
-#: simulated pairs whose statistics go into a card beside the real training regions
+#: simulated pairs whose statistics go into a card beside the real training tiles
 STATS_SIMULATED = 63
 
 
-def input_stats(name: str, root: Path, haze: bool) -> dict:
-    """The card's ``input_stats`` of job ``name``: per training input, after the bundle's
-    normalisation.
+def input_stats(data: dict, desc: dict) -> dict:
+    """The card's ``input_stats`` of a job's training ``data`` (and ``desc``, as
+    :func:`job_data` returns them): per training input, after the bundle's normalisation.
 
     The run normalised each training tile on its own, so each real tile and
     each simulated pair (at most :data:`STATS_SIMULATED` of them) is one
@@ -326,7 +327,6 @@ def input_stats(name: str, root: Path, haze: bool) -> dict:
     """
     from napari_resolve.cards import image_stats
 
-    data, _, desc = job_data(name, root, haze)
     n_real = len(data["lr"]) - desc["simulated"]
     sims = data["lr"][n_real:]
     pick = np.random.default_rng(0).choice(len(sims), min(STATS_SIMULATED, len(sims)), replace=False)
@@ -351,8 +351,7 @@ def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None
 
     arch, scale, recipe, tile, patch = JOBS[name]
     model, meta = bundle.load(runs / f"{name}.safetensors")
-    haze = _run_haze(meta)
-    _, _, desc = job_data(name, root, haze)
+    data, _, desc = job_data(name, root, _run_haze(meta))
     pairs = list(FP.real_pairs(root, scale))
     log = lambda m: print(f"[{name}] {m}", flush=True)  # noqa: E731
     model, meta = calibrate_haze(model, meta, pairs, scale, log)
@@ -378,7 +377,7 @@ def finalize(name: str, root: Path, runs: Path, dest: Path, baseline: str | None
     }
     card = domain_card(name, desc, heldout)
     card["pixel_size"] = {"value": 62.6, "unit": "nm"} if scale == 2 else None
-    card["input_stats"] = input_stats(name, root, haze)
+    card["input_stats"] = input_stats(data, desc)
     meta = dict(meta)
     meta.update({
         "domain": card,

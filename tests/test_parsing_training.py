@@ -226,6 +226,27 @@ def test_iou_and_red_cell_share_on_known_maps():
     assert share["nucleus"] == pytest.approx(2 / 30)
 
 
+def test_parse_cells_at_twice_the_magnification_reads_a_sharper_image():
+    from napari_resolve.metrics.parsing import parse_cells
+
+    labels = np.zeros((32, 32), np.uint8)
+    labels[8:24, 8:24] = 1
+    labels[16:24, 16:24] = 2  # whole 8-px blocks: the test parser can shrink it exactly
+    cells = {"hr": [np.full((32, 32, 3), 200, np.uint8)], "labels": [labels]}
+    seen = []
+
+    def parser(lr, scale):  # the annotation, enlarged as the SR output would be
+        seen.append(lr.shape[:2])
+        f = 32 // lr.shape[0]
+        return np.kron(labels[::f, ::f], np.ones((scale, scale), np.uint8))
+
+    assert parse_cells(parser, cells, 8) == {"cytoplasm": 1.0, "nucleus": 1.0}
+    assert parse_cells(parser, cells, 8, magnification=2) == {"cytoplasm": 1.0, "nucleus": 1.0}
+    assert seen == [(4, 4), (8, 8)]  # shrunk 8x, then only 4x
+    with pytest.raises(ValueError, match="magnification 3"):
+        parse_cells(parser, cells, 8, magnification=3)
+
+
 def test_annotated_cell_only_takes_out_other_white_cells_and_nothing_else():
     """The WBC masks annotate one cell per image; a second leukocyte in the frame is not
     the parser's error, a red cell called cytoplasm and a speck called nucleus are."""

@@ -214,6 +214,7 @@ def _far_from_training(stats: dict, ref: dict) -> list[str]:
     """
     images = [r for r in (ref.get("images") or []) if isinstance(r, dict) and r.get("mean")]
     refs = images or [{"mean": ref["mean"], "std": ref.get("std") or []}]
+
     def close_mean(r):
         return all(abs(m - rm) <= MEAN_SHIFT for m, rm in zip(stats["mean"], r["mean"]))
 

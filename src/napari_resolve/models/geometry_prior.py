@@ -44,18 +44,17 @@ def _check_zoom(zoom, scale: int, prior_input: str):
     """``prior_zoom`` as an int, or a tuple of distinct ints (a mean over several zooms)."""
     many = isinstance(zoom, (tuple, list))
     values = list(zoom) if many else [zoom]
-    ok = bool(values) and len(set(map(str, values))) == len(values)
-    out = []
-    for z in values:
-        good = (isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z)
-                and float(z) == int(z)
-                and int(z) >= 1 and scale % int(z) == 0)
-        ok = ok and good and (int(z) == 1 or prior_input == "lr")
-        out.append(int(z) if good else 0)
-    if not ok:
+
+    def valid(z) -> bool:
+        return (isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z)
+                and z == int(z) and z >= 1 and scale % int(z) == 0
+                and (z == 1 or prior_input == "lr"))
+
+    if not values or not all(map(valid, values)) or len({int(z) for z in values}) < len(values):
         raise InputError(f"prior_zoom must be a divisor of the scale ({scale}) or a list of "
                          f"distinct divisors, and 1 unless prior_input is 'lr'; got {zoom}")
-    return tuple(out) if many else out[0]
+    out = tuple(int(z) for z in values)
+    return out if many else out[0]
 
 
 def _check_scale(scale) -> int:

@@ -30,7 +30,7 @@ GP_CONFIGS = {
 GP_PRIOR = "lr-rgb32"  # the bundled one
 #: the guided-filter refinement of the map per scale (models.geometry_prior, prior_guide_*),
 #: chosen on 60 training cells by benchmarks/prior_guide.py (issue 14, session 10; x8 eps
-#: 1e-4 since session 11, with the seventh prior stage)
+#: 1e-3 since session 12, chosen with the x8 prior zoom below)
 GP_PRIOR_GUIDE = {
     4: {"prior_guide_radius": 6, "prior_guide_eps": 1e-3},
     8: {"prior_guide_radius": 8, "prior_guide_eps": 1e-3},
