@@ -12,17 +12,20 @@ from napari_resolve._atomic import atomic_path
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
-def write_section(start: str, end: str, table: str, heading: str = "") -> Path:
-    """Put ``table`` between the ``start`` / ``end`` markers (appended with ``heading`` if absent)."""
-    text = BENCHMARKS_MD.read_text(encoding="utf-8")
+def write_section(start: str, end: str, table: str, heading: str = "",
+                  path: Path = BENCHMARKS_MD) -> Path:
+    """Put ``table`` between the ``start`` / ``end`` markers of ``path`` (appended with
+    ``heading`` if absent; a missing file is started)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     if start not in text or end not in text:
         title = f"\n## {heading}\n" if heading else ""
         text = text.rstrip("\n") + f"\n{title}\n{start}\n{end}\n"
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    with atomic_path(BENCHMARKS_MD) as tmp:
+    with atomic_path(path) as tmp:
         Path(tmp).write_text(f"{head}{start}\n{table}\n{end}{tail}", encoding="utf-8")
-    return BENCHMARKS_MD
+    return path
 
 
 def measured_line(command: str) -> str:

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+BCCD_CROP = 256  # HR px around a smear's white cell (a BCCD white cell is 150-220 px across)
 
 MODELS = [
     # label, architecture, recipe, config
@@ -201,16 +202,76 @@ def bundled_table(args, sample_cells) -> int:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        text = args.write.read_text()
         tag = "leukocyte-bundled" if args.bundle_dir is None else f"leukocyte-{args.bundle_dir.name}"
-        start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
-        block = f"{start}\n{table}\n{end}"
-        if start in text:
-            text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        args.write.write_text(text)
+        _put_block(args.write, tag, table)
     return 0
+
+
+def smear_crops(root: Path, limit: int | None = None, side: int = BCCD_CROP) -> list:
+    """``side``² RGB crops of the held-out BCCD smears (odd positions, never trained on by
+    the SR branch; the prior saw only the even ones), centred on the first white-cell box
+    and shifted inside the image; smears without a white-cell box are skipped."""
+    from napari_resolve.train import parsing as P
+
+    _, held = P.bccd_split(root)
+    crops = []
+    for img, boxes in P.load_smears(root, held[:limit]):
+        wbc = [b for b in boxes if b["name"] == "WBC"]
+        if not wbc:
+            continue
+        cy = int((wbc[0]["ymin"] + wbc[0]["ymax"]) / 2)
+        cx = int((wbc[0]["xmin"] + wbc[0]["xmax"]) / 2)
+        y0 = min(max(cy - side // 2, 0), img.shape[0] - side)
+        x0 = min(max(cx - side // 2, 0), img.shape[1] - side)
+        crops.append(img[y0:y0 + side, x0:x0 + side])
+    return crops
+
+
+def smear_table(args) -> int:
+    """GP vs NP of the bundled leukocyte models on another microscope (issue 14): BCCD
+    smears (Shenggan, MIT; JPEG, another camera and stain than the WBC sets), crops around
+    the white cell; LR = MATLAB bicubic, PSNR / SSIM on Y as for the cells. GP - NP is
+    paired per crop: mean, its standard error, and the share of crops where GP is ahead."""
+    from napari_resolve import bundle, models
+    from napari_resolve.bundle import default_meta
+    from napari_resolve.data.degrade import imresize
+    from napari_resolve.metrics.quality import evaluate_pair
+    from napari_resolve.predict import predict
+
+    crops = smear_crops(args.bccd_root, args.bccd or None)
+    lines = [f"| scale | model | PSNR {len(crops)} BCCD crops (dB) | SSIM |", "|---|---|---|---|"]
+    for scale in args.scales:
+        bic = models.build("bicubic", scale=scale)
+        runs = {"bicubic": (bic, default_meta(bic))}
+        for name in (f"np-x{scale}", f"gp-x{scale}"):
+            runs[name] = bundle.load(str(args.bundle_dir / f"{name}.safetensors")
+                                     if args.bundle_dir else name)
+        rows = {k: [] for k in runs}
+        for i, hr in enumerate(crops):
+            lr = imresize(hr, 1.0 / scale, channel_axis=-1)
+            for k, mm in runs.items():
+                e = evaluate_pair(predict(mm, lr).image, hr, scale=scale)
+                rows[k].append((e["psnr"], e["ssim"]))
+            print(f"x{scale} crop {i + 1}/{len(crops)}", end="\r", flush=True)
+        for k, v in rows.items():
+            m = np.mean(v, axis=0)
+            lines.append(f"| ×{scale} | {k if k == 'bicubic' else f'`{k}`'} | {m[0]:.3f} | {m[1]:.4f} |")
+        d = np.array([g[0] - n[0] for g, n in zip(rows[f"gp-x{scale}"], rows[f"np-x{scale}"])])
+        lines.append(f"| ×{scale} | **GP − NP** (paired) | **{d.mean():+.3f}** ± "
+                     f"{d.std(ddof=1) / np.sqrt(len(d)):.3f}, GP ahead on "
+                     f"{100 * np.mean(d > 0):.0f} % | |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        _put_block(args.write, "leukocyte-bccd", table)
+    return 0
+
+
+def _put_block(path: Path, tag: str, table: str, heading: str = "") -> None:
+    """Put ``table`` between the ``tag`` markers of ``path`` (``_docs.write_section``)."""
+    from _docs import write_section  # benchmarks/ is on the path when a script runs
+
+    write_section(f"<!-- {tag}:start -->", f"<!-- {tag}:end -->", table, heading, path)
 
 
 def main(argv=None) -> int:
@@ -242,6 +303,11 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle-dir", type=Path, default=None,
                     help="with --bundled: read gp-x*/np-x* from this folder instead of the "
                          "shipped bundles (e.g. runs stopped at another step count)")
+    ap.add_argument("--bccd", type=int, default=None, metavar="N",
+                    help="with --bundled: instead of the cells, GP vs NP on crops around the "
+                         "white cell of the first N held-out BCCD smears (0: all), another "
+                         "microscope; --write puts the table into the file")
+    ap.add_argument("--bccd-root", type=Path, default=REPO.parent / "shared" / "data" / "bccd")
     ap.add_argument("--reevaluate", action="store_true",
                     help="train nothing: evaluate the models saved in --save-dir again and "
                          "rewrite the results in --json")
@@ -258,6 +324,8 @@ def main(argv=None) -> int:
     from napari_resolve.bundle import default_meta
     from napari_resolve.train import parsing as P
 
+    if args.bundled and args.bccd is not None:
+        return smear_table(args)
     # the 12 sample cells are the evaluation set; the HELDOUT_RULE cells are never used
     data, val, _ = P.leukocyte_split(args.data, min_size=96)
     if args.bundled:
@@ -364,14 +432,7 @@ def main(argv=None) -> int:
     table = _write_table(results, args, torch.get_num_threads())
     print(table)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        start, end = "<!-- leukocyte:start -->", "<!-- leukocyte:end -->"
-        block = f"{start}\n{table}\n{end}"
-        if start in text:
-            text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
-        else:
-            text = text.rstrip() + "\n\n## Leukocytes (paper 000, Table 2)\n\n" + block + "\n"
-        args.write.write_text(text)
+        _put_block(args.write, "leukocyte", table, heading="Leukocytes (paper 000, Table 2)")
     return 0
 
 

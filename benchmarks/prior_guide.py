@@ -19,6 +19,12 @@ maps at both) on the same training cells, with the bundle's own filter, by
 the mean over the training magnification and twice it (``ZOOM_MAGS``), then
 the filter for that zoom (session 12: ``gp-x8`` reads its LR image at 1×
 and 2× and averages). ``--zoom Z`` fixes it.
+
+``--magnifications 0.5 0.75 1 1.5 2`` trains and chooses nothing: the
+shipped maps' IoU on the training, sample and other held-out cells when the
+cells are that many times larger in pixels than in the WBC sets (a user's
+microscope; ``metrics.parsing.parse_cells(magnification=)``), as a table
+between the ``prior-magnification`` markers with ``--write`` (session 13).
 """
 
 from __future__ import annotations
@@ -165,8 +171,7 @@ def study(name: str, data: Path, zoom: int | None = None, zooms=None) -> dict:
     if zoom is not None:
         model.prior_zoom = zoom
     train, sample, held = P.leukocyte_split(data)
-    idx = np.random.default_rng(0).choice(len(train["hr"]), TRAIN_CELLS, replace=False)
-    cells = {k: [train[k][i] for i in idx] for k in ("hr", "labels")}
+    cells = training_cells(train)
     t0 = time.monotonic()
     zoom_scores = None
     if zooms:
@@ -227,6 +232,44 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def training_cells(train: dict) -> dict:
+    """The :data:`TRAIN_CELLS` training cells every choice here is made on (seed 0)."""
+    idx = np.random.default_rng(0).choice(len(train["hr"]), TRAIN_CELLS, replace=False)
+    return {k: [train[k][i] for i in idx] for k in ("hr", "labels")}
+
+
+def magnification_table(names, data: Path, mags) -> str:
+    """IoU cytoplasm / nucleus of each shipped bundle's own map at each magnification."""
+    from _docs import measured_line  # benchmarks/ is on the path when a script runs
+
+    from napari_resolve import bundle
+    from napari_resolve.metrics.parsing import parse_cells
+    from napari_resolve.train import parsing as P
+
+    train, sample, held = P.leukocyte_split(data)
+    sets = {f"{TRAIN_CELLS} training cells": training_cells(train), "12 sample cells": sample,
+            f"{len(held['hr'])} other cells": held}
+    cols, rows = [], {m: [] for m in mags}
+    for name in names:
+        model, meta = bundle.load(name)
+        model.eval()
+        parse, scale = P.model_parser(model), int(meta["scale"])
+        cols += [f"`{name}` {label}" for label in sets]
+        for m in mags:
+            for cells in sets.values():
+                r = parse_cells(parse, cells, scale, magnification=m)
+                rows[m].append(f"{r['cytoplasm']:.3f} / {r['nucleus']:.3f}")
+            print(name, m, rows[m][-3:], flush=True)
+    mags_text = " ".join(f"{m:g}" for m in mags)
+    lines = [measured_line(f"PYTHONPATH=src python benchmarks/prior_guide.py --magnifications "
+                           f"{mags_text} --write"), "",
+             "IoU cytoplasm / nucleus of the shipped maps with the cells m times larger in pixels "
+             "(LR = the cell reduced scale / m times, MATLAB bicubic; annotation resized nearest).",
+             "", "| m | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {m:g} | " + " | ".join(v) + " |" for m, v in rows.items()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", nargs="*", default=["gp-x4", "gp-x8"])
@@ -238,10 +281,19 @@ def main(argv=None) -> int:
     ap.add_argument("--zooms", type=_zoom_arg, nargs="+", default=None,
                     help="choose prior_zoom among these on the training cells first "
                          "(e.g. 1 2 1,2: a comma-separated list is the mean over those zooms)")
+    ap.add_argument("--magnifications", type=float, nargs="+", default=None,
+                    help="choose nothing: the shipped maps' IoU with the cells this many times "
+                         "larger in pixels (e.g. 0.5 0.75 1 1.5 2)")
     ap.add_argument("--write", action="store_true",
                     help="put the table between the prior-guide markers of docs/benchmarks.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    from _docs import publish  # benchmarks/ is on the path when a script runs
+
+    if args.magnifications:
+        publish(magnification_table(args.bundles, args.data, args.magnifications),
+                "prior-magnification", args.write)
+        return 0
     results = []
     for name in args.bundles:
         res = study(name, args.data, args.zoom, args.zooms)
@@ -250,8 +302,6 @@ def main(argv=None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     text = table(results)
-    from _docs import publish  # benchmarks/ is on the path when a script runs
-
     publish(text, TAG, args.write)
     return 0
 

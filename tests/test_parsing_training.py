@@ -226,7 +226,7 @@ def test_iou_and_red_cell_share_on_known_maps():
     assert share["nucleus"] == pytest.approx(2 / 30)
 
 
-def test_parse_cells_at_twice_the_magnification_reads_a_sharper_image():
+def test_parse_cells_at_another_magnification_reads_a_sharper_or_softer_image():
     from napari_resolve.metrics.parsing import parse_cells
 
     labels = np.zeros((32, 32), np.uint8)
@@ -243,8 +243,15 @@ def test_parse_cells_at_twice_the_magnification_reads_a_sharper_image():
     assert parse_cells(parser, cells, 8) == {"cytoplasm": 1.0, "nucleus": 1.0}
     assert parse_cells(parser, cells, 8, magnification=2) == {"cytoplasm": 1.0, "nucleus": 1.0}
     assert seen == [(4, 4), (8, 8)]  # shrunk 8x, then only 4x
-    with pytest.raises(ValueError, match="magnification 3"):
-        parse_cells(parser, cells, 8, magnification=3)
+    # half the magnification: shrunk 16x to 2 px; the annotation at the 16-px SR size keeps
+    # the pixel centres 1, 3, ..., 31, so its nucleus is rows / columns 8-11, the 8x
+    # enlarged 2-px map's 8-15
+    assert parse_cells(parser, cells, 8, magnification=0.5) == {"cytoplasm": 0.0,
+                                                                "nucleus": 0.25}
+    assert seen[-1] == (2, 2)
+    for bad in (0, -1, 9, float("nan")):
+        with pytest.raises(ValueError, match="magnification"):
+            parse_cells(parser, cells, 8, magnification=bad)
 
 
 def test_annotated_cell_only_takes_out_other_white_cells_and_nothing_else():

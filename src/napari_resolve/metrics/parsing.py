@@ -105,23 +105,35 @@ def red_cell_share(pred, boxes, factor: float = 1.0) -> dict:
 
 
 def parse_cells(parser, cells, scale: int, *, annotated_only: bool = False,
-                magnification: int = 1) -> dict:
+                magnification: float = 1) -> dict:
     """Mean IoU per class of ``parser(lr, scale)`` over annotated cells (``{"hr", "labels"}``).
 
     ``annotated_only``: score :func:`annotated_cell_only` of each map.
-    ``magnification``: the LR image is the cell shrunk only ``scale / magnification``
-    times (a sharper image than the model's training input, its cells ``magnification``
-    times larger), scored against the annotation enlarged as much (nearest).
+    ``magnification``: the cell as a microscope ``magnification`` times stronger
+    (below 1: weaker) would record it, its cells that many times larger in
+    pixels: the LR image is the cell reduced ``scale / magnification`` times in
+    one MATLAB-bicubic resize, scored against the annotation resized (nearest)
+    to the SR size. A whole-number magnification that divides the scale gives
+    exactly the annotation's blocks (its pixels repeated).
     """
     from napari_resolve.data.degrade import imresize
 
-    if magnification < 1 or scale % magnification:
-        raise ValueError(f"magnification {magnification} must divide the scale {scale}")
-    f, rows = scale // magnification, []
+    m = float(magnification)
+    if not (np.isfinite(m) and 0 < m <= scale):
+        raise ValueError(f"magnification {magnification} must be above 0 and at most the "
+                         f"scale ({scale})")
+    rows = []
     for hr, lab in zip(cells["hr"], cells["labels"]):
-        h, w = hr.shape[0] // f * f, hr.shape[1] // f * f
-        lr = imresize(np.asarray(hr)[:h, :w], 1.0 / f, channel_axis=-1)
-        truth = np.kron(np.asarray(lab)[:h, :w], np.ones((magnification,) * 2, np.uint8))
+        hr, lab = np.asarray(hr), np.asarray(lab)
+        lr_hw = (int(hr.shape[0] * m / scale), int(hr.shape[1] * m / scale))
+        if min(lr_hw) < 1:
+            continue  # nothing left of the cell
+        crop = tuple(round(n * scale / m) for n in lr_hw)  # whole LR px of the cell
+        lr = imresize(hr[:crop[0], :crop[1]], output_shape=lr_hw, channel_axis=-1)
+        out_hw = (lr_hw[0] * scale, lr_hw[1] * scale)
+        rr = ((np.arange(out_hw[0]) + 0.5) * crop[0] / out_hw[0]).astype(int)
+        cc = ((np.arange(out_hw[1]) + 0.5) * crop[1] / out_hw[1]).astype(int)
+        truth = lab[:crop[0], :crop[1]][np.ix_(rr, cc)]  # nearest: pixel centres
         pred = parser(lr, scale)
         rows.append(class_iou(annotated_cell_only(pred, truth) if annotated_only else pred, truth))
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
