@@ -17,7 +17,8 @@ Results go to ``--json`` after every model (``--resume`` continues a run that
 was stopped). ``--bundled`` trains nothing and compares the bundled ``gp-x*``
 with ``np-x*`` (trained for the same SR steps by scripts/train_pretrained.py)
 on the 12 sample cells and the other held-out cells, with GP's parsing IoU and
-red-cell figures from the bundle metadata. The default budget (15 epochs at ×4, 12 at ×8) takes about 1¾
+red-cell figures from the bundle metadata; ``--bccd N`` compares them instead on
+crops of N held-out BCCD smears, another microscope (``smear_table``). The default budget (15 epochs at ×4, 12 at ×8) takes about 1¾
 hours on two CPU cores. Models:
 
 * bicubic (MATLAB imresize, no training);
@@ -304,15 +305,15 @@ def main(argv=None) -> int:
                     help="with --bundled: read gp-x*/np-x* from this folder instead of the "
                          "shipped bundles (e.g. runs stopped at another step count)")
     ap.add_argument("--bccd", type=int, default=None, metavar="N",
-                    help="with --bundled: instead of the cells, GP vs NP on crops around the "
-                         "white cell of the first N held-out BCCD smears (0: all), another "
-                         "microscope; --write puts the table into the file")
+                    help="train nothing: GP vs NP of the bundled (or --bundle-dir) models on "
+                         "crops around the white cell of the first N held-out BCCD smears (0: "
+                         "all), another microscope; --write puts the table into the file")
     ap.add_argument("--bccd-root", type=Path, default=REPO.parent / "shared" / "data" / "bccd")
     ap.add_argument("--reevaluate", action="store_true",
                     help="train nothing: evaluate the models saved in --save-dir again and "
                          "rewrite the results in --json")
     args = ap.parse_args(argv)
-    if len(args.epochs) not in (1, len(args.scales)) and not args.bundled:
+    if len(args.epochs) not in (1, len(args.scales)) and not args.bundled and args.bccd is None:
         ap.error("--epochs takes one value or one per scale")
     epochs_for = dict(zip(args.scales, args.epochs * len(args.scales) if len(args.epochs) == 1
                           else args.epochs))
@@ -324,7 +325,7 @@ def main(argv=None) -> int:
     from napari_resolve.bundle import default_meta
     from napari_resolve.train import parsing as P
 
-    if args.bundled and args.bccd is not None:
+    if args.bccd is not None:
         return smear_table(args)
     # the 12 sample cells are the evaluation set; the HELDOUT_RULE cells are never used
     data, val, _ = P.leukocyte_split(args.data, min_size=96)
