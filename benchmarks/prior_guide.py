@@ -263,8 +263,9 @@ def magnification_table(names, data: Path, mags) -> str:
     mags_text = " ".join(f"{m:g}" for m in mags)
     lines = [measured_line(f"PYTHONPATH=src python benchmarks/prior_guide.py --magnifications "
                            f"{mags_text} --write"), "",
-             "IoU cytoplasm / nucleus of the shipped maps with the cells m times larger in pixels "
-             "(LR = the cell reduced scale / m times, MATLAB bicubic; annotation resized nearest).",
+             ("IoU cytoplasm / nucleus of the shipped maps with the cells m times larger in "
+              "pixels (LR = the cell reduced scale / m times, MATLAB bicubic; annotation resized "
+              "nearest)."),
              "", "| m | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {m:g} | " + " | ".join(v) + " |" for m, v in rows.items()]
     return "\n".join(lines)
