@@ -259,7 +259,7 @@ def magnification_table(names, data: Path, mags) -> str:
             for cells in sets.values():
                 r = parse_cells(parse, cells, scale, magnification=m)
                 rows[m].append(f"{r['cytoplasm']:.3f} / {r['nucleus']:.3f}")
-            print(name, m, rows[m][-3:], flush=True)
+            print(name, m, rows[m][-len(sets):], flush=True)
     mags_text = " ".join(f"{m:g}" for m in mags)
     lines = [measured_line(f"PYTHONPATH=src python benchmarks/prior_guide.py --magnifications "
                            f"{mags_text} --write"), "",

@@ -249,7 +249,7 @@ def test_parse_cells_at_another_magnification_reads_a_sharper_or_softer_image():
     assert parse_cells(parser, cells, 8, magnification=0.5) == {"cytoplasm": 0.0,
                                                                 "nucleus": 0.25}
     assert seen[-1] == (2, 2)
-    for bad in (0, -1, 9, float("nan")):
+    for bad in (0, -1, 9, float("nan"), 0.2):  # 0.2: the 32-px cell under one LR px
         with pytest.raises(ValueError, match="magnification"):
             parse_cells(parser, cells, 8, magnification=bad)
 

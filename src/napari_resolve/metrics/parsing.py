@@ -127,7 +127,8 @@ def parse_cells(parser, cells, scale: int, *, annotated_only: bool = False,
         hr, lab = np.asarray(hr), np.asarray(lab)
         lr_hw = (int(hr.shape[0] * m / scale), int(hr.shape[1] * m / scale))
         if min(lr_hw) < 1:
-            continue  # nothing left of the cell
+            raise ValueError(f"magnification {magnification} leaves a {hr.shape[0]}x"
+                             f"{hr.shape[1]} cell under one LR pixel at x{scale}")
         crop = tuple(round(n * scale / m) for n in lr_hw)  # whole LR px of the cell
         lr = imresize(hr[:crop[0], :crop[1]], output_shape=lr_hw, channel_axis=-1)
         out_hw = (lr_hw[0] * scale, lr_hw[1] * scale)
